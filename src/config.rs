@@ -1,0 +1,467 @@
+//! Every setting of the daemon, read from the environment (and an optional `.env`) once at
+//! start and validated there: a bad value stops the daemon with one line naming the variable
+//! and what it expects. No other module reads the environment.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// GHL's published Ed25519 key for `x-ghl-signature` (GHL_API.md §8.2).
+const GHL_ED25519_KEY: &str = include_str!("../keys/ghl_webhook_ed25519_pub.pem");
+/// GHL's published RSA key for the legacy `x-wh-signature` (GHL_API.md §8.1).
+const GHL_RSA_KEY: &str = include_str!("../keys/ghl_webhook_rsa_pub_legacy.pem");
+
+/// A value that must never reach a log line: `Debug` and `Display` print `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A setting that is missing or malformed: which variable, and what it should look like.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {problem}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+fn bad(var: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        problem: problem.into(),
+    }
+}
+
+/// Where the daemon keeps its data. The URL scheme selects the backend.
+#[derive(Clone)]
+pub enum DatabaseUrl {
+    Sqlite(String),
+    Postgres(Secret),
+}
+
+impl DatabaseUrl {
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite(url.to_owned()))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres(Secret::new(url)))
+        } else {
+            let scheme = url.split(':').next().unwrap_or_default();
+            Err(bad(
+                "DATABASE_URL",
+                format!("expected sqlite:… or postgres://… (got a `{scheme}:` URL)"),
+            ))
+        }
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        matches!(self, Self::Sqlite(_))
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    /// Prints the SQLite path, or the PostgreSQL host and database without the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(url) => f.write_str(url),
+            Self::Postgres(url) => {
+                let url = url.expose();
+                let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+                let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+                write!(f, "{scheme}://[redacted]@{host}")
+            }
+        }
+    }
+}
+
+/// Which WhatsApp implementation sits behind the transport seam.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaBackend {
+    WhatsApp,
+    Sim,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (colour when a terminal is attached).
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The GHL marketplace app and the API it talks to.
+#[derive(Clone, Debug)]
+pub struct GhlConfig {
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    pub conversation_provider_id: Option<String>,
+    pub api_base_url: String,
+    pub marketplace_url: String,
+    /// The `Version` header sent on every resource call (GHL_API.md §2).
+    pub api_version: String,
+    /// PEM text of the Ed25519 key that verifies `x-ghl-signature`.
+    pub webhook_public_key: String,
+    /// PEM text of the RSA key that verifies the legacy `x-wh-signature`.
+    pub webhook_legacy_public_key: String,
+    /// Shared secret accepted as `?key=` on webhook URLs that GHL delivers unsigned.
+    pub webhook_key: Option<Secret>,
+    /// At most this many requests per location in any window of `rate_window`.
+    pub rate_limit: u32,
+    pub rate_window: Duration,
+    pub request_timeout: Duration,
+}
+
+impl GhlConfig {
+    /// What is missing before waghl can talk to GHL, if anything.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        if self.client_id.is_none() {
+            missing.push("GHL_CLIENT_ID");
+        }
+        if self.client_secret.is_none() {
+            missing.push("GHL_CLIENT_SECRET");
+        }
+        if self.conversation_provider_id.is_none() {
+            missing.push("GHL_CONVERSATION_PROVIDER_ID");
+        }
+        missing
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: DatabaseUrl,
+    /// The address GHL and browsers reach this daemon at, without a trailing slash.
+    pub public_url: String,
+    /// Generated files (SQLite database, generated key and token) live here.
+    pub data_dir: PathBuf,
+    /// Base64 of 32 bytes. `None` with SQLite: generated into `data_dir/secret.key`.
+    pub secret_key: Option<Secret>,
+    /// `None` with SQLite: generated into `data_dir/admin.token`.
+    pub admin_token: Option<Secret>,
+    pub sessions_dir: PathBuf,
+    pub wa_backend: WaBackend,
+    /// ISO 3166 country used for phone numbers written without `+`.
+    pub default_country: String,
+    /// Least gap between two sends of one WhatsApp session (jittered); zero turns pacing off.
+    pub send_gap: Duration,
+    /// Message bodies are purged after this many days; ids and states stay.
+    pub retention_days: u32,
+    pub ghl: GhlConfig,
+    pub log_format: LogFormat,
+    pub body_limit_bytes: usize,
+    /// How long a shutdown may take to drain requests and background tasks.
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests can build a configuration without touching
+    /// the process environment. Empty values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+
+        let listen = match (get("WAGHL_LISTEN"), get("PORT")) {
+            (Some(addr), _) => addr
+                .parse()
+                .map_err(|_| bad("WAGHL_LISTEN", "expected host:port, e.g. 0.0.0.0:8080"))?,
+            (None, Some(port)) => {
+                let port: u16 = port
+                    .parse()
+                    .map_err(|_| bad("PORT", "expected a port number 0–65535"))?;
+                SocketAddr::from(([0, 0, 0, 0], port))
+            }
+            (None, None) => SocketAddr::from(([0, 0, 0, 0], 8080)),
+        };
+        let database_url = DatabaseUrl::parse(
+            &get("DATABASE_URL").unwrap_or_else(|| "sqlite://data/waghl.db".into()),
+        )?;
+        let public_url = match get("WAGHL_PUBLIC_URL") {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                url.trim_end_matches('/').to_owned()
+            }
+            Some(_) => {
+                return Err(bad(
+                    "WAGHL_PUBLIC_URL",
+                    "expected an http:// or https:// URL",
+                ));
+            }
+            None => format!("http://localhost:{}", listen.port()),
+        };
+        let secret_key = get("WAGHL_SECRET_KEY").map(Secret::new);
+        if let Some(key) = &secret_key {
+            crate::crypto::SecretKey::from_base64(key.expose())
+                .map_err(|e| bad("WAGHL_SECRET_KEY", e.to_string()))?;
+        }
+        let admin_token = get("WAGHL_ADMIN_TOKEN").map(Secret::new);
+        if admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+            return Err(bad("WAGHL_ADMIN_TOKEN", "expected at least 16 characters"));
+        }
+        if !database_url.is_sqlite() {
+            if secret_key.is_none() {
+                return Err(bad(
+                    "WAGHL_SECRET_KEY",
+                    "required with PostgreSQL (base64 of 32 random bytes: `openssl rand -base64 32`)",
+                ));
+            }
+            if admin_token.is_none() {
+                return Err(bad("WAGHL_ADMIN_TOKEN", "required with PostgreSQL"));
+            }
+        }
+        let wa_backend = match get("WAGHL_WA_BACKEND").as_deref() {
+            None | Some("whatsapp") => WaBackend::WhatsApp,
+            Some("sim") => WaBackend::Sim,
+            Some(_) => return Err(bad("WAGHL_WA_BACKEND", "expected `whatsapp` or `sim`")),
+        };
+        let default_country = get("WAGHL_DEFAULT_COUNTRY").unwrap_or_else(|| "US".into());
+        if default_country.len() != 2 || !default_country.chars().all(|c| c.is_ascii_alphabetic()) {
+            return Err(bad(
+                "WAGHL_DEFAULT_COUNTRY",
+                "expected a two-letter ISO 3166 country code, e.g. US",
+            ));
+        }
+        let ghl = GhlConfig {
+            client_id: get("GHL_CLIENT_ID"),
+            client_secret: get("GHL_CLIENT_SECRET").map(Secret::new),
+            conversation_provider_id: get("GHL_CONVERSATION_PROVIDER_ID"),
+            api_base_url: http_url(
+                "GHL_API_BASE_URL",
+                get("GHL_API_BASE_URL"),
+                "https://services.leadconnectorhq.com",
+            )?,
+            marketplace_url: http_url(
+                "GHL_MARKETPLACE_URL",
+                get("GHL_MARKETPLACE_URL"),
+                "https://marketplace.gohighlevel.com",
+            )?,
+            api_version: get("GHL_API_VERSION").unwrap_or_else(|| "2021-07-28".into()),
+            webhook_public_key: pem("GHL_WEBHOOK_PUBLIC_KEY", get("GHL_WEBHOOK_PUBLIC_KEY"))?
+                .unwrap_or_else(|| GHL_ED25519_KEY.into()),
+            webhook_legacy_public_key: pem(
+                "GHL_WEBHOOK_LEGACY_PUBLIC_KEY",
+                get("GHL_WEBHOOK_LEGACY_PUBLIC_KEY"),
+            )?
+            .unwrap_or_else(|| GHL_RSA_KEY.into()),
+            webhook_key: get("WAGHL_WEBHOOK_KEY").map(Secret::new),
+            rate_limit: number("WAGHL_GHL_RATE_LIMIT", get("WAGHL_GHL_RATE_LIMIT"), 90)?,
+            rate_window: millis(
+                "WAGHL_GHL_RATE_WINDOW_MS",
+                get("WAGHL_GHL_RATE_WINDOW_MS"),
+                10_000,
+            )?,
+            request_timeout: millis("WAGHL_GHL_TIMEOUT_MS", get("WAGHL_GHL_TIMEOUT_MS"), 30_000)?,
+        };
+        if ghl.rate_limit == 0 {
+            return Err(bad("WAGHL_GHL_RATE_LIMIT", "expected at least 1"));
+        }
+        let log_format = match get("WAGHL_LOG_FORMAT").as_deref() {
+            None | Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(_) => return Err(bad("WAGHL_LOG_FORMAT", "expected `pretty` or `json`")),
+        };
+        Ok(Self {
+            listen,
+            database_url,
+            public_url,
+            data_dir: get("WAGHL_DATA_DIR")
+                .unwrap_or_else(|| "data".into())
+                .into(),
+            secret_key,
+            admin_token,
+            sessions_dir: get("WAGHL_SESSIONS_DIR")
+                .unwrap_or_else(|| "sessions".into())
+                .into(),
+            wa_backend,
+            default_country: default_country.to_ascii_uppercase(),
+            send_gap: millis("WAGHL_SEND_GAP_MS", get("WAGHL_SEND_GAP_MS"), 1_500)?,
+            retention_days: number("WAGHL_RETENTION_DAYS", get("WAGHL_RETENTION_DAYS"), 30)?,
+            ghl,
+            log_format,
+            body_limit_bytes: number(
+                "WAGHL_BODY_LIMIT_BYTES",
+                get("WAGHL_BODY_LIMIT_BYTES"),
+                1 << 20,
+            )?,
+            shutdown_timeout: millis(
+                "WAGHL_SHUTDOWN_TIMEOUT_MS",
+                get("WAGHL_SHUTDOWN_TIMEOUT_MS"),
+                8_000,
+            )?,
+        })
+    }
+}
+
+fn number<T: std::str::FromStr>(
+    var: &'static str,
+    value: Option<String>,
+    default: T,
+) -> Result<T, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| bad(var, "expected a whole non-negative number")),
+    }
+}
+
+fn millis(var: &'static str, value: Option<String>, default: u64) -> Result<Duration, ConfigError> {
+    number(var, value, default).map(Duration::from_millis)
+}
+
+fn http_url(
+    var: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<String, ConfigError> {
+    let url = value.unwrap_or_else(|| default.to_owned());
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(url.trim_end_matches('/').to_owned())
+    } else {
+        Err(bad(var, "expected an http:// or https:// URL"))
+    }
+}
+
+/// A PEM given inline, or the path of a file holding it.
+fn pem(var: &'static str, value: Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(value) = value else { return Ok(None) };
+    if value.contains("-----BEGIN") {
+        return Ok(Some(value));
+    }
+    let text = std::fs::read_to_string(&value).map_err(|e| {
+        bad(
+            var,
+            format!("expected PEM text or a readable PEM file ({e})"),
+        )
+    })?;
+    if !text.contains("-----BEGIN") {
+        return Err(bad(var, "the file holds no PEM block"));
+    }
+    Ok(Some(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn no_settings_at_all_gives_a_runnable_sqlite_daemon_on_8080() {
+        let config = load(&[]).unwrap();
+        assert_eq!(config.listen.port(), 8080);
+        assert!(config.database_url.is_sqlite());
+        assert_eq!(config.public_url, "http://localhost:8080");
+        assert_eq!(config.ghl.missing().len(), 3);
+        assert_eq!(config.wa_backend, WaBackend::WhatsApp);
+    }
+
+    #[test]
+    fn waghl_listen_wins_over_port() {
+        let config = load(&[("PORT", "9000"), ("WAGHL_LISTEN", "127.0.0.1:7000")]).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(load(&[("PORT", "9000")]).unwrap().listen.port(), 9000);
+    }
+
+    #[test]
+    fn a_mysql_url_is_refused_naming_database_url() {
+        let err = load(&[("DATABASE_URL", "mysql://x")]).unwrap_err();
+        assert_eq!(err.var, "DATABASE_URL");
+        assert!(err.to_string().contains("mysql"));
+    }
+
+    #[test]
+    fn a_short_secret_key_is_refused_naming_the_variable() {
+        let err = load(&[("WAGHL_SECRET_KEY", "MDEyMzQ1Njc4OQ==")]).unwrap_err();
+        assert_eq!(err.var, "WAGHL_SECRET_KEY");
+        assert!(err.to_string().contains("32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn postgres_requires_the_secret_key_and_admin_token() {
+        let err = load(&[("DATABASE_URL", "postgres://u:p@db/waghl")]).unwrap_err();
+        assert_eq!(err.var, "WAGHL_SECRET_KEY");
+        let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let err = load(&[
+            ("DATABASE_URL", "postgresql://u:p@db/w"),
+            ("WAGHL_SECRET_KEY", key),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "WAGHL_ADMIN_TOKEN");
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets_and_database_passwords() {
+        let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let config = load(&[
+            (
+                "DATABASE_URL",
+                "postgres://waghl:hunter2hunter2@db:5432/waghl",
+            ),
+            ("WAGHL_SECRET_KEY", key),
+            ("WAGHL_ADMIN_TOKEN", "admin-token-0123456789"),
+            ("GHL_CLIENT_SECRET", "client-secret-value"),
+        ])
+        .unwrap();
+        let printed = format!("{config:?}");
+        for secret in [
+            key,
+            "hunter2hunter2",
+            "admin-token-0123456789",
+            "client-secret-value",
+        ] {
+            assert!(!printed.contains(secret), "{secret} leaked");
+        }
+        assert!(printed.contains("db:5432/waghl"));
+    }
+
+    #[test]
+    fn webhook_keys_default_to_ghl_published_keys_and_accept_a_file_path() {
+        let config = load(&[]).unwrap();
+        assert!(
+            config
+                .ghl
+                .webhook_public_key
+                .contains("MCowBQYDK2VwAyEAi2HR1srL4o18O8BRa7gVJY7G7bupbN3H9AwJrHCDiOg=")
+        );
+        let path = std::env::temp_dir().join(format!("waghl-key-{}.pem", std::process::id()));
+        std::fs::write(
+            &path,
+            "-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        let config = load(&[("GHL_WEBHOOK_PUBLIC_KEY", path.to_str().unwrap())]).unwrap();
+        assert!(config.ghl.webhook_public_key.contains("abc"));
+        let err = load(&[("GHL_WEBHOOK_PUBLIC_KEY", "/nonexistent/key.pem")]).unwrap_err();
+        assert_eq!(err.var, "GHL_WEBHOOK_PUBLIC_KEY");
+    }
+}

@@ -1,0 +1,62 @@
+//! Identifiers that arrive from outside (URLs, webhooks) and are checked once.
+
+use std::fmt;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{what} must be 1–64 letters, digits, `-` or `_`")]
+pub struct InvalidId {
+    pub what: &'static str,
+}
+
+/// A GHL location (sub-account) id, e.g. `ve9EPM428h8vShlRW1KT`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LocationId(String);
+
+impl LocationId {
+    pub fn parse(text: &str) -> Result<Self, InvalidId> {
+        let ok = !text.is_empty()
+            && text.len() <= 64
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(InvalidId {
+                what: "a location id",
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LocationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for LocationId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn location_ids_accept_ghl_ids_and_refuse_paths_and_blanks() {
+        assert_eq!(
+            LocationId::parse("ve9EPM428h8vShlRW1KT").unwrap().as_str(),
+            "ve9EPM428h8vShlRW1KT"
+        );
+        for bad in ["", "../etc", "a b", "x/y", &"a".repeat(65)] {
+            assert!(LocationId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Pure types and rules: no IO, no sqlx, reqwest or axum. Everything here is parsed once at the
+//! edge and trusted afterwards.
+
+mod ids;
+
+pub use ids::{InvalidId, LocationId};

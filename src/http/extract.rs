@@ -1,0 +1,97 @@
+//! Extractors that turn every bad request into an [`ApiError`]: JSON bodies, path ids and the
+//! admin bearer token.
+
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use crate::domain::LocationId;
+use crate::state::AppState;
+
+/// `axum::Json`, but malformed, mistyped or oversized bodies answer our JSON error.
+pub struct AppJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for AppJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(e) => ApiError::bad_request("invalid_body", e.body_text()),
+        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("malformed_json", e.body_text()),
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::UnsupportedMediaType("expected `Content-Type: application/json`".into())
+        }
+        JsonRejection::BytesRejection(e) => bytes_rejection(e),
+        other => ApiError::bad_request("invalid_body", other.body_text()),
+    }
+}
+
+/// A body that could not be read: too large (413) or cut short (400).
+pub fn bytes_rejection(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge
+    } else {
+        ApiError::bad_request("unreadable_body", rejection.body_text())
+    }
+}
+
+/// The `{id}` of a location route, checked before any lookup.
+pub struct LocationPath(pub LocationId);
+
+impl<S: Send + Sync> FromRequestParts<S> for LocationPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+        LocationId::parse(&raw)
+            .map(Self)
+            .map_err(|e| ApiError::bad_request("invalid_location_id", e.to_string()))
+    }
+}
+
+/// Proof that the request carries `Authorization: Bearer $WAGHL_ADMIN_TOKEN`.
+pub struct AdminAuth;
+
+impl FromRequestParts<AppState> for AdminAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let presented = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::Unauthorized("expected `Authorization: Bearer <admin token>`".into())
+            })?;
+        let expected = state.admin_token.expose().as_bytes();
+        // Constant time, so the token cannot be guessed byte by byte from response times.
+        if bool::from(presented.trim().as_bytes().ct_eq(expected)) {
+            Ok(Self)
+        } else {
+            Err(ApiError::Unauthorized("the admin token is wrong".into()))
+        }
+    }
+}

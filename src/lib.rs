@@ -1,0 +1,26 @@
+//! waghl bridges WhatsApp into GoHighLevel: one WhatsApp linked-device session per GHL
+//! location, two durable message queues, and the GHL credentials of every installed location.
+//! ARCHITECTURE.md (in the shared folder beside the repository) is the map of these modules.
+
+/// Every setting, read once from the environment and validated.
+pub mod config;
+/// AES-256-GCM sealing of secrets at rest.
+pub mod crypto;
+/// Pure types and rules: ids, phone numbers, message conversions. No IO.
+pub mod domain;
+/// The axum router and one file per HTTP surface.
+pub mod http;
+/// Prometheus metrics, shared by every module that counts something.
+pub mod metrics;
+/// Stopping on SIGTERM / SIGINT.
+pub mod shutdown;
+/// Builds the application and runs it until it is told to stop.
+pub mod startup;
+/// The cheap-to-clone state every request handler and worker shares.
+pub mod state;
+/// All SQL, behind functions named for what they do.
+pub mod store;
+/// Tracing set up once per process.
+pub mod telemetry;
+/// Current time as unix milliseconds, and its RFC 3339 form.
+pub mod time;

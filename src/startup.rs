@@ -1,0 +1,174 @@
+//! Builds the application (settings → secrets → store → state → listener) and runs it until a
+//! shutdown trigger fires. Tests call the same two steps with their own configuration, a port-0
+//! listener and their own trigger.
+
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, Secret};
+use crate::crypto::SecretKey;
+use crate::state::AppState;
+use crate::store::Store;
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Resolves secrets, opens and migrates the database and binds the listener. Any failure
+    /// here is a configuration or environment problem and stops the daemon with its cause.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        install_crypto_provider();
+        let store = open_store(&config).await?;
+        let admin_token = match &config.admin_token {
+            Some(token) => token.clone(),
+            None => Secret::new(read_or_generate(
+                &config.data_dir.join("admin.token"),
+                "WAGHL_ADMIN_TOKEN",
+                generate_token,
+            )?),
+        };
+        for missing in config.ghl.missing() {
+            tracing::warn!(
+                setting = missing,
+                "not set: GHL routes answer 503 until it is"
+            );
+        }
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (WAGHL_LISTEN / PORT)", config.listen))?;
+        let state = AppState::new(Arc::new(config), store, admin_token);
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, drains in-flight requests and
+    /// background tasks within the configured deadline and closes the database.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self { listener, state } = self;
+        let cancel = state.shutdown.clone();
+        tokio::spawn({
+            let cancel = cancel.clone();
+            async move {
+                shutdown.await;
+                cancel.cancel();
+            }
+        });
+
+        let app = crate::http::router(state.clone());
+        state.mark_started();
+        tracing::info!(address = %listener.local_addr()?, database = state.store.dialect(), "waghl is serving");
+        let server =
+            axum::serve(listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned());
+        let server = tokio::spawn(async move { server.await });
+
+        cancel.cancelled().await;
+        let deadline = state.config.shutdown_timeout;
+        state.tasks.close();
+        let drained = tokio::time::timeout(deadline, async {
+            let served = server.await;
+            state.tasks.wait().await;
+            served
+        })
+        .await;
+        match drained {
+            Ok(Ok(Ok(()))) => tracing::info!("stopped cleanly"),
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "the HTTP server failed while stopping"),
+            Ok(Err(e)) => tracing::error!(error = %e, "the HTTP server task panicked"),
+            Err(_) => tracing::warn!(
+                ?deadline,
+                "in-flight work did not finish in time; stopping anyway"
+            ),
+        }
+        state.store.close().await;
+        Ok(())
+    }
+}
+
+/// rustls is compiled with ring only; make it the process-wide provider before any TLS use.
+pub fn install_crypto_provider() {
+    // An error means a provider is installed already (tests build several applications).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Opens the database, applies migrations and checks the secret key against it.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let key_text = match &config.secret_key {
+        Some(key) => key.expose().to_owned(),
+        None => read_or_generate(
+            &config.data_dir.join("secret.key"),
+            "WAGHL_SECRET_KEY",
+            SecretKey::generate_base64,
+        )?,
+    };
+    let key = SecretKey::from_base64(&key_text)
+        .context("WAGHL_SECRET_KEY: expected base64 of exactly 32 bytes")?;
+    let store = Store::connect(&config.database_url, Arc::new(key))
+        .await
+        .with_context(|| format!("DATABASE_URL: cannot open {:?}", config.database_url))?;
+    store
+        .migrate()
+        .await
+        .context("DATABASE_URL: migrations failed")?;
+    store.verify_secret_key().await.context(
+        "WAGHL_SECRET_KEY: this database was sealed with another key; set the original key",
+    )?;
+    Ok(store)
+}
+
+/// Reads a generated secret, or writes a new one (mode 0600) on a first run. Only SQLite
+/// setups get here: PostgreSQL requires the setting. The log names the file, never the value.
+fn read_or_generate(
+    path: &Path,
+    setting: &str,
+    generate: fn() -> String,
+) -> anyhow::Result<String> {
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        return Ok(existing.trim().to_owned());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let value = generate();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(file, "{value}").with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::warn!(
+        file = %path.display(),
+        setting,
+        "generated a new value and saved it in this file; set {setting} to keep it stable"
+    );
+    Ok(value)
+}
+
+fn generate_token() -> String {
+    // 32 random bytes, URL-safe.
+    let key = SecretKey::generate_base64();
+    key.replace(['+', '/'], "-")
+        .trim_end_matches('=')
+        .to_owned()
+}

@@ -1,0 +1,48 @@
+//! The state every handler and worker shares; cloning it is cheap (a few `Arc`s).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Secret};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    /// The admin bearer token: configured, or generated on a first SQLite run.
+    pub admin_token: Secret,
+    /// Cancelled when the daemon stops; every background task watches it.
+    pub shutdown: CancellationToken,
+    /// Background tasks, awaited (under a deadline) before the database is closed.
+    pub tasks: TaskTracker,
+    /// Set once start-up finished; `/readyz` answers 503 before that.
+    started: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(config: Arc<Config>, store: Store, admin_token: Secret) -> Self {
+        Self {
+            config,
+            store,
+            metrics: Arc::new(Metrics::new()),
+            admin_token,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            started: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn mark_started(&self) {
+        self.started.store(true, Ordering::Release);
+    }
+
+    pub fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,306 @@
+//! GHL locations and their OAuth tokens (sealed at rest).
+
+use serde::Serialize;
+
+use super::{Result, Store, StoreError, on_db};
+use crate::config::Secret;
+use crate::time::now_ms;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocationStatus {
+    Installed,
+    /// GHL refused a token refresh: someone must install the app again.
+    ReauthRequired,
+    Uninstalled,
+}
+
+impl LocationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Installed => "installed",
+            Self::ReauthRequired => "reauth_required",
+            Self::Uninstalled => "uninstalled",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self> {
+        match text {
+            "installed" => Ok(Self::Installed),
+            "reauth_required" => Ok(Self::ReauthRequired),
+            "uninstalled" => Ok(Self::Uninstalled),
+            other => Err(corrupt("locations.status", other)),
+        }
+    }
+}
+
+/// How a location's tokens are renewed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenSource {
+    /// The location's own OAuth install: renewed with its rotating refresh token.
+    Oauth,
+    /// Minted from the agency's company token: renewed by minting again.
+    Company,
+}
+
+impl TokenSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Oauth => "oauth",
+            Self::Company => "company",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self> {
+        match text {
+            "oauth" => Ok(Self::Oauth),
+            "company" => Ok(Self::Company),
+            other => Err(corrupt("locations.token_source", other)),
+        }
+    }
+}
+
+fn corrupt(column: &str, value: &str) -> StoreError {
+    StoreError::Database(sqlx::Error::Decode(
+        format!("unexpected value {value:?} in {column}").into(),
+    ))
+}
+
+/// A location's GHL access (and, when it has one, refresh) token.
+#[derive(Clone, Debug)]
+pub struct LocationTokens {
+    pub access_token: Secret,
+    pub refresh_token: Option<Secret>,
+    /// Unix milliseconds.
+    pub expires_at: i64,
+}
+
+pub struct NewLocation<'a> {
+    pub location_id: &'a str,
+    pub company_id: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub tokens: &'a LocationTokens,
+    pub source: TokenSource,
+}
+
+/// A location as the admin API shows it (no tokens).
+#[derive(Clone, Debug)]
+pub struct LocationRecord {
+    pub location_id: String,
+    pub company_id: Option<String>,
+    pub name: Option<String>,
+    pub status: LocationStatus,
+    pub token_source: TokenSource,
+    pub token_expires_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub installed_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct LocationRow {
+    location_id: String,
+    company_id: Option<String>,
+    name: Option<String>,
+    status: String,
+    token_source: String,
+    token_expires_at: Option<i64>,
+    last_error: Option<String>,
+    installed_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<LocationRow> for LocationRecord {
+    type Error = StoreError;
+    fn try_from(row: LocationRow) -> Result<Self> {
+        Ok(Self {
+            status: LocationStatus::parse(&row.status)?,
+            token_source: TokenSource::parse(&row.token_source)?,
+            location_id: row.location_id,
+            company_id: row.company_id,
+            name: row.name,
+            token_expires_at: row.token_expires_at,
+            last_error: row.last_error,
+            installed_at: row.installed_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct SealedTokensRow {
+    access_token: Option<Vec<u8>>,
+    refresh_token: Option<Vec<u8>>,
+    token_expires_at: Option<i64>,
+}
+
+/// The columns of [`LocationRow`], as a literal so queries stay `&'static str` (sqlx refuses
+/// SQL built at run time).
+macro_rules! location_columns {
+    () => {
+        "location_id, company_id, name, status, token_source, token_expires_at, last_error, \
+         installed_at, updated_at"
+    };
+}
+
+fn access_context(location_id: &str) -> String {
+    format!("locations.access_token:{location_id}")
+}
+
+fn refresh_context(location_id: &str) -> String {
+    format!("locations.refresh_token:{location_id}")
+}
+
+impl Store {
+    /// Records an install (or a re-install): the location is `installed` with these tokens and
+    /// no error. Name and company are kept when the new install doesn't know them.
+    pub async fn upsert_location(&self, new: NewLocation<'_>) -> Result<()> {
+        let id = new.location_id;
+        let access = self
+            .key()
+            .seal_str(&access_context(id), new.tokens.access_token.expose());
+        let refresh = new
+            .tokens
+            .refresh_token
+            .as_ref()
+            .map(|t| self.key().seal_str(&refresh_context(id), t.expose()));
+        let now = now_ms();
+        on_db!(self, pool => {
+            sqlx::query(
+                "INSERT INTO locations (location_id, company_id, name, status, access_token, \
+                   refresh_token, token_expires_at, token_source, last_error, installed_at, updated_at) \
+                 VALUES ($1, $2, $3, 'installed', $4, $5, $6, $7, NULL, $8, $8) \
+                 ON CONFLICT (location_id) DO UPDATE SET \
+                   company_id = COALESCE(excluded.company_id, locations.company_id), \
+                   name = COALESCE(excluded.name, locations.name), \
+                   status = 'installed', access_token = excluded.access_token, \
+                   refresh_token = excluded.refresh_token, \
+                   token_expires_at = excluded.token_expires_at, \
+                   token_source = excluded.token_source, last_error = NULL, \
+                   installed_at = excluded.installed_at, updated_at = excluded.updated_at",
+            )
+            .bind(id)
+            .bind(new.company_id)
+            .bind(new.name)
+            .bind(access)
+            .bind(refresh)
+            .bind(new.tokens.expires_at)
+            .bind(new.source.as_str())
+            .bind(now)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    pub async fn location(&self, location_id: &str) -> Result<Option<LocationRecord>> {
+        let row: Option<LocationRow> = on_db!(self, pool => {
+            sqlx::query_as(concat!("SELECT ", location_columns!(), " FROM locations WHERE location_id = $1"))
+                .bind(location_id)
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(LocationRecord::try_from).transpose()
+    }
+
+    pub async fn locations(&self) -> Result<Vec<LocationRecord>> {
+        let rows: Vec<LocationRow> = on_db!(self, pool => {
+            sqlx::query_as(concat!("SELECT ", location_columns!(), " FROM locations ORDER BY location_id"))
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter().map(LocationRecord::try_from).collect()
+    }
+
+    /// The location's tokens, unsealed; `None` when it has none (never installed, uninstalled).
+    pub async fn location_tokens(&self, location_id: &str) -> Result<Option<LocationTokens>> {
+        let row: Option<SealedTokensRow> = on_db!(self, pool => {
+            sqlx::query_as(
+                "SELECT access_token, refresh_token, token_expires_at FROM locations WHERE location_id = $1",
+            )
+            .bind(location_id)
+            .fetch_optional(pool)
+            .await?
+        });
+        let Some(SealedTokensRow {
+            access_token: Some(access),
+            refresh_token: refresh,
+            token_expires_at: Some(expires_at),
+        }) = row
+        else {
+            return Ok(None);
+        };
+        let access_token = Secret::new(self.key().open_str(&access_context(location_id), &access)?);
+        let refresh_token = refresh
+            .map(|r| {
+                self.key()
+                    .open_str(&refresh_context(location_id), &r)
+                    .map(Secret::new)
+            })
+            .transpose()?;
+        Ok(Some(LocationTokens {
+            access_token,
+            refresh_token,
+            expires_at,
+        }))
+    }
+
+    /// Replaces the tokens after a refresh. The refresh token rotates, so this is written
+    /// before the new access token is used.
+    pub async fn store_location_tokens(
+        &self,
+        location_id: &str,
+        tokens: &LocationTokens,
+    ) -> Result<()> {
+        let access = self
+            .key()
+            .seal_str(&access_context(location_id), tokens.access_token.expose());
+        let refresh = tokens.refresh_token.as_ref().map(|t| {
+            self.key()
+                .seal_str(&refresh_context(location_id), t.expose())
+        });
+        let updated = on_db!(self, pool => {
+            sqlx::query(
+                "UPDATE locations SET access_token = $2, \
+                   refresh_token = COALESCE($3, refresh_token), token_expires_at = $4, \
+                   last_error = NULL, updated_at = $5 WHERE location_id = $1",
+            )
+            .bind(location_id)
+            .bind(access)
+            .bind(refresh)
+            .bind(tokens.expires_at)
+            .bind(now_ms())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if updated == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Sets the status and the last error the admin API shows.
+    pub async fn set_location_status(
+        &self,
+        location_id: &str,
+        status: LocationStatus,
+        last_error: Option<&str>,
+    ) -> Result<()> {
+        let updated = on_db!(self, pool => {
+            sqlx::query("UPDATE locations SET status = $2, last_error = $3, updated_at = $4 WHERE location_id = $1")
+                .bind(location_id)
+                .bind(status.as_str())
+                .bind(last_error)
+                .bind(now_ms())
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        if updated == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+}

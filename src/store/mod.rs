@@ -1,0 +1,174 @@
+//! All SQL of waghl, behind functions named for what they do. Other modules never write SQL.
+//!
+//! Two backends: SQLite (embedded default) and PostgreSQL. Both speak `$N` parameters,
+//! `ON CONFLICT` and `RETURNING`, so a query is written once and run on whichever pool is open
+//! through [`on_db!`]; a function branches on the dialect only where they really differ (row
+//! locks, `BEGIN IMMEDIATE`). Times are unix milliseconds. Secrets are sealed here, on the way
+//! in, so nothing else can write one in plaintext.
+
+mod locations;
+mod meta;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::config::DatabaseUrl;
+use crate::crypto::{CryptoError, SecretKey};
+
+pub use locations::{LocationRecord, LocationStatus, LocationTokens, NewLocation, TokenSource};
+
+/// Runs the same query body on whichever pool the store holds. The body is compiled once per
+/// dialect, so every type it binds or decodes must work on both.
+macro_rules! on_db {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.db {
+            $crate::store::Db::Sqlite($pool) => $body,
+            $crate::store::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_db;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A unique or foreign key constraint refused the write; carries the constraint's name
+    /// when the database reports one.
+    #[error("conflicts with an existing row ({0})")]
+    Conflict(String),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::RowNotFound => Self::NotFound,
+            sqlx::Error::Database(db)
+                if db.is_unique_violation() || db.is_foreign_key_violation() =>
+            {
+                Self::Conflict(db.constraint().unwrap_or(db.message()).to_owned())
+            }
+            other => Self::Database(other),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug)]
+pub(crate) enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The database and the key that seals secrets in it. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+    key: Arc<SecretKey>,
+}
+
+impl Store {
+    /// Opens the pool (creating the SQLite file and its folder on first run). Does not migrate.
+    pub async fn connect(url: &DatabaseUrl, key: Arc<SecretKey>) -> Result<Self> {
+        let db = match url {
+            DatabaseUrl::Sqlite(url) => {
+                create_parent_dir(url)?;
+                let options = SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // FULL: a committed inbox row survives a power cut, not only a crash.
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true);
+                Db::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(8)
+                        .connect_with(options)
+                        .await?,
+                )
+            }
+            DatabaseUrl::Postgres(url) => {
+                let options = PgConnectOptions::from_str(url.expose())?;
+                Db::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(16)
+                        .acquire_timeout(Duration::from_secs(10))
+                        .connect_with(options)
+                        .await?,
+                )
+            }
+        };
+        Ok(Self { db, key })
+    }
+
+    /// Applies the migrations of this dialect that are not applied yet.
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.db {
+            Db::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
+            Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// True when the database answers and every migration this binary knows is applied.
+    pub async fn is_ready(&self) -> bool {
+        let expected = match &self.db {
+            Db::Sqlite(_) => sqlx::migrate!("./migrations/sqlite").iter().count(),
+            Db::Postgres(_) => sqlx::migrate!("./migrations/postgres").iter().count(),
+        };
+        let applied: Result<i64, sqlx::Error> = on_db!(self, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one(pool)
+                .await
+        });
+        applied.is_ok_and(|n| n as usize >= expected)
+    }
+
+    pub fn dialect(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn close(&self) {
+        on_db!(self, pool => pool.close().await);
+    }
+
+    pub(crate) fn key(&self) -> &SecretKey {
+        &self.key
+    }
+}
+
+fn create_parent_dir(url: &str) -> Result<()> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path.starts_with(":memory:") {
+        return Ok(());
+    }
+    if let Some(dir) = Path::new(path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+    }
+    Ok(())
+}

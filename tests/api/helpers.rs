@@ -1,0 +1,199 @@
+//! Test fixtures: fresh databases (SQLite files, or one PostgreSQL database per test) and
+//! `spawn_app`, which runs the real application on a loopback port.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sqlx::Connection as _;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use waghl::config::Config;
+use waghl::startup::Application;
+use waghl::state::AppState;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// base64 of 32 bytes; fixed so a test can reopen a database it made.
+pub const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty database that lives as long as this value.
+pub struct TestDb {
+    pub url: String,
+    /// Holds the SQLite file (and anything else a test writes) until the test ends.
+    pub dir: TempDir,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TestDb {
+    /// `None` only outside CI when PostgreSQL is not configured: the caller skips.
+    pub async fn new(backend: Backend) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = match backend {
+            Backend::Sqlite => format!("sqlite://{}", dir.path().join("waghl.db").display()),
+            Backend::Postgres => fresh_postgres_database().await?,
+        };
+        Some(Self { url, dir })
+    }
+
+    pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        self.url
+            .strip_prefix("sqlite://")
+            .map(std::path::PathBuf::from)
+    }
+}
+
+/// The PostgreSQL server of `WAGHL_TEST_DATABASE_URL`, or `None` (skip) outside CI. In CI a
+/// missing server fails the test instead of letting it pass silently.
+fn postgres_admin_url() -> Option<String> {
+    match std::env::var("WAGHL_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!(
+                "CI=true but WAGHL_TEST_DATABASE_URL is not set: the PostgreSQL tests cannot run"
+            )
+        }
+        _ => {
+            eprintln!("skipped: WAGHL_TEST_DATABASE_URL is not set");
+            None
+        }
+    }
+}
+
+async fn fresh_postgres_database() -> Option<String> {
+    let admin = postgres_admin_url()?;
+    let name = format!(
+        "waghl_test_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        waghl::time::now_ms()
+    );
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("WAGHL_TEST_DATABASE_URL does not answer");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("CREATE DATABASE");
+    let mut url = reqwest::Url::parse(&admin).expect("WAGHL_TEST_DATABASE_URL is a URL");
+    url.set_path(&format!("/{name}"));
+    Some(url.to_string())
+}
+
+/// The settings a test daemon runs with; `overrides` replace or add environment values.
+pub fn test_config(dir: &Path, database_url: &str, overrides: &[(&str, &str)]) -> Config {
+    let mut vars: HashMap<String, String> = [
+        ("WAGHL_LISTEN", "127.0.0.1:0".to_owned()),
+        ("DATABASE_URL", database_url.to_owned()),
+        ("WAGHL_DATA_DIR", dir.join("data").display().to_string()),
+        (
+            "WAGHL_SESSIONS_DIR",
+            dir.join("sessions").display().to_string(),
+        ),
+        ("WAGHL_SECRET_KEY", SECRET_KEY.to_owned()),
+        ("WAGHL_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ("WAGHL_WA_BACKEND", "sim".to_owned()),
+        ("WAGHL_SHUTDOWN_TIMEOUT_MS", "3000".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (k, v) in overrides {
+        vars.insert((*k).to_owned(), (*v).to_owned());
+    }
+    Config::from_lookup(|name| vars.get(name).cloned()).expect("the test configuration is valid")
+}
+
+/// The application running on a loopback port; stopped when dropped.
+pub struct TestApp {
+    pub base_url: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub db: TestDb,
+    stop: Option<oneshot::Sender<()>>,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Backend::Sqlite, &[])
+        .await
+        .expect("SQLite is always available")
+}
+
+/// `None` when the backend is PostgreSQL and none is configured (outside CI).
+pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> Option<TestApp> {
+    let db = TestDb::new(backend).await?;
+    let config = test_config(db.dir.path(), &db.url, overrides);
+    let app = Application::build(config)
+        .await
+        .expect("the application builds");
+    let base_url = format!("http://{}", app.local_addr());
+    let state = app.state().clone();
+    let (stop, stopped) = oneshot::channel();
+    let running = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    Some(TestApp {
+        base_url,
+        client: reqwest::Client::new(),
+        state,
+        db,
+        stop: Some(stop),
+        running: Some(running),
+    })
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
+    pub async fn admin_get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    /// Stops the application and waits until it has closed the database.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(running) = self.running.take() {
+            running
+                .await
+                .expect("the app task")
+                .expect("the app stopped cleanly");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Reads a JSON error body and returns its `code`.
+pub async fn error_code(response: reqwest::Response) -> String {
+    let body: serde_json::Value = response.json().await.expect("a JSON error body");
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error.code in {body}"))
+        .to_owned()
+}

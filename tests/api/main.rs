@@ -1,0 +1,8 @@
+//! The one integration-test binary: every test starts real parts (SQLite or PostgreSQL, the
+//! HTTP server on a loopback port, the fake GHL) and checks what a client would observe.
+
+mod helpers;
+
+mod daemon;
+mod health;
+mod store;

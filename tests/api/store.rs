@@ -1,0 +1,173 @@
+//! The store suite, run against both backends: SQLite always, PostgreSQL when
+//! `WAGHL_TEST_DATABASE_URL` is set (and always in CI).
+
+use std::sync::Arc;
+
+use waghl::config::{DatabaseUrl, Secret};
+use waghl::crypto::SecretKey;
+use waghl::store::{LocationStatus, LocationTokens, NewLocation, Store, TokenSource};
+
+use crate::helpers::{Backend, SECRET_KEY, TestDb};
+
+/// Generates `sqlite::name` and `postgres::name` tests from `async fn name(db: TestDb, store: Store)`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::run(super::Backend::Sqlite, super::$name).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::run(super::Backend::Postgres, super::$name).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    migrations_apply_and_the_store_reports_ready,
+    sealed_tokens_never_reach_the_database_in_plaintext,
+    a_reinstall_replaces_tokens_and_clears_the_error,
+    a_wrong_secret_key_is_refused_at_open,
+);
+
+async fn run<F, Fut>(backend: Backend, test: F)
+where
+    F: FnOnce(TestDb, Store) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let store = open(&db.url, SECRET_KEY).await.expect("the store opens");
+    test(db, store).await;
+}
+
+async fn open(url: &str, key: &str) -> Result<Store, waghl::store::StoreError> {
+    let key = Arc::new(SecretKey::from_base64(key).unwrap());
+    let store = Store::connect(&DatabaseUrl::parse(url).unwrap(), key).await?;
+    store.migrate().await?;
+    store.verify_secret_key().await?;
+    Ok(store)
+}
+
+fn tokens(access: &str, refresh: Option<&str>) -> LocationTokens {
+    LocationTokens {
+        access_token: Secret::new(access),
+        refresh_token: refresh.map(Secret::new),
+        expires_at: waghl::time::now_ms() + 86_399_000,
+    }
+}
+
+async fn migrations_apply_and_the_store_reports_ready(_db: TestDb, store: Store) {
+    assert!(store.is_ready().await);
+    // Migrating twice is a no-op.
+    store.migrate().await.unwrap();
+    assert!(store.locations().await.unwrap().is_empty());
+}
+
+const ACCESS: &str = "access-token-PLAINTEXT-7f3a9c";
+const REFRESH: &str = "refresh-token-PLAINTEXT-b81e2d";
+
+async fn sealed_tokens_never_reach_the_database_in_plaintext(db: TestDb, store: Store) {
+    store
+        .upsert_location(NewLocation {
+            location_id: "loc1",
+            company_id: Some("comp1"),
+            name: Some("Acme Dental"),
+            tokens: &tokens(ACCESS, Some(REFRESH)),
+            source: TokenSource::Oauth,
+        })
+        .await
+        .unwrap();
+    let read = store.location_tokens("loc1").await.unwrap().unwrap();
+    assert_eq!(read.access_token.expose(), ACCESS);
+    assert_eq!(read.refresh_token.unwrap().expose(), REFRESH);
+
+    let raw = raw_database_bytes(&db, &store).await;
+    for secret in [ACCESS, REFRESH] {
+        assert!(
+            !contains(&raw, secret.as_bytes()),
+            "{secret} is stored in plaintext"
+        );
+    }
+    // The check is real: the location's name, stored in clear, is found.
+    assert!(contains(&raw, b"Acme Dental"));
+}
+
+async fn a_reinstall_replaces_tokens_and_clears_the_error(_db: TestDb, store: Store) {
+    let first = tokens("a1", Some("r1"));
+    let new = |t| NewLocation {
+        location_id: "loc2",
+        company_id: None,
+        name: None,
+        tokens: t,
+        source: TokenSource::Oauth,
+    };
+    store
+        .upsert_location(NewLocation {
+            name: Some("Kept"),
+            ..new(&first)
+        })
+        .await
+        .unwrap();
+    store
+        .set_location_status(
+            "loc2",
+            LocationStatus::ReauthRequired,
+            Some("refresh refused"),
+        )
+        .await
+        .unwrap();
+    let record = store.location("loc2").await.unwrap().unwrap();
+    assert_eq!(record.status, LocationStatus::ReauthRequired);
+    assert_eq!(record.last_error.as_deref(), Some("refresh refused"));
+
+    store
+        .upsert_location(new(&tokens("a2", Some("r2"))))
+        .await
+        .unwrap();
+    let record = store.location("loc2").await.unwrap().unwrap();
+    assert_eq!(record.status, LocationStatus::Installed);
+    assert_eq!(record.last_error, None);
+    assert_eq!(record.name.as_deref(), Some("Kept"));
+    let read = store.location_tokens("loc2").await.unwrap().unwrap();
+    assert_eq!(read.access_token.expose(), "a2");
+    assert_eq!(read.refresh_token.unwrap().expose(), "r2");
+}
+
+async fn a_wrong_secret_key_is_refused_at_open(db: TestDb, store: Store) {
+    store.close().await;
+    let other_key = SecretKey::generate_base64();
+    let err = open(&db.url, &other_key)
+        .await
+        .err()
+        .expect("a wrong key must be refused");
+    assert!(err.to_string().contains("does not open"), "{err}");
+    // The right key still opens it.
+    open(&db.url, SECRET_KEY).await.unwrap();
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every byte the database holds for the `locations` table: the SQLite files (main and WAL),
+/// or PostgreSQL's raw row images.
+async fn raw_database_bytes(db: &TestDb, store: &Store) -> Vec<u8> {
+    match db.sqlite_file() {
+        Some(file) => {
+            let mut bytes = std::fs::read(&file).unwrap();
+            let wal = file.with_extension("db-wal");
+            bytes.extend(std::fs::read(wal).unwrap_or_default());
+            bytes
+        }
+        None => {
+            store.close().await;
+            let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+            // The whole row as PostgreSQL stores it, sealed columns included.
+            let rows: Vec<(String,)> = sqlx::query_as("SELECT l::text FROM locations l")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            rows.into_iter().flat_map(|(r,)| r.into_bytes()).collect()
+        }
+    }
+}
