@@ -12,6 +12,11 @@ const GHL_ED25519_KEY: &str = include_str!("../keys/ghl_webhook_ed25519_pub.pem"
 /// GHL's published RSA key for the legacy `x-wh-signature` (GHL_API.md §8.1).
 const GHL_RSA_KEY: &str = include_str!("../keys/ghl_webhook_rsa_pub_legacy.pem");
 
+/// What a conversation provider needs (GHL_API.md §2); agency installs add
+/// `oauth.readonly oauth.write` through `GHL_SCOPES`.
+const DEFAULT_SCOPES: &str = "conversations/message.readonly conversations/message.write \
+     conversations.readonly conversations.write contacts.readonly contacts.write";
+
 /// A value that must never reach a log line: `Debug` and `Display` print `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -123,6 +128,16 @@ pub struct GhlConfig {
     pub rate_limit: u32,
     pub rate_window: Duration,
     pub request_timeout: Duration,
+    /// Retries of a call that failed with 5xx, 429 or a timeout, before giving up for now.
+    pub max_retries: usize,
+    /// First retry delay; doubles each time (with jitter) up to `retry_max_delay`.
+    pub retry_base_delay: Duration,
+    pub retry_max_delay: Duration,
+    /// Delay between retries of a status update that hit GHL's 403 lag after a send.
+    pub status_lag_delay: Duration,
+    pub status_lag_retries: usize,
+    /// Space-separated OAuth scopes asked for at install.
+    pub scopes: String,
 }
 
 impl GhlConfig {
@@ -273,6 +288,28 @@ impl Config {
                 10_000,
             )?,
             request_timeout: millis("WAGHL_GHL_TIMEOUT_MS", get("WAGHL_GHL_TIMEOUT_MS"), 30_000)?,
+            max_retries: number("WAGHL_GHL_MAX_RETRIES", get("WAGHL_GHL_MAX_RETRIES"), 4)?,
+            retry_base_delay: millis(
+                "WAGHL_GHL_RETRY_BASE_MS",
+                get("WAGHL_GHL_RETRY_BASE_MS"),
+                500,
+            )?,
+            retry_max_delay: millis(
+                "WAGHL_GHL_RETRY_MAX_MS",
+                get("WAGHL_GHL_RETRY_MAX_MS"),
+                30_000,
+            )?,
+            status_lag_delay: millis(
+                "WAGHL_GHL_STATUS_LAG_MS",
+                get("WAGHL_GHL_STATUS_LAG_MS"),
+                3_000,
+            )?,
+            status_lag_retries: number(
+                "WAGHL_GHL_STATUS_LAG_RETRIES",
+                get("WAGHL_GHL_STATUS_LAG_RETRIES"),
+                5,
+            )?,
+            scopes: get("GHL_SCOPES").unwrap_or_else(|| DEFAULT_SCOPES.into()),
         };
         if ghl.rate_limit == 0 {
             return Err(bad("WAGHL_GHL_RATE_LIMIT", "expected at least 1"));

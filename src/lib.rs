@@ -8,6 +8,8 @@ pub mod config;
 pub mod crypto;
 /// Pure types and rules: ids, phone numbers, message conversions. No IO.
 pub mod domain;
+/// The GHL API: OAuth, tokens, rate limits, retries, typed calls.
+pub mod ghl;
 /// The axum router and one file per HTTP surface.
 pub mod http;
 /// Prometheus metrics, shared by every module that counts something.

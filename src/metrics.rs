@@ -26,6 +26,18 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GhlLabels {
+    pub operation: String,
+    /// ok | unauthorized | rate_limited | unavailable | rejected
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -37,6 +49,8 @@ pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_latency: HistogramFamily<RouteLabels>,
+    pub ghl_requests: Family<GhlLabels, Counter>,
+    pub ghl_token_refreshes: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -60,11 +74,33 @@ impl Metrics {
             "Time to answer an HTTP request, by route",
             http_latency.clone(),
         );
+        let ghl_requests = Family::<GhlLabels, Counter>::default();
+        registry.register(
+            "waghl_ghl_requests",
+            "Calls to GHL's API (each attempt), by operation and outcome",
+            ghl_requests.clone(),
+        );
+        let ghl_token_refreshes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "waghl_ghl_token_refreshes",
+            "GHL token renewals, by outcome (ok, unavailable, refused, failed)",
+            ghl_token_refreshes.clone(),
+        );
         Self {
             registry,
             http_requests,
             http_latency,
+            ghl_requests,
+            ghl_token_refreshes,
         }
+    }
+
+    pub fn count_token_refresh(&self, outcome: &str) {
+        self.ghl_token_refreshes
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

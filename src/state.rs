@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Secret};
+use crate::ghl::GhlClient;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -15,6 +16,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    pub ghl: GhlClient,
     /// The admin bearer token: configured, or generated on a first SQLite run.
     pub admin_token: Secret,
     /// Cancelled when the daemon stops; every background task watches it.
@@ -27,10 +29,18 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Arc<Config>, store: Store, admin_token: Secret) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let ghl = GhlClient::new(
+            config.ghl.clone(),
+            &config.public_url,
+            store.clone(),
+            metrics.clone(),
+        );
         Self {
             config,
             store,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
+            ghl,
             admin_token,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::ghl::GhlError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +105,35 @@ impl From<StoreError> for ApiError {
                 message: format!("conflicts with an existing record ({what})"),
             },
             other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<GhlError> for ApiError {
+    fn from(e: GhlError) -> Self {
+        let message = e.to_string();
+        match e {
+            GhlError::NotConfigured(_) => Self::Unavailable {
+                code: "ghl_not_configured",
+                message,
+            },
+            GhlError::Unavailable(_) | GhlError::RateLimited { .. } => Self::Unavailable {
+                code: "ghl_unavailable",
+                message,
+            },
+            GhlError::NotInstalled => Self::Conflict {
+                code: "ghl_not_installed",
+                message,
+            },
+            GhlError::ReauthRequired(_) => Self::Conflict {
+                code: "ghl_reauth_required",
+                message,
+            },
+            GhlError::Rejected { .. } => Self::BadGateway {
+                code: "ghl_rejected",
+                message,
+            },
+            GhlError::Store(e) => e.into(),
         }
     }
 }

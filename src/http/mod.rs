@@ -1,9 +1,12 @@
 //! The HTTP surface: one router per surface, merged here with the layers every request goes
 //! through (body limit, tracing by matched route, request metrics, JSON 404/405).
 
+mod admin;
 mod error;
 mod extract;
 mod health;
+mod oauth;
+mod page;
 
 use std::time::Instant;
 
@@ -25,6 +28,8 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit_bytes;
     Router::new()
         .merge(health::router())
+        .merge(oauth::router())
+        .merge(admin::router())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

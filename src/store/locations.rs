@@ -2,8 +2,8 @@
 
 use serde::Serialize;
 
+use super::credentials::{GhlTokens, TokenOwner};
 use super::{Result, Store, StoreError, on_db};
-use crate::config::Secret;
 use crate::time::now_ms;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -24,7 +24,7 @@ impl LocationStatus {
         }
     }
 
-    fn parse(text: &str) -> Result<Self> {
+    pub(super) fn parse(text: &str) -> Result<Self> {
         match text {
             "installed" => Ok(Self::Installed),
             "reauth_required" => Ok(Self::ReauthRequired),
@@ -45,14 +45,14 @@ pub enum TokenSource {
 }
 
 impl TokenSource {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Self::Oauth => "oauth",
             Self::Company => "company",
         }
     }
 
-    fn parse(text: &str) -> Result<Self> {
+    pub(super) fn parse(text: &str) -> Result<Self> {
         match text {
             "oauth" => Ok(Self::Oauth),
             "company" => Ok(Self::Company),
@@ -61,26 +61,17 @@ impl TokenSource {
     }
 }
 
-fn corrupt(column: &str, value: &str) -> StoreError {
+pub(super) fn corrupt(column: &str, value: &str) -> StoreError {
     StoreError::Database(sqlx::Error::Decode(
         format!("unexpected value {value:?} in {column}").into(),
     ))
-}
-
-/// A location's GHL access (and, when it has one, refresh) token.
-#[derive(Clone, Debug)]
-pub struct LocationTokens {
-    pub access_token: Secret,
-    pub refresh_token: Option<Secret>,
-    /// Unix milliseconds.
-    pub expires_at: i64,
 }
 
 pub struct NewLocation<'a> {
     pub location_id: &'a str,
     pub company_id: Option<&'a str>,
     pub name: Option<&'a str>,
-    pub tokens: &'a LocationTokens,
+    pub tokens: &'a GhlTokens,
     pub source: TokenSource,
 }
 
@@ -128,13 +119,6 @@ impl TryFrom<LocationRow> for LocationRecord {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct SealedTokensRow {
-    access_token: Option<Vec<u8>>,
-    refresh_token: Option<Vec<u8>>,
-    token_expires_at: Option<i64>,
-}
-
 /// The columns of [`LocationRow`], as a literal so queries stay `&'static str` (sqlx refuses
 /// SQL built at run time).
 macro_rules! location_columns {
@@ -144,27 +128,12 @@ macro_rules! location_columns {
     };
 }
 
-fn access_context(location_id: &str) -> String {
-    format!("locations.access_token:{location_id}")
-}
-
-fn refresh_context(location_id: &str) -> String {
-    format!("locations.refresh_token:{location_id}")
-}
-
 impl Store {
     /// Records an install (or a re-install): the location is `installed` with these tokens and
     /// no error. Name and company are kept when the new install doesn't know them.
     pub async fn upsert_location(&self, new: NewLocation<'_>) -> Result<()> {
         let id = new.location_id;
-        let access = self
-            .key()
-            .seal_str(&access_context(id), new.tokens.access_token.expose());
-        let refresh = new
-            .tokens
-            .refresh_token
-            .as_ref()
-            .map(|t| self.key().seal_str(&refresh_context(id), t.expose()));
+        let (access, refresh) = self.seal_tokens(TokenOwner::Location(id), new.tokens);
         let now = now_ms();
         on_db!(self, pool => {
             sqlx::query(
@@ -211,96 +180,5 @@ impl Store {
                 .await?
         });
         rows.into_iter().map(LocationRecord::try_from).collect()
-    }
-
-    /// The location's tokens, unsealed; `None` when it has none (never installed, uninstalled).
-    pub async fn location_tokens(&self, location_id: &str) -> Result<Option<LocationTokens>> {
-        let row: Option<SealedTokensRow> = on_db!(self, pool => {
-            sqlx::query_as(
-                "SELECT access_token, refresh_token, token_expires_at FROM locations WHERE location_id = $1",
-            )
-            .bind(location_id)
-            .fetch_optional(pool)
-            .await?
-        });
-        let Some(SealedTokensRow {
-            access_token: Some(access),
-            refresh_token: refresh,
-            token_expires_at: Some(expires_at),
-        }) = row
-        else {
-            return Ok(None);
-        };
-        let access_token = Secret::new(self.key().open_str(&access_context(location_id), &access)?);
-        let refresh_token = refresh
-            .map(|r| {
-                self.key()
-                    .open_str(&refresh_context(location_id), &r)
-                    .map(Secret::new)
-            })
-            .transpose()?;
-        Ok(Some(LocationTokens {
-            access_token,
-            refresh_token,
-            expires_at,
-        }))
-    }
-
-    /// Replaces the tokens after a refresh. The refresh token rotates, so this is written
-    /// before the new access token is used.
-    pub async fn store_location_tokens(
-        &self,
-        location_id: &str,
-        tokens: &LocationTokens,
-    ) -> Result<()> {
-        let access = self
-            .key()
-            .seal_str(&access_context(location_id), tokens.access_token.expose());
-        let refresh = tokens.refresh_token.as_ref().map(|t| {
-            self.key()
-                .seal_str(&refresh_context(location_id), t.expose())
-        });
-        let updated = on_db!(self, pool => {
-            sqlx::query(
-                "UPDATE locations SET access_token = $2, \
-                   refresh_token = COALESCE($3, refresh_token), token_expires_at = $4, \
-                   last_error = NULL, updated_at = $5 WHERE location_id = $1",
-            )
-            .bind(location_id)
-            .bind(access)
-            .bind(refresh)
-            .bind(tokens.expires_at)
-            .bind(now_ms())
-            .execute(pool)
-            .await?
-            .rows_affected()
-        });
-        if updated == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
-    }
-
-    /// Sets the status and the last error the admin API shows.
-    pub async fn set_location_status(
-        &self,
-        location_id: &str,
-        status: LocationStatus,
-        last_error: Option<&str>,
-    ) -> Result<()> {
-        let updated = on_db!(self, pool => {
-            sqlx::query("UPDATE locations SET status = $2, last_error = $3, updated_at = $4 WHERE location_id = $1")
-                .bind(location_id)
-                .bind(status.as_str())
-                .bind(last_error)
-                .bind(now_ms())
-                .execute(pool)
-                .await?
-                .rows_affected()
-        });
-        if updated == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
     }
 }

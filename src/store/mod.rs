@@ -6,8 +6,10 @@
 //! locks, `BEGIN IMMEDIATE`). Times are unix milliseconds. Secrets are sealed here, on the way
 //! in, so nothing else can write one in plaintext.
 
+mod credentials;
 mod locations;
 mod meta;
+mod overview;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -22,7 +24,9 @@ use sqlx::sqlite::{
 use crate::config::DatabaseUrl;
 use crate::crypto::{CryptoError, SecretKey};
 
-pub use locations::{LocationRecord, LocationStatus, LocationTokens, NewLocation, TokenSource};
+pub use credentials::{Credentials, GhlTokens, TokenLock, TokenOwner};
+pub use locations::{LocationRecord, LocationStatus, NewLocation, TokenSource};
+pub use overview::{QueueCounts, SessionSummary};
 
 /// Runs the same query body on whichever pool the store holds. The body is compiled once per
 /// dialect, so every type it binds or decodes must work on both.

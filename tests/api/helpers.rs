@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use fake_ghl::FakeGhl;
 use sqlx::Connection as _;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -120,6 +121,35 @@ pub struct TestApp {
     running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+/// The settings that point waghl at a fake GHL, with retries and delays scaled to tests.
+pub fn ghl_settings(fake: &FakeGhl) -> Vec<(&'static str, String)> {
+    vec![
+        ("GHL_CLIENT_ID", fake.client_id().to_owned()),
+        ("GHL_CLIENT_SECRET", fake.client_secret().to_owned()),
+        ("GHL_CONVERSATION_PROVIDER_ID", PROVIDER_ID.to_owned()),
+        ("GHL_API_BASE_URL", fake.base_url.clone()),
+        ("GHL_MARKETPLACE_URL", fake.base_url.clone()),
+        ("WAGHL_GHL_RETRY_BASE_MS", "10".to_owned()),
+        ("WAGHL_GHL_RETRY_MAX_MS", "50".to_owned()),
+        ("WAGHL_GHL_TIMEOUT_MS", "1000".to_owned()),
+        ("WAGHL_GHL_STATUS_LAG_MS", "20".to_owned()),
+    ]
+}
+
+pub const PROVIDER_ID: &str = "provider-test-1";
+
+/// The application wired to `fake`, on `backend`; `None` when that backend is unavailable.
+pub async fn spawn_app_with_ghl(
+    backend: Backend,
+    fake: &FakeGhl,
+    extra: &[(&str, &str)],
+) -> Option<TestApp> {
+    let settings = ghl_settings(fake);
+    let mut overrides: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    overrides.extend_from_slice(extra);
+    spawn_app_with(backend, &overrides).await
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(Backend::Sqlite, &[])
         .await
@@ -128,6 +158,7 @@ pub async fn spawn_app() -> TestApp {
 
 /// `None` when the backend is PostgreSQL and none is configured (outside CI).
 pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> Option<TestApp> {
+    crate::logs::capture();
     let db = TestDb::new(backend).await?;
     let config = test_config(db.dir.path(), &db.url, overrides);
     let app = Application::build(config)
@@ -150,6 +181,18 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> Opt
 }
 
 impl TestApp {
+    /// Installs the app on `location_id` through the OAuth callback, as GHL's redirect would.
+    pub async fn install(&self, fake: &FakeGhl, location_id: &str) {
+        let code = fake.location_code(location_id);
+        let response = self.get(&format!("/oauth/callback?code={code}")).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
     }

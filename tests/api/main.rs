@@ -2,7 +2,9 @@
 //! HTTP server on a loopback port, the fake GHL) and checks what a client would observe.
 
 mod helpers;
+mod logs;
 
 mod daemon;
+mod ghl;
 mod health;
 mod store;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use waghl::config::{DatabaseUrl, Secret};
 use waghl::crypto::SecretKey;
-use waghl::store::{LocationStatus, LocationTokens, NewLocation, Store, TokenSource};
+use waghl::store::{GhlTokens, LocationStatus, NewLocation, Store, TokenOwner, TokenSource};
 
 use crate::helpers::{Backend, SECRET_KEY, TestDb};
 
@@ -48,8 +48,8 @@ async fn open(url: &str, key: &str) -> Result<Store, waghl::store::StoreError> {
     Ok(store)
 }
 
-fn tokens(access: &str, refresh: Option<&str>) -> LocationTokens {
-    LocationTokens {
+fn tokens(access: &str, refresh: Option<&str>) -> GhlTokens {
+    GhlTokens {
         access_token: Secret::new(access),
         refresh_token: refresh.map(Secret::new),
         expires_at: waghl::time::now_ms() + 86_399_000,
@@ -77,7 +77,12 @@ async fn sealed_tokens_never_reach_the_database_in_plaintext(db: TestDb, store: 
         })
         .await
         .unwrap();
-    let read = store.location_tokens("loc1").await.unwrap().unwrap();
+    let read = store
+        .credentials(TokenOwner::Location("loc1"))
+        .await
+        .unwrap()
+        .unwrap()
+        .tokens;
     assert_eq!(read.access_token.expose(), ACCESS);
     assert_eq!(read.refresh_token.unwrap().expose(), REFRESH);
 
@@ -109,8 +114,8 @@ async fn a_reinstall_replaces_tokens_and_clears_the_error(_db: TestDb, store: St
         .await
         .unwrap();
     store
-        .set_location_status(
-            "loc2",
+        .set_status(
+            TokenOwner::Location("loc2"),
             LocationStatus::ReauthRequired,
             Some("refresh refused"),
         )
@@ -128,7 +133,12 @@ async fn a_reinstall_replaces_tokens_and_clears_the_error(_db: TestDb, store: St
     assert_eq!(record.status, LocationStatus::Installed);
     assert_eq!(record.last_error, None);
     assert_eq!(record.name.as_deref(), Some("Kept"));
-    let read = store.location_tokens("loc2").await.unwrap().unwrap();
+    let read = store
+        .credentials(TokenOwner::Location("loc2"))
+        .await
+        .unwrap()
+        .unwrap()
+        .tokens;
     assert_eq!(read.access_token.expose(), "a2");
     assert_eq!(read.refresh_token.unwrap().expose(), "r2");
 }

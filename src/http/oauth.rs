@@ -1,0 +1,84 @@
+//! The marketplace install: a redirect to GHL's location chooser, and the callback that
+//! exchanges the code and stores the location(s).
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::http::header::LOCATION;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use serde::Deserialize;
+
+use super::ApiError;
+use super::page::{escape, page};
+use crate::ghl::GhlError;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/oauth/install", get(install))
+        .route("/oauth/callback", get(callback))
+}
+
+/// 302 to GHL's location chooser.
+async fn install(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let url = state.ghl.install_url()?;
+    Ok((StatusCode::FOUND, [(LOCATION, url)]))
+}
+
+#[derive(Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    error: Option<String>,
+}
+
+async fn callback(
+    State(state): State<AppState>,
+    Query(query): Query<CallbackQuery>,
+) -> Result<Html<String>, ApiError> {
+    state.ghl.ensure_configured()?;
+    if let Some(error) = query.error {
+        return Err(ApiError::bad_request(
+            "oauth_denied",
+            format!("GHL did not authorise the install: {error}"),
+        ));
+    }
+    let code = query.code.filter(|c| !c.is_empty()).ok_or_else(|| {
+        ApiError::bad_request("missing_code", "expected ?code= from GHL's redirect")
+    })?;
+    let installed = state
+        .ghl
+        .install_from_code(&code)
+        .await
+        .map_err(|e| match e {
+            GhlError::Rejected { message, .. } | GhlError::ReauthRequired(message) => {
+                ApiError::bad_request(
+                    "oauth_code_rejected",
+                    format!("GHL refused the code: {message}"),
+                )
+            }
+            other => other.into(),
+        })?;
+    let mut items = String::new();
+    for (id, name) in &installed.locations {
+        let label = name
+            .as_deref()
+            .map_or_else(|| escape(id), |n| format!("{} ({})", escape(n), escape(id)));
+        items.push_str(&format!("<li><strong>{label}</strong></li>"));
+    }
+    let body = format!(
+        "<h1>WhatsApp bridge installed</h1>\
+         <p>waghl is now connected to {count} GoHighLevel location{plural}:</p><ul>{items}</ul>\
+         <h2>Next: link a WhatsApp number</h2>\
+         <p>Ask your waghl administrator for the location's pairing link, open it, and scan the QR \
+         code with the phone (WhatsApp → Settings → Linked devices → Link a device). The \
+         administrator creates it with <code>POST /api/v1/locations/{{id}}/pairing-link</code>.</p>",
+        count = installed.locations.len(),
+        plural = if installed.locations.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
+    );
+    Ok(Html(page("waghl — installed", &body)))
+}
