@@ -12,6 +12,8 @@ pub mod domain;
 pub mod ghl;
 /// The axum router and one file per HTTP surface.
 pub mod http;
+/// Periodic housekeeping: pruning replay-defence ids, purging old message bodies.
+pub mod maintenance;
 /// Prometheus metrics, shared by every module that counts something.
 pub mod metrics;
 /// Stopping on SIGTERM / SIGINT.

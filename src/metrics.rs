@@ -51,6 +51,7 @@ pub struct Metrics {
     pub http_latency: HistogramFamily<RouteLabels>,
     pub ghl_requests: Family<GhlLabels, Counter>,
     pub ghl_token_refreshes: Family<OutcomeLabels, Counter>,
+    pub webhook_rejections: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -86,12 +87,19 @@ impl Metrics {
             "GHL token renewals, by outcome (ok, unavailable, refused, failed)",
             ghl_token_refreshes.clone(),
         );
+        let webhook_rejections = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "waghl_webhook_rejections",
+            "Webhooks refused with 401, by reason",
+            webhook_rejections.clone(),
+        );
         Self {
             registry,
             http_requests,
             http_latency,
             ghl_requests,
             ghl_token_refreshes,
+            webhook_rejections,
         }
     }
 

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, Secret};
 use crate::crypto::SecretKey;
+use crate::ghl::webhook::WebhookVerifier;
 use crate::state::AppState;
 use crate::store::Store;
 
@@ -35,6 +36,7 @@ impl Application {
                 generate_token,
             )?),
         };
+        let webhooks = WebhookVerifier::from_config(&config.ghl)?;
         for missing in config.ghl.missing() {
             tracing::warn!(
                 setting = missing,
@@ -44,7 +46,7 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {} (WAGHL_LISTEN / PORT)", config.listen))?;
-        let state = AppState::new(Arc::new(config), store, admin_token);
+        let state = AppState::new(Arc::new(config), store, admin_token, webhooks);
         Ok(Self { listener, state })
     }
 
@@ -74,6 +76,7 @@ impl Application {
             }
         });
 
+        crate::maintenance::spawn(&state);
         let app = crate::http::router(state.clone());
         state.mark_started();
         tracing::info!(address = %listener.local_addr()?, database = state.store.dialect(), "waghl is serving");

@@ -8,6 +8,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Secret};
 use crate::ghl::GhlClient;
+use crate::ghl::webhook::WebhookVerifier;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -17,6 +18,8 @@ pub struct AppState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub ghl: GhlClient,
+    /// Checks that a webhook comes from GHL (keys read and validated at start).
+    pub webhooks: Arc<WebhookVerifier>,
     /// The admin bearer token: configured, or generated on a first SQLite run.
     pub admin_token: Secret,
     /// Cancelled when the daemon stops; every background task watches it.
@@ -28,7 +31,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>, store: Store, admin_token: Secret) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        admin_token: Secret,
+        webhooks: WebhookVerifier,
+    ) -> Self {
         let metrics = Arc::new(Metrics::new());
         let ghl = GhlClient::new(
             config.ghl.clone(),
@@ -41,6 +49,7 @@ impl AppState {
             store,
             metrics,
             ghl,
+            webhooks: Arc::new(webhooks),
             admin_token,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),

@@ -2,5 +2,7 @@
 //! edge and trusted afterwards.
 
 mod ids;
+mod outbound;
 
 pub use ids::{InvalidId, LocationId};
+pub use outbound::OutboundRequest;

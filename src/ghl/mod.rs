@@ -8,6 +8,7 @@ mod limiter;
 mod oauth;
 mod tokens;
 pub mod types;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;

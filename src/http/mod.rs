@@ -7,6 +7,7 @@ mod extract;
 mod health;
 mod oauth;
 mod page;
+mod webhooks;
 
 use std::time::Instant;
 
@@ -30,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(oauth::router())
         .merge(admin::router())
+        .merge(webhooks::router())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

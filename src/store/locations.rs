@@ -181,4 +181,14 @@ impl Store {
         });
         rows.into_iter().map(LocationRecord::try_from).collect()
     }
+
+    /// Locations installed through an agency (any status).
+    pub async fn company_location_ids(&self, company_id: &str) -> Result<Vec<String>> {
+        Ok(on_db!(self, pool => {
+            sqlx::query_scalar("SELECT location_id FROM locations WHERE company_id = $1 ORDER BY location_id")
+                .bind(company_id)
+                .fetch_all(pool)
+                .await?
+        }))
+    }
 }

@@ -9,7 +9,9 @@
 mod credentials;
 mod locations;
 mod meta;
+mod outbox;
 mod overview;
+mod webhooks;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -26,6 +28,7 @@ use crate::crypto::{CryptoError, SecretKey};
 
 pub use credentials::{Credentials, GhlTokens, TokenLock, TokenOwner};
 pub use locations::{LocationRecord, LocationStatus, NewLocation, TokenSource};
+pub use outbox::NewOutbound;
 pub use overview::{QueueCounts, SessionSummary};
 
 /// Runs the same query body on whichever pool the store holds. The body is compiled once per

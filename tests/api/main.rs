@@ -8,3 +8,4 @@ mod daemon;
 mod ghl;
 mod health;
 mod store;
+mod webhooks;

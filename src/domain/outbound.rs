@@ -1,0 +1,174 @@
+//! GHL's provider webhook (a message an agent sent in GHL) turned into what waghl will send
+//! on WhatsApp (GHL_API.md §4). Read tolerantly: unknown fields are ignored, `type` may be
+//! `SMS` or `Custom`; what waghl needs is checked with a precise message.
+
+use serde::{Deserialize, Serialize};
+
+use super::LocationId;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProviderWebhook {
+    location_id: Option<String>,
+    message_id: Option<String>,
+    contact_id: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    phone: Option<String>,
+    message: Option<String>,
+    #[serde(default)]
+    attachments: Vec<String>,
+    reply_to_alt_id: Option<String>,
+    conversation_provider_id: Option<String>,
+    user_id: Option<String>,
+    /// When GHL created the message, if it says (ISO-8601).
+    date: Option<String>,
+    date_added: Option<String>,
+}
+
+/// A validated outbound message, as stored in the outbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundRequest {
+    #[serde(skip)]
+    pub location_id: Option<LocationId>,
+    #[serde(skip)]
+    pub ghl_message_id: String,
+    #[serde(skip)]
+    pub ghl_contact_id: Option<String>,
+    /// As GHL wrote it; normalised to E.164 when sent.
+    #[serde(skip)]
+    pub phone: String,
+    pub text: String,
+    pub attachments: Vec<String>,
+    pub reply_to: Option<String>,
+    pub user_id: Option<String>,
+    /// Unix ms of GHL's message date, when the webhook carries one.
+    pub created_at: Option<i64>,
+}
+
+impl OutboundRequest {
+    /// `provider_id` is waghl's conversation provider: a webhook naming another is refused.
+    pub fn from_webhook(
+        body: &serde_json::Value,
+        provider_id: Option<&str>,
+    ) -> Result<Self, String> {
+        let webhook: ProviderWebhook = serde_json::from_value(body.clone())
+            .map_err(|e| format!("unexpected field type: {e}"))?;
+        let location_id = webhook.location_id.ok_or("locationId is required")?;
+        let location_id =
+            LocationId::parse(&location_id).map_err(|e| format!("locationId: {e}"))?;
+        let ghl_message_id = webhook
+            .message_id
+            .filter(|m| !m.is_empty())
+            .ok_or("messageId is required")?;
+        match webhook.kind.as_deref() {
+            None | Some("SMS") | Some("Custom") => {}
+            Some(other) => {
+                return Err(format!(
+                    "type {other:?} is not sent on WhatsApp (expected SMS or Custom)"
+                ));
+            }
+        }
+        if let (Some(ours), Some(theirs)) =
+            (provider_id, webhook.conversation_provider_id.as_deref())
+            && ours != theirs
+        {
+            return Err(format!(
+                "conversationProviderId {theirs:?} is not this bridge's provider"
+            ));
+        }
+        let phone = webhook
+            .phone
+            .filter(|p| !p.trim().is_empty())
+            .ok_or("phone is required")?;
+        let text = webhook.message.unwrap_or_default();
+        if text.trim().is_empty() && webhook.attachments.is_empty() {
+            return Err("message or attachments must be given".into());
+        }
+        let created_at = webhook
+            .date
+            .or(webhook.date_added)
+            .as_deref()
+            .and_then(crate::time::parse_rfc3339);
+        Ok(Self {
+            location_id: Some(location_id),
+            ghl_message_id,
+            ghl_contact_id: webhook.contact_id,
+            phone: phone.trim().to_owned(),
+            text,
+            attachments: webhook.attachments,
+            reply_to: webhook.reply_to_alt_id.filter(|r| !r.is_empty()),
+            user_id: webhook.user_id,
+            created_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> serde_json::Value {
+        json!({
+            "contactId": "GKBhT6BfwY9mjzXAU3sq", "locationId": "GKAWb4yu7A4LSc0skQ6g",
+            "messageId": "GKJxs4P5L8dWc5CFUITM", "type": "SMS", "phone": "+15864603685",
+            "message": "The text message", "attachments": ["https://example.com/a.png"],
+            "userId": "GK56r6wdJDrkUPd0xsmx", "somethingNew": {"ignored": true}
+        })
+    }
+
+    #[test]
+    fn ghl_documented_example_parses_and_unknown_fields_are_ignored() {
+        let request = OutboundRequest::from_webhook(&sample(), None).unwrap();
+        assert_eq!(
+            request.location_id.unwrap().as_str(),
+            "GKAWb4yu7A4LSc0skQ6g"
+        );
+        assert_eq!(request.ghl_message_id, "GKJxs4P5L8dWc5CFUITM");
+        assert_eq!(request.phone, "+15864603685");
+        assert_eq!(request.attachments.len(), 1);
+    }
+
+    #[test]
+    fn custom_type_and_reply_to_are_read() {
+        let mut body = sample();
+        body["type"] = json!("Custom");
+        body["replyToAltId"] = json!("3EB0ABC");
+        let request = OutboundRequest::from_webhook(&body, None).unwrap();
+        assert_eq!(request.reply_to.as_deref(), Some("3EB0ABC"));
+    }
+
+    #[test]
+    fn missing_or_wrong_fields_are_named() {
+        for (field, value, expected) in [
+            ("messageId", json!(null), "messageId"),
+            ("locationId", json!(null), "locationId"),
+            ("phone", json!(""), "phone"),
+            ("type", json!("Email"), "Email"),
+            ("attachments", json!("not a list"), "unexpected field type"),
+        ] {
+            let mut body = sample();
+            body[field] = value;
+            let err = OutboundRequest::from_webhook(&body, None).unwrap_err();
+            assert!(err.contains(expected), "{field}: {err}");
+        }
+        let mut body = sample();
+        body["message"] = json!(" ");
+        body["attachments"] = json!([]);
+        assert!(
+            OutboundRequest::from_webhook(&body, None)
+                .unwrap_err()
+                .contains("message or attachments")
+        );
+    }
+
+    #[test]
+    fn another_provider_is_refused() {
+        let mut body = sample();
+        body["conversationProviderId"] = json!("someone-else");
+        assert!(OutboundRequest::from_webhook(&body, Some("ours")).is_err());
+        body["conversationProviderId"] = json!("ours");
+        assert!(OutboundRequest::from_webhook(&body, Some("ours")).is_ok());
+    }
+}

@@ -1,0 +1,248 @@
+//! GHL's webhooks: the conversation provider's Delivery URL (outbound messages) and the app's
+//! default webhook URL (INSTALL / UNINSTALL). Both authenticate the raw body first; nothing
+//! that fails authentication is parsed, stored or logged with its body.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Query, Request, State};
+use axum::http::HeaderMap;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::ApiError;
+use super::extract::bytes_rejection;
+use crate::domain::OutboundRequest;
+use crate::ghl::webhook::{Rejection, check_timestamp};
+use crate::ghl::{Action, GhlError};
+use crate::metrics::ReasonLabels;
+use crate::state::AppState;
+use crate::store::{LocationStatus, NewOutbound, TokenOwner};
+use crate::time::now_ms;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/webhooks/ghl/provider", post(provider))
+        .route("/webhooks/ghl/app", post(app_event))
+}
+
+/// A webhook body that proved it comes from GHL, parsed as JSON.
+pub struct VerifiedWebhook {
+    pub body: Value,
+    pub webhook_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct KeyQuery {
+    key: Option<String>,
+}
+
+impl FromRequest<AppState> for VerifiedWebhook {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let route = req.uri().path().to_owned();
+        let key = Query::<KeyQuery>::try_from_uri(req.uri())
+            .ok()
+            .and_then(|q| q.0.key);
+        let headers: HeaderMap = req.headers().clone();
+        let raw = Bytes::from_request(req, state)
+            .await
+            .map_err(bytes_rejection)?;
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let verified = state.webhooks.verify(
+            header("x-ghl-signature"),
+            header("x-wh-signature"),
+            key.as_deref(),
+            &raw,
+        );
+        let body: Value = match verified {
+            Ok(_) => serde_json::from_slice(&raw).map_err(|e| {
+                ApiError::bad_request("malformed_json", format!("the body is not JSON: {e}"))
+            })?,
+            Err(rejection) => return Err(refuse(state, &route, rejection)),
+        };
+        check_timestamp(&body, now_ms()).map_err(|rejection| refuse(state, &route, rejection))?;
+        let webhook_id = body
+            .get("webhookId")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Ok(Self { body, webhook_id })
+    }
+}
+
+/// Counts and logs (without the body) a refused webhook, and answers 401.
+fn refuse(state: &AppState, route: &str, rejection: Rejection) -> ApiError {
+    state
+        .metrics
+        .webhook_rejections
+        .get_or_create(&ReasonLabels {
+            reason: rejection.code().into(),
+        })
+        .inc();
+    tracing::warn!(
+        http.route = route,
+        reason = rejection.code(),
+        "webhook refused"
+    );
+    ApiError::Unauthorized(rejection.to_string())
+}
+
+/// `POST /webhooks/ghl/provider`: an agent's message, queued for WhatsApp and answered at once.
+async fn provider(
+    State(state): State<AppState>,
+    webhook: VerifiedWebhook,
+) -> Result<Json<Value>, ApiError> {
+    state.ghl.ensure_configured()?;
+    if already_processed(&state, &webhook).await? {
+        return Ok(Json(json!({ "status": "duplicate" })));
+    }
+    let provider_id = state.config.ghl.conversation_provider_id.as_deref();
+    let request = OutboundRequest::from_webhook(&webhook.body, provider_id)
+        .map_err(|message| ApiError::bad_request("invalid_webhook", message))?;
+    let location_id = request
+        .location_id
+        .clone()
+        .expect("parsed webhooks name their location");
+    if state.store.location(location_id.as_str()).await?.is_none() {
+        return Err(ApiError::not_found(format!(
+            "no location {location_id} is installed"
+        )));
+    }
+    let body = serde_json::to_string(&request).map_err(anyhow::Error::from)?;
+    let queued = state
+        .store
+        .enqueue_outbound(NewOutbound {
+            location_id: location_id.as_str(),
+            ghl_message_id: &request.ghl_message_id,
+            ghl_contact_id: request.ghl_contact_id.as_deref(),
+            to_phone: &request.phone,
+            body: &body,
+        })
+        .await?;
+    if let Some(id) = &webhook.webhook_id {
+        state.store.record_webhook(id).await?;
+    }
+    let status = if queued.is_some() {
+        "queued"
+    } else {
+        "duplicate"
+    };
+    tracing::info!(location.id = %location_id, ghl.message_id = %request.ghl_message_id, status, "outbound message received");
+    Ok(Json(json!({ "status": status })))
+}
+
+/// A repeated `webhookId` is answered 200 and changes nothing (GHL may be retrying after a
+/// lost answer). Ids are recorded once the webhook was handled.
+async fn already_processed(state: &AppState, webhook: &VerifiedWebhook) -> Result<bool, ApiError> {
+    match &webhook.webhook_id {
+        Some(id) => Ok(state.store.webhook_seen(id).await?),
+        None => Ok(false),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AppEvent {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    app_id: Option<String>,
+    location_id: Option<String>,
+    company_id: Option<String>,
+}
+
+/// `POST /webhooks/ghl/app`: INSTALL and UNINSTALL of the marketplace app.
+async fn app_event(
+    State(state): State<AppState>,
+    webhook: VerifiedWebhook,
+) -> Result<Response, ApiError> {
+    state.ghl.ensure_configured()?;
+    if already_processed(&state, &webhook).await? {
+        return Ok(Json(json!({ "status": "duplicate" })).into_response());
+    }
+    let event: AppEvent = serde_json::from_value(webhook.body).map_err(|e| {
+        ApiError::bad_request("invalid_webhook", format!("unexpected field type: {e}"))
+    })?;
+    if event.app_id.as_deref() != state.ghl.app_id() {
+        return Ok(Json(json!({ "status": "ignored", "reason": "another app" })).into_response());
+    }
+    let outcome = match event.kind.as_deref() {
+        Some("INSTALL") => install(&state, &event).await,
+        Some("UNINSTALL") => uninstall(&state, &event).await.map_err(GhlError::from),
+        _ => Ok("ignored"),
+    };
+    match outcome {
+        Ok(status) => {
+            if let Some(id) = &webhook.webhook_id {
+                state.store.record_webhook(id).await?;
+            }
+            Ok(Json(json!({ "status": status })).into_response())
+        }
+        // GHL retries app webhooks only after a 429 (GHL_API.md §8.5): ask for a retry when
+        // the failure is on GHL's side and will heal.
+        Err(e) if e.action() == Action::RetryLater => {
+            tracing::warn!(error = %e, "app event deferred; GHL will retry it");
+            Ok((
+                StatusCode::TOO_MANY_REQUESTS,
+                Json(json!({ "error": { "code": e.code(), "message": e.to_string() } })),
+            )
+                .into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A location install completes through the OAuth callback; an install that GHL announces for
+/// an agency whose company token waghl holds is completed here by minting the location token.
+async fn install(state: &AppState, event: &AppEvent) -> Result<&'static str, GhlError> {
+    let Some(company_id) = event.company_id.as_deref() else {
+        return Ok("awaiting_oauth");
+    };
+    let company = state
+        .store
+        .credentials(TokenOwner::Company(company_id))
+        .await?;
+    if company.is_none_or(|c| c.status != LocationStatus::Installed) {
+        return Ok("awaiting_oauth");
+    }
+    match event.location_id.as_deref() {
+        Some(location_id) => {
+            state
+                .ghl
+                .install_company_location(company_id, location_id, None)
+                .await?
+        }
+        None => {
+            state.ghl.install_company_locations(company_id).await?;
+        }
+    }
+    Ok("installed")
+}
+
+/// Deletes the tokens and marks the location(s) uninstalled; message history stays.
+async fn uninstall(
+    state: &AppState,
+    event: &AppEvent,
+) -> Result<&'static str, crate::store::StoreError> {
+    let locations = match (&event.location_id, &event.company_id) {
+        (Some(location_id), _) => vec![location_id.clone()],
+        (None, Some(company_id)) => {
+            state
+                .store
+                .uninstall(TokenOwner::Company(company_id))
+                .await?;
+            state.store.company_location_ids(company_id).await?
+        }
+        (None, None) => return Ok("ignored"),
+    };
+    for location_id in &locations {
+        state
+            .store
+            .uninstall(TokenOwner::Location(location_id))
+            .await?;
+        tracing::info!(location.id = %location_id, "location uninstalled");
+    }
+    Ok("uninstalled")
+}
