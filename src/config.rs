@@ -178,6 +178,9 @@ pub struct Config {
     /// Message bodies are purged after this many days; ids and states stay.
     pub retention_days: u32,
     pub ghl: GhlConfig,
+    pub sessions: crate::sessions::SessionSettings,
+    /// Scales the simulated transport's QR schedule (1.0 = WhatsApp's own timings).
+    pub sim_time_scale: f64,
     pub log_format: LogFormat,
     pub body_limit_bytes: usize,
     /// How long a shutdown may take to drain requests and background tasks.
@@ -193,11 +196,7 @@ impl Config {
     /// Reads settings through `lookup`, so tests can build a configuration without touching
     /// the process environment. Empty values count as unset.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| {
-            lookup(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
 
         let listen = match (get("WAGHL_LISTEN"), get("PORT")) {
             (Some(addr), _) => addr
@@ -211,25 +210,19 @@ impl Config {
             }
             (None, None) => SocketAddr::from(([0, 0, 0, 0], 8080)),
         };
-        let database_url = DatabaseUrl::parse(
-            &get("DATABASE_URL").unwrap_or_else(|| "sqlite://data/waghl.db".into()),
-        )?;
+        let database_url = DatabaseUrl::parse(&get("DATABASE_URL").unwrap_or_else(|| "sqlite://data/waghl.db".into()))?;
         let public_url = match get("WAGHL_PUBLIC_URL") {
             Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
                 url.trim_end_matches('/').to_owned()
             }
             Some(_) => {
-                return Err(bad(
-                    "WAGHL_PUBLIC_URL",
-                    "expected an http:// or https:// URL",
-                ));
+                return Err(bad("WAGHL_PUBLIC_URL", "expected an http:// or https:// URL"));
             }
             None => format!("http://localhost:{}", listen.port()),
         };
         let secret_key = get("WAGHL_SECRET_KEY").map(Secret::new);
         if let Some(key) = &secret_key {
-            crate::crypto::SecretKey::from_base64(key.expose())
-                .map_err(|e| bad("WAGHL_SECRET_KEY", e.to_string()))?;
+            crate::crypto::SecretKey::from_base64(key.expose()).map_err(|e| bad("WAGHL_SECRET_KEY", e.to_string()))?;
         }
         let admin_token = get("WAGHL_ADMIN_TOKEN").map(Secret::new);
         if admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
@@ -275,44 +268,40 @@ impl Config {
             api_version: get("GHL_API_VERSION").unwrap_or_else(|| "2021-07-28".into()),
             webhook_public_key: pem("GHL_WEBHOOK_PUBLIC_KEY", get("GHL_WEBHOOK_PUBLIC_KEY"))?
                 .unwrap_or_else(|| GHL_ED25519_KEY.into()),
-            webhook_legacy_public_key: pem(
-                "GHL_WEBHOOK_LEGACY_PUBLIC_KEY",
-                get("GHL_WEBHOOK_LEGACY_PUBLIC_KEY"),
-            )?
-            .unwrap_or_else(|| GHL_RSA_KEY.into()),
+            webhook_legacy_public_key: pem("GHL_WEBHOOK_LEGACY_PUBLIC_KEY", get("GHL_WEBHOOK_LEGACY_PUBLIC_KEY"))?
+                .unwrap_or_else(|| GHL_RSA_KEY.into()),
             webhook_key: get("WAGHL_WEBHOOK_KEY").map(Secret::new),
             rate_limit: number("WAGHL_GHL_RATE_LIMIT", get("WAGHL_GHL_RATE_LIMIT"), 90)?,
-            rate_window: millis(
-                "WAGHL_GHL_RATE_WINDOW_MS",
-                get("WAGHL_GHL_RATE_WINDOW_MS"),
-                10_000,
-            )?,
+            rate_window: millis("WAGHL_GHL_RATE_WINDOW_MS", get("WAGHL_GHL_RATE_WINDOW_MS"), 10_000)?,
             request_timeout: millis("WAGHL_GHL_TIMEOUT_MS", get("WAGHL_GHL_TIMEOUT_MS"), 30_000)?,
             max_retries: number("WAGHL_GHL_MAX_RETRIES", get("WAGHL_GHL_MAX_RETRIES"), 4)?,
-            retry_base_delay: millis(
-                "WAGHL_GHL_RETRY_BASE_MS",
-                get("WAGHL_GHL_RETRY_BASE_MS"),
-                500,
-            )?,
-            retry_max_delay: millis(
-                "WAGHL_GHL_RETRY_MAX_MS",
-                get("WAGHL_GHL_RETRY_MAX_MS"),
-                30_000,
-            )?,
-            status_lag_delay: millis(
-                "WAGHL_GHL_STATUS_LAG_MS",
-                get("WAGHL_GHL_STATUS_LAG_MS"),
-                3_000,
-            )?,
-            status_lag_retries: number(
-                "WAGHL_GHL_STATUS_LAG_RETRIES",
-                get("WAGHL_GHL_STATUS_LAG_RETRIES"),
-                5,
-            )?,
+            retry_base_delay: millis("WAGHL_GHL_RETRY_BASE_MS", get("WAGHL_GHL_RETRY_BASE_MS"), 500)?,
+            retry_max_delay: millis("WAGHL_GHL_RETRY_MAX_MS", get("WAGHL_GHL_RETRY_MAX_MS"), 30_000)?,
+            status_lag_delay: millis("WAGHL_GHL_STATUS_LAG_MS", get("WAGHL_GHL_STATUS_LAG_MS"), 3_000)?,
+            status_lag_retries: number("WAGHL_GHL_STATUS_LAG_RETRIES", get("WAGHL_GHL_STATUS_LAG_RETRIES"), 5)?,
             scopes: get("GHL_SCOPES").unwrap_or_else(|| DEFAULT_SCOPES.into()),
         };
         if ghl.rate_limit == 0 {
             return Err(bad("WAGHL_GHL_RATE_LIMIT", "expected at least 1"));
+        }
+        let sessions = crate::sessions::SessionSettings {
+            health_interval: millis("WAGHL_HEALTH_INTERVAL_MS", get("WAGHL_HEALTH_INTERVAL_MS"), 30_000)?,
+            policy: crate::sessions::PolicySettings {
+                base_delay: millis("WAGHL_RESTART_BASE_MS", get("WAGHL_RESTART_BASE_MS"), 2_000)?,
+                max_delay: millis("WAGHL_RESTART_MAX_MS", get("WAGHL_RESTART_MAX_MS"), 300_000)?,
+                stable_after: millis("WAGHL_RESTART_STABLE_MS", get("WAGHL_RESTART_STABLE_MS"), 120_000)?,
+                crash_limit: number("WAGHL_CRASH_LOOP_RESTARTS", get("WAGHL_CRASH_LOOP_RESTARTS"), 5)?,
+                crash_window: millis("WAGHL_CRASH_LOOP_WINDOW_MS", get("WAGHL_CRASH_LOOP_WINDOW_MS"), 600_000)?,
+            },
+            lease_ttl: millis("WAGHL_LEASE_TTL_MS", get("WAGHL_LEASE_TTL_MS"), 30_000)?,
+            restore_spread: millis("WAGHL_RESTORE_SPREAD_MS", get("WAGHL_RESTORE_SPREAD_MS"), 5_000)?,
+        };
+        if sessions.health_interval.is_zero() || sessions.lease_ttl.is_zero() {
+            return Err(bad("WAGHL_HEALTH_INTERVAL_MS", "intervals must be above zero"));
+        }
+        let sim_time_scale: f64 = number("WAGHL_SIM_TIME_SCALE", get("WAGHL_SIM_TIME_SCALE"), 1.0)?;
+        if !(sim_time_scale > 0.0 && sim_time_scale <= 10.0) {
+            return Err(bad("WAGHL_SIM_TIME_SCALE", "expected a number above 0 and at most 10"));
         }
         let log_format = match get("WAGHL_LOG_FORMAT").as_deref() {
             None | Some("pretty") => LogFormat::Pretty,
@@ -323,44 +312,28 @@ impl Config {
             listen,
             database_url,
             public_url,
-            data_dir: get("WAGHL_DATA_DIR")
-                .unwrap_or_else(|| "data".into())
-                .into(),
+            data_dir: get("WAGHL_DATA_DIR").unwrap_or_else(|| "data".into()).into(),
             secret_key,
             admin_token,
-            sessions_dir: get("WAGHL_SESSIONS_DIR")
-                .unwrap_or_else(|| "sessions".into())
-                .into(),
+            sessions_dir: get("WAGHL_SESSIONS_DIR").unwrap_or_else(|| "sessions".into()).into(),
             wa_backend,
             default_country: default_country.to_ascii_uppercase(),
             send_gap: millis("WAGHL_SEND_GAP_MS", get("WAGHL_SEND_GAP_MS"), 1_500)?,
             retention_days: number("WAGHL_RETENTION_DAYS", get("WAGHL_RETENTION_DAYS"), 30)?,
             ghl,
+            sessions,
+            sim_time_scale,
             log_format,
-            body_limit_bytes: number(
-                "WAGHL_BODY_LIMIT_BYTES",
-                get("WAGHL_BODY_LIMIT_BYTES"),
-                1 << 20,
-            )?,
-            shutdown_timeout: millis(
-                "WAGHL_SHUTDOWN_TIMEOUT_MS",
-                get("WAGHL_SHUTDOWN_TIMEOUT_MS"),
-                8_000,
-            )?,
+            body_limit_bytes: number("WAGHL_BODY_LIMIT_BYTES", get("WAGHL_BODY_LIMIT_BYTES"), 1 << 20)?,
+            shutdown_timeout: millis("WAGHL_SHUTDOWN_TIMEOUT_MS", get("WAGHL_SHUTDOWN_TIMEOUT_MS"), 8_000)?,
         })
     }
 }
 
-fn number<T: std::str::FromStr>(
-    var: &'static str,
-    value: Option<String>,
-    default: T,
-) -> Result<T, ConfigError> {
+fn number<T: std::str::FromStr>(var: &'static str, value: Option<String>, default: T) -> Result<T, ConfigError> {
     match value {
         None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| bad(var, "expected a whole non-negative number")),
+        Some(v) => v.parse().map_err(|_| bad(var, "expected a non-negative number")),
     }
 }
 
@@ -368,11 +341,7 @@ fn millis(var: &'static str, value: Option<String>, default: u64) -> Result<Dura
     number(var, value, default).map(Duration::from_millis)
 }
 
-fn http_url(
-    var: &'static str,
-    value: Option<String>,
-    default: &str,
-) -> Result<String, ConfigError> {
+fn http_url(var: &'static str, value: Option<String>, default: &str) -> Result<String, ConfigError> {
     let url = value.unwrap_or_else(|| default.to_owned());
     if url.starts_with("http://") || url.starts_with("https://") {
         Ok(url.trim_end_matches('/').to_owned())
@@ -387,12 +356,8 @@ fn pem(var: &'static str, value: Option<String>) -> Result<Option<String>, Confi
     if value.contains("-----BEGIN") {
         return Ok(Some(value));
     }
-    let text = std::fs::read_to_string(&value).map_err(|e| {
-        bad(
-            var,
-            format!("expected PEM text or a readable PEM file ({e})"),
-        )
-    })?;
+    let text = std::fs::read_to_string(&value)
+        .map_err(|e| bad(var, format!("expected PEM text or a readable PEM file ({e})")))?;
     if !text.contains("-----BEGIN") {
         return Err(bad(var, "the file holds no PEM block"));
     }
@@ -405,10 +370,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let vars: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|name| vars.get(name).cloned())
     }
 
@@ -448,11 +410,7 @@ mod tests {
         let err = load(&[("DATABASE_URL", "postgres://u:p@db/waghl")]).unwrap_err();
         assert_eq!(err.var, "WAGHL_SECRET_KEY");
         let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-        let err = load(&[
-            ("DATABASE_URL", "postgresql://u:p@db/w"),
-            ("WAGHL_SECRET_KEY", key),
-        ])
-        .unwrap_err();
+        let err = load(&[("DATABASE_URL", "postgresql://u:p@db/w"), ("WAGHL_SECRET_KEY", key)]).unwrap_err();
         assert_eq!(err.var, "WAGHL_ADMIN_TOKEN");
     }
 
@@ -460,22 +418,14 @@ mod tests {
     fn debug_output_redacts_secrets_and_database_passwords() {
         let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
         let config = load(&[
-            (
-                "DATABASE_URL",
-                "postgres://waghl:hunter2hunter2@db:5432/waghl",
-            ),
+            ("DATABASE_URL", "postgres://waghl:hunter2hunter2@db:5432/waghl"),
             ("WAGHL_SECRET_KEY", key),
             ("WAGHL_ADMIN_TOKEN", "admin-token-0123456789"),
             ("GHL_CLIENT_SECRET", "client-secret-value"),
         ])
         .unwrap();
         let printed = format!("{config:?}");
-        for secret in [
-            key,
-            "hunter2hunter2",
-            "admin-token-0123456789",
-            "client-secret-value",
-        ] {
+        for secret in [key, "hunter2hunter2", "admin-token-0123456789", "client-secret-value"] {
             assert!(!printed.contains(secret), "{secret} leaked");
         }
         assert!(printed.contains("db:5432/waghl"));
@@ -491,11 +441,7 @@ mod tests {
                 .contains("MCowBQYDK2VwAyEAi2HR1srL4o18O8BRa7gVJY7G7bupbN3H9AwJrHCDiOg=")
         );
         let path = std::env::temp_dir().join(format!("waghl-key-{}.pem", std::process::id()));
-        std::fs::write(
-            &path,
-            "-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----\n").unwrap();
         let config = load(&[("GHL_WEBHOOK_PUBLIC_KEY", path.to_str().unwrap())]).unwrap();
         assert!(config.ghl.webhook_public_key.contains("abc"));
         let err = load(&[("GHL_WEBHOOK_PUBLIC_KEY", "/nonexistent/key.pem")]).unwrap_err();

@@ -29,9 +29,7 @@ pub struct SecretKey {
 
 impl SecretKey {
     pub fn from_base64(text: &str) -> Result<Self, CryptoError> {
-        let bytes = BASE64
-            .decode(text.trim())
-            .map_err(|_| CryptoError::BadKey)?;
+        let bytes = BASE64.decode(text.trim()).map_err(|_| CryptoError::BadKey)?;
         Self::from_bytes(&bytes)
     }
 
@@ -76,15 +74,12 @@ impl SecretKey {
     }
 
     pub fn open(&self, context: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let (&version, rest) = sealed
-            .split_first()
-            .ok_or(CryptoError::WrongKeyOrTampered)?;
+        let (&version, rest) = sealed.split_first().ok_or(CryptoError::WrongKeyOrTampered)?;
         if version != FORMAT_V1 || rest.len() < NONCE_LEN {
             return Err(CryptoError::WrongKeyOrTampered);
         }
         let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
-        let nonce =
-            Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::WrongKeyOrTampered)?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::WrongKeyOrTampered)?;
         let mut in_out = ciphertext.to_vec();
         let plaintext = self
             .key
@@ -102,6 +97,15 @@ impl SecretKey {
     }
 }
 
+/// `bytes` random bytes as lowercase hex, for ids that must not be guessed or collide.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    SystemRandom::new()
+        .fill(&mut buf)
+        .expect("the operating system's random source failed");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,31 +119,18 @@ mod tests {
         let key = key();
         let sealed = key.seal_str("locations.access_token:loc1", "tok-123");
         assert!(!sealed.windows(7).any(|w| w == b"tok-123"));
-        assert_eq!(
-            key.open_str("locations.access_token:loc1", &sealed)
-                .unwrap(),
-            "tok-123"
-        );
+        assert_eq!(key.open_str("locations.access_token:loc1", &sealed).unwrap(), "tok-123");
     }
 
     #[test]
     fn another_key_another_context_or_a_flipped_bit_is_refused() {
         let (a, b) = (key(), key());
         let mut sealed = a.seal_str("ctx", "secret");
-        assert_eq!(
-            b.open_str("ctx", &sealed),
-            Err(CryptoError::WrongKeyOrTampered)
-        );
-        assert_eq!(
-            a.open_str("other", &sealed),
-            Err(CryptoError::WrongKeyOrTampered)
-        );
+        assert_eq!(b.open_str("ctx", &sealed), Err(CryptoError::WrongKeyOrTampered));
+        assert_eq!(a.open_str("other", &sealed), Err(CryptoError::WrongKeyOrTampered));
         let last = sealed.len() - 1;
         sealed[last] ^= 1;
-        assert_eq!(
-            a.open_str("ctx", &sealed),
-            Err(CryptoError::WrongKeyOrTampered)
-        );
+        assert_eq!(a.open_str("ctx", &sealed), Err(CryptoError::WrongKeyOrTampered));
         assert_eq!(a.open_str("ctx", &[]), Err(CryptoError::WrongKeyOrTampered));
     }
 

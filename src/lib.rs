@@ -16,6 +16,8 @@ pub mod http;
 pub mod maintenance;
 /// Prometheus metrics, shared by every module that counts something.
 pub mod metrics;
+/// WhatsApp sessions: the per-location supervisor, state machine and health checks.
+pub mod sessions;
 /// Stopping on SIGTERM / SIGINT.
 pub mod shutdown;
 /// Builds the application and runs it until it is told to stop.
@@ -28,3 +30,5 @@ pub mod store;
 pub mod telemetry;
 /// Current time as unix milliseconds, and its RFC 3339 form.
 pub mod time;
+/// The WhatsApp transport seam and its implementations.
+pub mod wa;

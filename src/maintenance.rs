@@ -27,11 +27,7 @@ pub fn spawn(state: &AppState) {
 
 /// One round of housekeeping; failures are logged and retried next round.
 pub async fn run_once(state: &AppState) {
-    match state
-        .store
-        .prune_webhook_ids(now_ms() - WEBHOOK_ID_TTL_MS)
-        .await
-    {
+    match state.store.prune_webhook_ids(now_ms() - WEBHOOK_ID_TTL_MS).await {
         Ok(0) => {}
         Ok(pruned) => tracing::debug!(pruned, "forgot old webhook ids"),
         Err(e) => tracing::warn!(error = %e, "pruning webhook ids failed"),

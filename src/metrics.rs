@@ -5,6 +5,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -38,6 +39,18 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InboundLabels {
+    pub kind: String,
+    /// pending | skipped
+    pub outcome: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -52,6 +65,13 @@ pub struct Metrics {
     pub ghl_requests: Family<GhlLabels, Counter>,
     pub ghl_token_refreshes: Family<OutcomeLabels, Counter>,
     pub webhook_rejections: Family<ReasonLabels, Counter>,
+    pub sessions: Family<StateLabels, Gauge>,
+    pub session_transitions: Family<StateLabels, Counter>,
+    pub restarts: Counter,
+    pub health_failures: Counter,
+    pub pairing_attempts: Counter,
+    pub pairings: Counter,
+    pub inbound_received: Family<InboundLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -93,6 +113,36 @@ impl Metrics {
             "Webhooks refused with 401, by reason",
             webhook_rejections.clone(),
         );
+        let sessions = Family::<StateLabels, Gauge>::default();
+        registry.register("waghl_sessions", "WhatsApp sessions by state", sessions.clone());
+        let session_transitions = Family::<StateLabels, Counter>::default();
+        registry.register(
+            "waghl_session_transitions",
+            "Session state transitions, by the state entered",
+            session_transitions.clone(),
+        );
+        let restarts = Counter::default();
+        registry.register(
+            "waghl_session_restarts",
+            "WhatsApp clients restarted after they ended or failed a health check",
+            restarts.clone(),
+        );
+        let health_failures = Counter::default();
+        registry.register(
+            "waghl_session_health_check_failures",
+            "Health checks that found a client dead while it claimed to run",
+            health_failures.clone(),
+        );
+        let pairing_attempts = Counter::default();
+        registry.register("waghl_pairing_attempts", "Pairings started", pairing_attempts.clone());
+        let pairings = Counter::default();
+        registry.register("waghl_pairings", "Phones linked successfully", pairings.clone());
+        let inbound_received = Family::<InboundLabels, Counter>::default();
+        registry.register(
+            "waghl_inbound_received",
+            "WhatsApp messages stored in the inbox, by kind and whether they will be relayed",
+            inbound_received.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -100,6 +150,13 @@ impl Metrics {
             ghl_requests,
             ghl_token_refreshes,
             webhook_rejections,
+            sessions,
+            session_transitions,
+            restarts,
+            health_failures,
+            pairing_attempts,
+            pairings,
+            inbound_received,
         }
     }
 
@@ -111,11 +168,35 @@ impl Metrics {
             .inc();
     }
 
+    pub fn count_transition(&self, state: &str) {
+        self.session_transitions
+            .get_or_create(&StateLabels { state: state.into() })
+            .inc();
+    }
+
+    pub fn set_sessions(&self, state: &str, count: i64) {
+        self.sessions
+            .get_or_create(&StateLabels { state: state.into() })
+            .set(count);
+    }
+
+    pub fn count_inbound(&self, kind: &str, start: crate::store::InboxStart) {
+        let outcome = match start {
+            crate::store::InboxStart::Pending => "pending",
+            crate::store::InboxStart::Skipped(_) => "skipped",
+        };
+        self.inbound_received
+            .get_or_create(&InboundLabels {
+                kind: kind.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }

@@ -38,10 +38,7 @@ impl Application {
         };
         let webhooks = WebhookVerifier::from_config(&config.ghl)?;
         for missing in config.ghl.missing() {
-            tracing::warn!(
-                setting = missing,
-                "not set: GHL routes answer 503 until it is"
-            );
+            tracing::warn!(setting = missing, "not set: GHL routes answer 503 until it is");
         }
         let listener = TcpListener::bind(config.listen)
             .await
@@ -51,9 +48,7 @@ impl Application {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
     pub fn state(&self) -> &AppState {
@@ -62,10 +57,7 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then stops accepting, drains in-flight requests and
     /// background tasks within the configured deadline and closes the database.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Self { listener, state } = self;
         let cancel = state.shutdown.clone();
         tokio::spawn({
@@ -77,11 +69,16 @@ impl Application {
         });
 
         crate::maintenance::spawn(&state);
+        let restored = state
+            .sessions
+            .restore()
+            .await
+            .context("restoring the WhatsApp sessions")?;
+        state.sessions.spawn_heartbeat(&state.tasks);
         let app = crate::http::router(state.clone());
         state.mark_started();
-        tracing::info!(address = %listener.local_addr()?, database = state.store.dialect(), "waghl is serving");
-        let server =
-            axum::serve(listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned());
+        tracing::info!(address = %listener.local_addr()?, database = state.store.dialect(), restored, "waghl is serving");
+        let server = axum::serve(listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned());
         let server = tokio::spawn(async move { server.await });
 
         cancel.cancelled().await;
@@ -89,6 +86,7 @@ impl Application {
         state.tasks.close();
         let drained = tokio::time::timeout(deadline, async {
             let served = server.await;
+            state.sessions.shutdown(deadline).await;
             state.tasks.wait().await;
             served
         })
@@ -97,10 +95,7 @@ impl Application {
             Ok(Ok(Ok(()))) => tracing::info!("stopped cleanly"),
             Ok(Ok(Err(e))) => tracing::error!(error = %e, "the HTTP server failed while stopping"),
             Ok(Err(e)) => tracing::error!(error = %e, "the HTTP server task panicked"),
-            Err(_) => tracing::warn!(
-                ?deadline,
-                "in-flight work did not finish in time; stopping anyway"
-            ),
+            Err(_) => tracing::warn!(?deadline, "in-flight work did not finish in time; stopping anyway"),
         }
         state.store.close().await;
         Ok(())
@@ -123,28 +118,21 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
             SecretKey::generate_base64,
         )?,
     };
-    let key = SecretKey::from_base64(&key_text)
-        .context("WAGHL_SECRET_KEY: expected base64 of exactly 32 bytes")?;
+    let key = SecretKey::from_base64(&key_text).context("WAGHL_SECRET_KEY: expected base64 of exactly 32 bytes")?;
     let store = Store::connect(&config.database_url, Arc::new(key))
         .await
         .with_context(|| format!("DATABASE_URL: cannot open {:?}", config.database_url))?;
+    store.migrate().await.context("DATABASE_URL: migrations failed")?;
     store
-        .migrate()
+        .verify_secret_key()
         .await
-        .context("DATABASE_URL: migrations failed")?;
-    store.verify_secret_key().await.context(
-        "WAGHL_SECRET_KEY: this database was sealed with another key; set the original key",
-    )?;
+        .context("WAGHL_SECRET_KEY: this database was sealed with another key; set the original key")?;
     Ok(store)
 }
 
 /// Reads a generated secret, or writes a new one (mode 0600) on a first run. Only SQLite
 /// setups get here: PostgreSQL requires the setting. The log names the file, never the value.
-fn read_or_generate(
-    path: &Path,
-    setting: &str,
-    generate: fn() -> String,
-) -> anyhow::Result<String> {
+fn read_or_generate(path: &Path, setting: &str, generate: fn() -> String) -> anyhow::Result<String> {
     if let Ok(existing) = std::fs::read_to_string(path) {
         return Ok(existing.trim().to_owned());
     }
@@ -171,7 +159,5 @@ fn read_or_generate(
 fn generate_token() -> String {
     // 32 random bytes, URL-safe.
     let key = SecretKey::generate_base64();
-    key.replace(['+', '/'], "-")
-        .trim_end_matches('=')
-        .to_owned()
+    key.replace(['+', '/'], "-").trim_end_matches('=').to_owned()
 }

@@ -6,11 +6,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Secret};
+use crate::config::{Config, Secret, WaBackend};
 use crate::ghl::GhlClient;
 use crate::ghl::webhook::WebhookVerifier;
 use crate::metrics::Metrics;
+use crate::sessions::Supervisor;
 use crate::store::Store;
+use crate::wa::Transport;
+use crate::wa::sim::SimTransport;
+use crate::wa::sim::SimWorld;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -20,6 +24,9 @@ pub struct AppState {
     pub ghl: GhlClient,
     /// Checks that a webhook comes from GHL (keys read and validated at start).
     pub webhooks: Arc<WebhookVerifier>,
+    pub sessions: Supervisor,
+    /// The simulated WhatsApp, when `WAGHL_WA_BACKEND=sim` (its control routes use it).
+    pub sim: Option<Arc<SimWorld>>,
     /// The admin bearer token: configured, or generated on a first SQLite run.
     pub admin_token: Secret,
     /// Cancelled when the daemon stops; every background task watches it.
@@ -31,27 +38,33 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(
-        config: Arc<Config>,
-        store: Store,
-        admin_token: Secret,
-        webhooks: WebhookVerifier,
-    ) -> Self {
+    pub fn new(config: Arc<Config>, store: Store, admin_token: Secret, webhooks: WebhookVerifier) -> Self {
         let metrics = Arc::new(Metrics::new());
-        let ghl = GhlClient::new(
-            config.ghl.clone(),
-            &config.public_url,
+        let ghl = GhlClient::new(config.ghl.clone(), &config.public_url, store.clone(), metrics.clone());
+        let shutdown = CancellationToken::new();
+        let sim =
+            (config.wa_backend == WaBackend::Sim).then(|| SimWorld::new(&config.sessions_dir, config.sim_time_scale));
+        let transport: Arc<dyn Transport> = match &sim {
+            Some(world) => Arc::new(SimTransport::new(world.clone())),
+            None => Arc::new(crate::wa::Unavailable),
+        };
+        let sessions = Supervisor::new(
+            transport,
             store.clone(),
             metrics.clone(),
+            config.sessions.clone(),
+            shutdown.child_token(),
         );
         Self {
+            sessions,
+            sim,
             config,
             store,
             metrics,
             ghl,
             webhooks: Arc::new(webhooks),
             admin_token,
-            shutdown: CancellationToken::new(),
+            shutdown,
             tasks: TaskTracker::new(),
             started: Arc::new(AtomicBool::new(false)),
         }

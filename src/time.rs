@@ -33,10 +33,7 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         let ms = 1_795_000_000_123;
         assert_eq!(parse_rfc3339(&rfc3339(ms)), Some(ms));
-        assert_eq!(
-            parse_rfc3339("2024-07-23T23:54:51.264Z"),
-            Some(1_721_778_891_264)
-        );
+        assert_eq!(parse_rfc3339("2024-07-23T23:54:51.264Z"), Some(1_721_778_891_264));
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

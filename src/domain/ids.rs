@@ -22,9 +22,7 @@ impl LocationId {
         if ok {
             Ok(Self(text.to_owned()))
         } else {
-            Err(InvalidId {
-                what: "a location id",
-            })
+            Err(InvalidId { what: "a location id" })
         }
     }
 

@@ -2,7 +2,9 @@
 //! edge and trusted afterwards.
 
 mod ids;
+mod message;
 mod outbound;
 
 pub use ids::{InvalidId, LocationId};
+pub use message::{Content, InboundMessage, Media, MediaKind, OutgoingContent};
 pub use outbound::OutboundRequest;

@@ -48,15 +48,11 @@ pub struct OutboundRequest {
 
 impl OutboundRequest {
     /// `provider_id` is waghl's conversation provider: a webhook naming another is refused.
-    pub fn from_webhook(
-        body: &serde_json::Value,
-        provider_id: Option<&str>,
-    ) -> Result<Self, String> {
-        let webhook: ProviderWebhook = serde_json::from_value(body.clone())
-            .map_err(|e| format!("unexpected field type: {e}"))?;
+    pub fn from_webhook(body: &serde_json::Value, provider_id: Option<&str>) -> Result<Self, String> {
+        let webhook: ProviderWebhook =
+            serde_json::from_value(body.clone()).map_err(|e| format!("unexpected field type: {e}"))?;
         let location_id = webhook.location_id.ok_or("locationId is required")?;
-        let location_id =
-            LocationId::parse(&location_id).map_err(|e| format!("locationId: {e}"))?;
+        let location_id = LocationId::parse(&location_id).map_err(|e| format!("locationId: {e}"))?;
         let ghl_message_id = webhook
             .message_id
             .filter(|m| !m.is_empty())
@@ -69,8 +65,7 @@ impl OutboundRequest {
                 ));
             }
         }
-        if let (Some(ours), Some(theirs)) =
-            (provider_id, webhook.conversation_provider_id.as_deref())
+        if let (Some(ours), Some(theirs)) = (provider_id, webhook.conversation_provider_id.as_deref())
             && ours != theirs
         {
             return Err(format!(
@@ -121,10 +116,7 @@ mod tests {
     #[test]
     fn ghl_documented_example_parses_and_unknown_fields_are_ignored() {
         let request = OutboundRequest::from_webhook(&sample(), None).unwrap();
-        assert_eq!(
-            request.location_id.unwrap().as_str(),
-            "GKAWb4yu7A4LSc0skQ6g"
-        );
+        assert_eq!(request.location_id.unwrap().as_str(), "GKAWb4yu7A4LSc0skQ6g");
         assert_eq!(request.ghl_message_id, "GKJxs4P5L8dWc5CFUITM");
         assert_eq!(request.phone, "+15864603685");
         assert_eq!(request.attachments.len(), 1);

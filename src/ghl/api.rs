@@ -3,8 +3,8 @@
 use axum::body::Bytes;
 
 use super::types::{
-    AddMessage, AddedMessage, ConversationSearch, CreatedConversation, DuplicateSearch,
-    StatusUpdate, UploadTicket, UploadedFiles, UpsertContact, UpsertContactResponse,
+    AddMessage, AddedMessage, ConversationSearch, CreatedConversation, DuplicateSearch, StatusUpdate, UploadTicket,
+    UploadedFiles, UpsertContact, UpsertContactResponse,
 };
 use super::{GhlClient, GhlError, Result};
 use crate::store::TokenOwner;
@@ -22,11 +22,7 @@ pub struct Attachment<'a> {
 
 impl GhlClient {
     /// `POST /contacts/upsert`: finds the contact by phone or creates it.
-    pub async fn upsert_contact(
-        &self,
-        location_id: &str,
-        body: &UpsertContact<'_>,
-    ) -> Result<UpsertContactResponse> {
+    pub async fn upsert_contact(&self, location_id: &str, body: &UpsertContact<'_>) -> Result<UpsertContactResponse> {
         let url = self.url("/contacts/upsert");
         self.call(
             "contacts_upsert",
@@ -59,11 +55,7 @@ impl GhlClient {
 
     /// `GET /conversations/search`: the contact's conversation, if it has one (GHL keeps one
     /// per contact).
-    pub async fn find_conversation(
-        &self,
-        location_id: &str,
-        contact_id: &str,
-    ) -> Result<Option<String>> {
+    pub async fn find_conversation(&self, location_id: &str, contact_id: &str) -> Result<Option<String>> {
         let url = self.url("/conversations/search");
         let found: ConversationSearch = self
             .call(
@@ -100,11 +92,7 @@ impl GhlClient {
 
     /// `POST /conversations/messages/inbound`: adds a message to a conversation through the
     /// custom provider (inbound, or outbound for messages typed on the phone).
-    pub async fn add_message(
-        &self,
-        location_id: &str,
-        body: &AddMessage<'_>,
-    ) -> Result<AddedMessage> {
+    pub async fn add_message(&self, location_id: &str, body: &AddMessage<'_>) -> Result<AddedMessage> {
         let url = self.url("/conversations/messages/inbound");
         self.call(
             "messages_add",
@@ -165,8 +153,7 @@ impl GhlClient {
             self.upload_multipart(location_id, conversation_id, contact_id, &file)
                 .await?
         } else {
-            self.upload_signed(location_id, conversation_id, &file)
-                .await?
+            self.upload_signed(location_id, conversation_id, &file).await?
         };
         uploaded.first_url().ok_or_else(|| GhlError::Rejected {
             status: 200,
@@ -194,8 +181,7 @@ impl GhlClient {
                 .file_name(file.file_name.to_owned())
                 .mime_str(file.content_type)
                 .unwrap_or_else(|_| {
-                    reqwest::multipart::Part::bytes(file.bytes.to_vec())
-                        .file_name(file.file_name.to_owned())
+                    reqwest::multipart::Part::bytes(file.bytes.to_vec()).file_name(file.file_name.to_owned())
                 });
                 let form = reqwest::multipart::Form::new()
                     .text("conversationId", conversation_id.to_owned())

@@ -38,9 +38,7 @@ impl GhlError {
     pub fn action(&self) -> Action {
         match self {
             Self::RateLimited { .. } | Self::Unavailable(_) | Self::Store(_) => Action::RetryLater,
-            Self::NotConfigured(_) | Self::NotInstalled | Self::ReauthRequired(_) => {
-                Action::Reauthenticate
-            }
+            Self::NotConfigured(_) | Self::NotInstalled | Self::ReauthRequired(_) => Action::Reauthenticate,
             Self::Rejected { .. } => Action::GiveUp,
         }
     }

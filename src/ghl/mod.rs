@@ -133,9 +133,7 @@ impl GhlClient {
                 None => None,
             };
             let request = match &authed {
-                Some((_, token)) => {
-                    build(&inner.http, token.expose()).header("Version", &inner.config.api_version)
-                }
+                Some((_, token)) => build(&inner.http, token.expose()).header("Version", &inner.config.api_version),
                 None => build(&inner.http, ""),
             };
             match self.attempt(operation, request).await {
@@ -146,10 +144,7 @@ impl GhlClient {
                         self.refresh(*owner, token).await?;
                     }
                     _ => {
-                        return Err(GhlError::Rejected {
-                            status: 401,
-                            message,
-                        });
+                        return Err(GhlError::Rejected { status: 401, message });
                     }
                 },
                 Attempt::RateLimited(delay) => {
@@ -217,10 +212,7 @@ async fn classify(response: reqwest::Response) -> Attempt {
         401 => Attempt::Unauthorized(message),
         429 => Attempt::RateLimited(retry_after(&headers)),
         500..=599 | 408 => Attempt::Transient(format!("{status}: {message}")),
-        code => Attempt::Rejected {
-            status: code,
-            message,
-        },
+        code => Attempt::Rejected { status: code, message },
     }
 }
 

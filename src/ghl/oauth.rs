@@ -30,11 +30,8 @@ impl GhlClient {
     pub fn install_url(&self) -> Result<String> {
         self.ensure_configured()?;
         let config = self.config();
-        let mut url = reqwest::Url::parse(&format!(
-            "{}/v2/oauth/chooselocation",
-            config.marketplace_url
-        ))
-        .map_err(|e| GhlError::NotConfigured(format!("GHL_MARKETPLACE_URL ({e})")))?;
+        let mut url = reqwest::Url::parse(&format!("{}/v2/oauth/chooselocation", config.marketplace_url))
+            .map_err(|e| GhlError::NotConfigured(format!("GHL_MARKETPLACE_URL ({e})")))?;
         url.query_pairs_mut()
             .append_pair("response_type", "code")
             .append_pair("redirect_uri", &self.inner.redirect_uri)
@@ -52,11 +49,7 @@ impl GhlClient {
             .map(|id| id.split('-').next().unwrap_or(id))
     }
 
-    async fn token_endpoint(
-        &self,
-        operation: &'static str,
-        fields: &[(&str, &str)],
-    ) -> Result<TokenResponse> {
+    async fn token_endpoint(&self, operation: &'static str, fields: &[(&str, &str)]) -> Result<TokenResponse> {
         let config = self.config();
         let mut form: Vec<(&str, &str)> = vec![
             ("client_id", config.client_id.as_deref().unwrap_or_default()),
@@ -67,16 +60,11 @@ impl GhlClient {
         ];
         form.extend_from_slice(fields);
         let url = self.url("/oauth/token");
-        self.call(operation, None, |http, _| http.post(&url).form(&form))
-            .await
+        self.call(operation, None, |http, _| http.post(&url).form(&form)).await
     }
 
     /// `grant_type=refresh_token`: a new access token and a new (rotated) refresh token.
-    pub(super) async fn refresh_grant(
-        &self,
-        refresh_token: &Secret,
-        user_type: &str,
-    ) -> Result<GhlTokens> {
+    pub(super) async fn refresh_grant(&self, refresh_token: &Secret, user_type: &str) -> Result<GhlTokens> {
         let fields = [
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.expose()),
@@ -208,11 +196,7 @@ impl GhlClient {
     }
 
     /// `POST /oauth/locationToken`: a location token from the agency's company token.
-    pub(super) async fn mint_location_token(
-        &self,
-        company_id: &str,
-        location_id: &str,
-    ) -> Result<GhlTokens> {
+    pub(super) async fn mint_location_token(&self, company_id: &str, location_id: &str) -> Result<GhlTokens> {
         let url = self.url("/oauth/locationToken");
         let form = [("companyId", company_id), ("locationId", location_id)];
         let response: TokenResponse = self

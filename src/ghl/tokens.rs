@@ -41,9 +41,7 @@ fn usable(credentials: Option<Credentials>) -> Result<Credentials> {
     let credentials = credentials.ok_or(GhlError::NotInstalled)?;
     match credentials.status {
         LocationStatus::Installed => Ok(credentials),
-        LocationStatus::ReauthRequired => Err(GhlError::ReauthRequired(
-            "an earlier refresh was refused".into(),
-        )),
+        LocationStatus::ReauthRequired => Err(GhlError::ReauthRequired("an earlier refresh was refused".into())),
         LocationStatus::Uninstalled => Err(GhlError::NotInstalled),
     }
 }
@@ -79,10 +77,7 @@ impl GhlClient {
         });
         match renewed {
             Ok(tokens) => {
-                self.inner
-                    .store
-                    .finish_token_refresh(row_lock, owner, &tokens)
-                    .await?;
+                self.inner.store.finish_token_refresh(row_lock, owner, &tokens).await?;
                 tracing::info!(owner = ?owner, "GHL tokens refreshed");
                 Ok(tokens.access_token)
             }
@@ -104,16 +99,18 @@ impl GhlClient {
     async fn renew(&self, owner: TokenOwner<'_>, credentials: &Credentials) -> Result<GhlTokens> {
         match (owner, credentials.source) {
             (TokenOwner::Location(location_id), TokenSource::Company) => {
-                let company_id = credentials.company_id.as_deref().ok_or_else(|| {
-                    GhlError::ReauthRequired("the location has no company".into())
-                })?;
+                let company_id = credentials
+                    .company_id
+                    .as_deref()
+                    .ok_or_else(|| GhlError::ReauthRequired("the location has no company".into()))?;
                 self.mint_location_token(company_id, location_id).await
             }
             (_, TokenSource::Oauth) => {
-                let refresh_token =
-                    credentials.tokens.refresh_token.as_ref().ok_or_else(|| {
-                        GhlError::ReauthRequired("no refresh token is stored".into())
-                    })?;
+                let refresh_token = credentials
+                    .tokens
+                    .refresh_token
+                    .as_ref()
+                    .ok_or_else(|| GhlError::ReauthRequired("no refresh token is stored".into()))?;
                 let user_type = match owner {
                     TokenOwner::Location(_) => "Location",
                     TokenOwner::Company(_) => "Company",

@@ -31,8 +31,7 @@ fn default_expires_in() -> i64 {
 impl TokenResponse {
     /// An agency token (for several locations) rather than one location's token.
     pub fn is_company(&self) -> bool {
-        self.user_type.as_deref() == Some("Company")
-            || (self.location_id.is_none() && self.company_id.is_some())
+        self.user_type.as_deref() == Some("Company") || (self.location_id.is_none() && self.company_id.is_some())
     }
 }
 
@@ -185,9 +184,7 @@ pub struct UploadedFiles {
 
 impl UploadedFiles {
     pub fn first_url(&self) -> Option<String> {
-        self.uploaded_files
-            .values()
-            .find_map(|v| v.as_str().map(str::to_owned))
+        self.uploaded_files.values().find_map(|v| v.as_str().map(str::to_owned))
     }
 }
 
@@ -213,13 +210,9 @@ impl ErrorBody {
     pub fn text(&self) -> Option<String> {
         match &self.message {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(serde_json::Value::Array(items)) => Some(
-                items
-                    .iter()
-                    .filter_map(|i| i.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ),
+            Some(serde_json::Value::Array(items)) => {
+                Some(items.iter().filter_map(|i| i.as_str()).collect::<Vec<_>>().join(", "))
+            }
             _ => self.error.clone(),
         }
     }

@@ -59,9 +59,7 @@ pub struct WebhookVerifier {
 }
 
 const ED25519_OID: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
-const RSA_OID: &[u8] = &[
-    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
-];
+const RSA_OID: &[u8] = &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
 
 impl WebhookVerifier {
     /// Reads both PEM keys; a key that is not what its setting says is an error at start.
@@ -72,9 +70,7 @@ impl WebhookVerifier {
             ))
         })?;
         if ed25519.len() != 32 {
-            return Err(KeyError(
-                "GHL_WEBHOOK_PUBLIC_KEY: an Ed25519 key is 32 bytes".into(),
-            ));
+            return Err(KeyError("GHL_WEBHOOK_PUBLIC_KEY: an Ed25519 key is 32 bytes".into()));
         }
         let rsa_pkcs1 = spki_key(&config.webhook_legacy_public_key, RSA_OID).map_err(|e| {
             KeyError(format!(
@@ -123,9 +119,7 @@ impl WebhookVerifier {
             };
         }
         match (url_key, &self.shared_key) {
-            (Some(given), Some(expected))
-                if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) =>
-            {
+            (Some(given), Some(expected)) if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) => {
                 Ok(Proof::SharedKey)
             }
             _ => Err(Rejection::Unauthenticated),
@@ -185,9 +179,7 @@ fn der_element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
         if count == 0 || count > 4 || rest.len() < count {
             return None;
         }
-        let len = rest[..count]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        let len = rest[..count].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
         (len, &rest[count..])
     };
     (rest.len() >= len).then(|| rest.split_at(len))
@@ -221,10 +213,7 @@ mod tests {
         let mut config = Config::from_lookup(|_| None).unwrap().ghl;
         config.webhook_public_key = config.webhook_legacy_public_key.clone();
         let err = WebhookVerifier::from_config(&config).err().unwrap();
-        assert!(
-            err.to_string().starts_with("GHL_WEBHOOK_PUBLIC_KEY"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("GHL_WEBHOOK_PUBLIC_KEY"), "{err}");
     }
 
     #[test]
@@ -267,10 +256,7 @@ mod tests {
             check_timestamp(&body("2026-07-01T12:06:00Z"), now),
             Err(Rejection::Stale)
         );
-        assert_eq!(
-            check_timestamp(&body("not a time"), now),
-            Err(Rejection::Stale)
-        );
+        assert_eq!(check_timestamp(&body("not a time"), now), Err(Rejection::Stale));
         assert_eq!(check_timestamp(&serde_json::json!({}), now), Ok(()));
     }
 

@@ -5,8 +5,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use super::sessions::session_json;
 use super::{AdminAuth, ApiError, LocationPath};
+use crate::domain::LocationId;
 use crate::ghl::GhlError;
+use crate::sessions::{SessionState, StateView};
 use crate::state::AppState;
 use crate::store::{LocationRecord, LocationStatus, TokenOwner};
 use crate::time::rfc3339;
@@ -18,10 +21,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/locations/{id}/test", post(test_location))
 }
 
-async fn list_locations(
-    _: AdminAuth,
-    State(state): State<AppState>,
-) -> Result<Json<Value>, ApiError> {
+async fn list_locations(_: AdminAuth, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut locations = Vec::new();
     for record in state.store.locations().await? {
         locations.push(location_json(&state, &record).await?);
@@ -53,11 +53,7 @@ async fn test_location(
         let last_error = outcome.as_ref().err().map(ToString::to_string);
         state
             .store
-            .set_status(
-                TokenOwner::Location(id.as_str()),
-                before.status,
-                last_error.as_deref(),
-            )
+            .set_status(TokenOwner::Location(id.as_str()), before.status, last_error.as_deref())
             .await?;
     }
     let error = outcome
@@ -84,14 +80,14 @@ async fn find(state: &AppState, id: &str) -> Result<LocationRecord, ApiError> {
 async fn location_json(state: &AppState, record: &LocationRecord) -> Result<Value, ApiError> {
     let id = record.location_id.as_str();
     let queues = state.store.queue_counts(id).await?;
-    let session = match state.store.session_summary(id).await? {
-        Some(s) => json!({
-            "state": s.state, "reason": s.reason, "phone": s.phone, "since": rfc3339(s.state_since),
-        }),
-        None => {
-            json!({ "state": "unpaired", "reason": null, "phone": null, "since": rfc3339(record.installed_at) })
-        }
-    };
+    let location = LocationId::parse(id).map_err(|e| anyhow::anyhow!("stored location id: {e}"))?;
+    let view = state.sessions.view(&location).unwrap_or(StateView {
+        state: SessionState::Unpaired,
+        reason: None,
+        phone: None,
+        since: record.installed_at,
+    });
+    let session = session_json(state, &location, &view);
     Ok(json!({
         "id": id,
         "name": record.name,

@@ -42,6 +42,29 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
+/// An optional JSON body: an empty body is `None`; anything else must parse.
+pub struct MaybeJson<T>(pub Option<T>);
+
+impl<T, S> FromRequest<S> for MaybeJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(bytes_rejection)?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(None));
+        }
+        serde_json::from_slice(&bytes)
+            .map(|value| Self(Some(value)))
+            .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
+    }
+}
+
 /// A body that could not be read: too large (413) or cut short (400).
 pub fn bytes_rejection(rejection: BytesRejection) -> ApiError {
     if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
@@ -58,10 +81,9 @@ impl<S: Send + Sync> FromRequestParts<S> for LocationPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(raw) =
-            axum::extract::Path::<String>::from_request_parts(parts, state)
-                .await
-                .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+        let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
         LocationId::parse(&raw)
             .map(Self)
             .map_err(|e| ApiError::bad_request("invalid_location_id", e.to_string()))
@@ -74,18 +96,13 @@ pub struct AdminAuth;
 impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let presented = parts
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::Unauthorized("expected `Authorization: Bearer <admin token>`".into())
-            })?;
+            .ok_or_else(|| ApiError::Unauthorized("expected `Authorization: Bearer <admin token>`".into()))?;
         let expected = state.admin_token.expose().as_bytes();
         // Constant time, so the token cannot be guessed byte by byte from response times.
         if bool::from(presented.trim().as_bytes().ct_eq(expected)) {

@@ -37,9 +37,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
             message: "the database does not answer or is not migrated".into(),
         });
     }
-    Ok(Json(
-        json!({ "status": "ready", "database": state.store.dialect() }),
-    ))
+    Ok(Json(json!({ "status": "ready", "database": state.store.dialect() })))
 }
 
 async fn metrics(_: AdminAuth, State(state): State<AppState>) -> impl IntoResponse {

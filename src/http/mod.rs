@@ -7,6 +7,8 @@ mod extract;
 mod health;
 mod oauth;
 mod page;
+mod sessions;
+mod sim;
 mod webhooks;
 
 use std::time::Instant;
@@ -19,7 +21,7 @@ use axum::response::Response;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
-pub use extract::{AdminAuth, AppJson, LocationPath};
+pub use extract::{AdminAuth, AppJson, LocationPath, MaybeJson};
 
 use crate::metrics::{HttpLabels, RouteLabels};
 use crate::state::AppState;
@@ -27,17 +29,19 @@ use crate::state::AppState;
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit_bytes;
-    Router::new()
+    let mut router = Router::new()
         .merge(health::router())
         .merge(oauth::router())
         .merge(admin::router())
-        .merge(webhooks::router())
+        .merge(sessions::router())
+        .merge(webhooks::router());
+    if state.sim.is_some() {
+        router = router.merge(sim::router());
+    }
+    router
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            record_metrics,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(
             TraceLayer::new_for_http()

@@ -32,10 +32,7 @@ struct CallbackQuery {
     error: Option<String>,
 }
 
-async fn callback(
-    State(state): State<AppState>,
-    Query(query): Query<CallbackQuery>,
-) -> Result<Html<String>, ApiError> {
+async fn callback(State(state): State<AppState>, Query(query): Query<CallbackQuery>) -> Result<Html<String>, ApiError> {
     state.ghl.ensure_configured()?;
     if let Some(error) = query.error {
         return Err(ApiError::bad_request(
@@ -43,22 +40,16 @@ async fn callback(
             format!("GHL did not authorise the install: {error}"),
         ));
     }
-    let code = query.code.filter(|c| !c.is_empty()).ok_or_else(|| {
-        ApiError::bad_request("missing_code", "expected ?code= from GHL's redirect")
+    let code = query
+        .code
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ApiError::bad_request("missing_code", "expected ?code= from GHL's redirect"))?;
+    let installed = state.ghl.install_from_code(&code).await.map_err(|e| match e {
+        GhlError::Rejected { message, .. } | GhlError::ReauthRequired(message) => {
+            ApiError::bad_request("oauth_code_rejected", format!("GHL refused the code: {message}"))
+        }
+        other => other.into(),
     })?;
-    let installed = state
-        .ghl
-        .install_from_code(&code)
-        .await
-        .map_err(|e| match e {
-            GhlError::Rejected { message, .. } | GhlError::ReauthRequired(message) => {
-                ApiError::bad_request(
-                    "oauth_code_rejected",
-                    format!("GHL refused the code: {message}"),
-                )
-            }
-            other => other.into(),
-        })?;
     let mut items = String::new();
     for (id, name) in &installed.locations {
         let label = name
@@ -74,11 +65,7 @@ async fn callback(
          code with the phone (WhatsApp → Settings → Linked devices → Link a device). The \
          administrator creates it with <code>POST /api/v1/locations/{{id}}/pairing-link</code>.</p>",
         count = installed.locations.len(),
-        plural = if installed.locations.len() == 1 {
-            ""
-        } else {
-            "s"
-        },
+        plural = if installed.locations.len() == 1 { "" } else { "s" },
     );
     Ok(Html(page("waghl — installed", &body)))
 }

@@ -44,13 +44,9 @@ impl FromRequest<AppState> for VerifiedWebhook {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let route = req.uri().path().to_owned();
-        let key = Query::<KeyQuery>::try_from_uri(req.uri())
-            .ok()
-            .and_then(|q| q.0.key);
+        let key = Query::<KeyQuery>::try_from_uri(req.uri()).ok().and_then(|q| q.0.key);
         let headers: HeaderMap = req.headers().clone();
-        let raw = Bytes::from_request(req, state)
-            .await
-            .map_err(bytes_rejection)?;
+        let raw = Bytes::from_request(req, state).await.map_err(bytes_rejection)?;
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let verified = state.webhooks.verify(
             header("x-ghl-signature"),
@@ -59,16 +55,12 @@ impl FromRequest<AppState> for VerifiedWebhook {
             &raw,
         );
         let body: Value = match verified {
-            Ok(_) => serde_json::from_slice(&raw).map_err(|e| {
-                ApiError::bad_request("malformed_json", format!("the body is not JSON: {e}"))
-            })?,
+            Ok(_) => serde_json::from_slice(&raw)
+                .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not JSON: {e}")))?,
             Err(rejection) => return Err(refuse(state, &route, rejection)),
         };
         check_timestamp(&body, now_ms()).map_err(|rejection| refuse(state, &route, rejection))?;
-        let webhook_id = body
-            .get("webhookId")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        let webhook_id = body.get("webhookId").and_then(Value::as_str).map(str::to_owned);
         Ok(Self { body, webhook_id })
     }
 }
@@ -82,19 +74,12 @@ fn refuse(state: &AppState, route: &str, rejection: Rejection) -> ApiError {
             reason: rejection.code().into(),
         })
         .inc();
-    tracing::warn!(
-        http.route = route,
-        reason = rejection.code(),
-        "webhook refused"
-    );
+    tracing::warn!(http.route = route, reason = rejection.code(), "webhook refused");
     ApiError::Unauthorized(rejection.to_string())
 }
 
 /// `POST /webhooks/ghl/provider`: an agent's message, queued for WhatsApp and answered at once.
-async fn provider(
-    State(state): State<AppState>,
-    webhook: VerifiedWebhook,
-) -> Result<Json<Value>, ApiError> {
+async fn provider(State(state): State<AppState>, webhook: VerifiedWebhook) -> Result<Json<Value>, ApiError> {
     state.ghl.ensure_configured()?;
     if already_processed(&state, &webhook).await? {
         return Ok(Json(json!({ "status": "duplicate" })));
@@ -107,9 +92,7 @@ async fn provider(
         .clone()
         .expect("parsed webhooks name their location");
     if state.store.location(location_id.as_str()).await?.is_none() {
-        return Err(ApiError::not_found(format!(
-            "no location {location_id} is installed"
-        )));
+        return Err(ApiError::not_found(format!("no location {location_id} is installed")));
     }
     let body = serde_json::to_string(&request).map_err(anyhow::Error::from)?;
     let queued = state
@@ -125,11 +108,7 @@ async fn provider(
     if let Some(id) = &webhook.webhook_id {
         state.store.record_webhook(id).await?;
     }
-    let status = if queued.is_some() {
-        "queued"
-    } else {
-        "duplicate"
-    };
+    let status = if queued.is_some() { "queued" } else { "duplicate" };
     tracing::info!(location.id = %location_id, ghl.message_id = %request.ghl_message_id, status, "outbound message received");
     Ok(Json(json!({ "status": status })))
 }
@@ -154,17 +133,13 @@ struct AppEvent {
 }
 
 /// `POST /webhooks/ghl/app`: INSTALL and UNINSTALL of the marketplace app.
-async fn app_event(
-    State(state): State<AppState>,
-    webhook: VerifiedWebhook,
-) -> Result<Response, ApiError> {
+async fn app_event(State(state): State<AppState>, webhook: VerifiedWebhook) -> Result<Response, ApiError> {
     state.ghl.ensure_configured()?;
     if already_processed(&state, &webhook).await? {
         return Ok(Json(json!({ "status": "duplicate" })).into_response());
     }
-    let event: AppEvent = serde_json::from_value(webhook.body).map_err(|e| {
-        ApiError::bad_request("invalid_webhook", format!("unexpected field type: {e}"))
-    })?;
+    let event: AppEvent = serde_json::from_value(webhook.body)
+        .map_err(|e| ApiError::bad_request("invalid_webhook", format!("unexpected field type: {e}")))?;
     if event.app_id.as_deref() != state.ghl.app_id() {
         return Ok(Json(json!({ "status": "ignored", "reason": "another app" })).into_response());
     }
@@ -200,10 +175,7 @@ async fn install(state: &AppState, event: &AppEvent) -> Result<&'static str, Ghl
     let Some(company_id) = event.company_id.as_deref() else {
         return Ok("awaiting_oauth");
     };
-    let company = state
-        .store
-        .credentials(TokenOwner::Company(company_id))
-        .await?;
+    let company = state.store.credentials(TokenOwner::Company(company_id)).await?;
     if company.is_none_or(|c| c.status != LocationStatus::Installed) {
         return Ok("awaiting_oauth");
     }
@@ -222,26 +194,23 @@ async fn install(state: &AppState, event: &AppEvent) -> Result<&'static str, Ghl
 }
 
 /// Deletes the tokens and marks the location(s) uninstalled; message history stays.
-async fn uninstall(
-    state: &AppState,
-    event: &AppEvent,
-) -> Result<&'static str, crate::store::StoreError> {
+async fn uninstall(state: &AppState, event: &AppEvent) -> Result<&'static str, crate::store::StoreError> {
     let locations = match (&event.location_id, &event.company_id) {
         (Some(location_id), _) => vec![location_id.clone()],
         (None, Some(company_id)) => {
-            state
-                .store
-                .uninstall(TokenOwner::Company(company_id))
-                .await?;
+            state.store.uninstall(TokenOwner::Company(company_id)).await?;
             state.store.company_location_ids(company_id).await?
         }
         (None, None) => return Ok("ignored"),
     };
     for location_id in &locations {
-        state
-            .store
-            .uninstall(TokenOwner::Location(location_id))
-            .await?;
+        if let Ok(location) = crate::domain::LocationId::parse(location_id)
+            && state.sessions.view(&location).is_some()
+            && let Err(e) = state.sessions.logout(&location).await
+        {
+            tracing::warn!(location.id = %location_id, error = %e, "could not log the WhatsApp session out");
+        }
+        state.store.uninstall(TokenOwner::Location(location_id)).await?;
         tracing::info!(location.id = %location_id, "location uninstalled");
     }
     Ok("uninstalled")

@@ -31,43 +31,23 @@ impl TokenOwner<'_> {
 
     fn select_sql(&self, for_update: bool) -> &'static str {
         match (self, for_update) {
-            (Self::Location(_), false) => concat!(
-                "SELECT ",
-                location_credentials!(),
-                " WHERE location_id = $1"
-            ),
+            (Self::Location(_), false) => concat!("SELECT ", location_credentials!(), " WHERE location_id = $1"),
             (Self::Location(_), true) => {
-                concat!(
-                    "SELECT ",
-                    location_credentials!(),
-                    " WHERE location_id = $1 FOR UPDATE"
-                )
+                concat!("SELECT ", location_credentials!(), " WHERE location_id = $1 FOR UPDATE")
             }
             (Self::Company(_), false) => {
                 concat!("SELECT ", company_credentials!(), " WHERE company_id = $1")
             }
             (Self::Company(_), true) => {
-                concat!(
-                    "SELECT ",
-                    company_credentials!(),
-                    " WHERE company_id = $1 FOR UPDATE"
-                )
+                concat!("SELECT ", company_credentials!(), " WHERE company_id = $1 FOR UPDATE")
             }
         }
     }
 
     fn update_sql(&self) -> &'static str {
         match self {
-            Self::Location(_) => concat!(
-                "UPDATE locations SET ",
-                token_update!(),
-                " WHERE location_id = $1"
-            ),
-            Self::Company(_) => concat!(
-                "UPDATE companies SET ",
-                token_update!(),
-                " WHERE company_id = $1"
-            ),
+            Self::Location(_) => concat!("UPDATE locations SET ", token_update!(), " WHERE location_id = $1"),
+            Self::Company(_) => concat!("UPDATE companies SET ", token_update!(), " WHERE company_id = $1"),
         }
     }
 }
@@ -128,18 +108,14 @@ pub struct TokenLock {
 }
 
 impl Store {
-    pub(super) fn seal_tokens(
-        &self,
-        owner: TokenOwner<'_>,
-        tokens: &GhlTokens,
-    ) -> (Vec<u8>, Option<Vec<u8>>) {
+    pub(super) fn seal_tokens(&self, owner: TokenOwner<'_>, tokens: &GhlTokens) -> (Vec<u8>, Option<Vec<u8>>) {
         let access = self
             .key()
             .seal_str(&owner.context("access_token"), tokens.access_token.expose());
-        let refresh = tokens.refresh_token.as_ref().map(|t| {
-            self.key()
-                .seal_str(&owner.context("refresh_token"), t.expose())
-        });
+        let refresh = tokens
+            .refresh_token
+            .as_ref()
+            .map(|t| self.key().seal_str(&owner.context("refresh_token"), t.expose()));
         (access, refresh)
     }
 
@@ -161,10 +137,7 @@ impl Store {
     /// [`Store::finish_token_refresh`] or drop. SQLite serves one instance, whose in-process
     /// single flight suffices; a read transaction held across the GHL call would fail to
     /// upgrade once anything else was written, so it takes no lock.
-    pub async fn lock_credentials(
-        &self,
-        owner: TokenOwner<'_>,
-    ) -> Result<(TokenLock, Option<Credentials>)> {
+    pub async fn lock_credentials(&self, owner: TokenOwner<'_>) -> Result<(TokenLock, Option<Credentials>)> {
         match &self.db {
             Db::Sqlite(_) => Ok((TokenLock { tx: None }, self.credentials(owner).await?)),
             Db::Postgres(pool) => {
@@ -181,12 +154,7 @@ impl Store {
 
     /// Stores refreshed tokens and releases the lock. The refresh token rotates, so this is
     /// committed before the new access token is used.
-    pub async fn finish_token_refresh(
-        &self,
-        lock: TokenLock,
-        owner: TokenOwner<'_>,
-        tokens: &GhlTokens,
-    ) -> Result<()> {
+    pub async fn finish_token_refresh(&self, lock: TokenLock, owner: TokenOwner<'_>, tokens: &GhlTokens) -> Result<()> {
         let (access, refresh) = self.seal_tokens(owner, tokens);
         macro_rules! update_on {
             ($executor:expr) => {
@@ -216,11 +184,7 @@ impl Store {
         Ok(())
     }
 
-    fn unseal(
-        &self,
-        owner: TokenOwner<'_>,
-        row: Option<CredentialsRow>,
-    ) -> Result<Option<Credentials>> {
+    fn unseal(&self, owner: TokenOwner<'_>, row: Option<CredentialsRow>) -> Result<Option<Credentials>> {
         let Some(CredentialsRow {
             status,
             token_source,
@@ -232,10 +196,7 @@ impl Store {
         else {
             return Ok(None);
         };
-        let access_token = Secret::new(
-            self.key()
-                .open_str(&owner.context("access_token"), &access)?,
-        );
+        let access_token = Secret::new(self.key().open_str(&owner.context("access_token"), &access)?);
         let refresh_token = refresh
             .map(|r| {
                 self.key()

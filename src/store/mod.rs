@@ -7,10 +7,12 @@
 //! in, so nothing else can write one in plaintext.
 
 mod credentials;
+mod inbox;
 mod locations;
 mod meta;
 mod outbox;
 mod overview;
+mod sessions;
 mod webhooks;
 
 use std::path::Path;
@@ -19,17 +21,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::config::DatabaseUrl;
 use crate::crypto::{CryptoError, SecretKey};
 
 pub use credentials::{Credentials, GhlTokens, TokenLock, TokenOwner};
+pub use inbox::InboxStart;
 pub use locations::{LocationRecord, LocationStatus, NewLocation, TokenSource};
 pub use outbox::NewOutbound;
-pub use overview::{QueueCounts, SessionSummary};
+pub use overview::QueueCounts;
+pub use sessions::SessionRow;
 
 /// Runs the same query body on whichever pool the store holds. The body is compiled once per
 /// dialect, so every type it binds or decodes must work on both.
@@ -63,9 +65,7 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::RowNotFound => Self::NotFound,
-            sqlx::Error::Database(db)
-                if db.is_unique_violation() || db.is_foreign_key_violation() =>
-            {
+            sqlx::Error::Database(db) if db.is_unique_violation() || db.is_foreign_key_violation() => {
                 Self::Conflict(db.constraint().unwrap_or(db.message()).to_owned())
             }
             other => Self::Database(other),
@@ -171,10 +171,7 @@ fn create_parent_dir(url: &str) -> Result<()> {
     if path.is_empty() || path.starts_with(":memory:") {
         return Ok(());
     }
-    if let Some(dir) = Path::new(path)
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-    {
+    if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
     }
     Ok(())

@@ -10,15 +10,6 @@ pub struct QueueCounts {
     pub dead: i64,
 }
 
-/// The persisted state of a location's WhatsApp session.
-#[derive(Clone, Debug, sqlx::FromRow)]
-pub struct SessionSummary {
-    pub state: String,
-    pub reason: Option<String>,
-    pub phone: Option<String>,
-    pub state_since: i64,
-}
-
 impl Store {
     pub async fn queue_counts(&self, location_id: &str) -> Result<QueueCounts> {
         let (inbound_pending, outbound_pending, dead): (i64, i64, i64) = on_db!(self, pool => {
@@ -38,15 +29,5 @@ impl Store {
             outbound_pending,
             dead,
         })
-    }
-
-    /// `None` for a location whose session was never started.
-    pub async fn session_summary(&self, location_id: &str) -> Result<Option<SessionSummary>> {
-        Ok(on_db!(self, pool => {
-            sqlx::query_as("SELECT state, reason, phone, state_since FROM wa_sessions WHERE location_id = $1")
-                .bind(location_id)
-                .fetch_optional(pool)
-                .await?
-        }))
     }
 }

@@ -32,10 +32,7 @@ fn a_fresh_start_serves_health_creates_the_database_and_stops_on_sigterm() {
         if let Ok(body) = blocking_get(&url) {
             break body;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "not ready within 15 s"
-        );
+        assert!(started.elapsed() < Duration::from_secs(15), "not ready within 15 s");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(ready.contains("\"ready\""), "{ready}");
@@ -59,10 +56,7 @@ fn a_fresh_start_serves_health_creates_the_database_and_stops_on_sigterm() {
     assert!(stopping.elapsed() < Duration::from_secs(10));
     let log = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
     let token = std::fs::read_to_string(&token_file).unwrap();
-    assert!(
-        !log.contains(token.trim()),
-        "the generated admin token was logged"
-    );
+    assert!(!log.contains(token.trim()), "the generated admin token was logged");
     assert!(
         log.contains("data/admin.token"),
         "the log must say where the token is: {log}"
@@ -71,15 +65,8 @@ fn a_fresh_start_serves_health_creates_the_database_and_stops_on_sigterm() {
 
 #[test]
 fn a_bad_setting_stops_the_daemon_with_a_line_naming_the_variable() {
-    for (var, value) in [
-        ("DATABASE_URL", "mysql://x"),
-        ("WAGHL_SECRET_KEY", "MDEyMzQ1Njc4OQ=="),
-    ] {
-        let output = Command::new(BIN)
-            .env_clear()
-            .env(var, value)
-            .output()
-            .unwrap();
+    for (var, value) in [("DATABASE_URL", "mysql://x"), ("WAGHL_SECRET_KEY", "MDEyMzQ1Njc4OQ==")] {
+        let output = Command::new(BIN).env_clear().env(var, value).output().unwrap();
         assert!(!output.status.success());
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(var), "{var}: {stderr}");
@@ -124,10 +111,7 @@ fn blocking_get(url: &str) -> std::io::Result<String> {
     }
 }
 
-fn wait_with_deadline(
-    child: &mut std::process::Child,
-    deadline: Duration,
-) -> std::process::ExitStatus {
+fn wait_with_deadline(child: &mut std::process::Child, deadline: Duration) -> std::process::ExitStatus {
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {

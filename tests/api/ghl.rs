@@ -27,10 +27,7 @@ fn contact<'a>(location_id: &'a str, phone: &'a str) -> UpsertContact<'a> {
 /// Makes waghl believe its stored token is about to expire, and GHL refuse it.
 async fn expire_tokens(app: &TestApp, fake: &FakeGhl, location_id: &str) {
     let store = &app.state.store;
-    let (lock, credentials) = store
-        .lock_credentials(TokenOwner::Location(location_id))
-        .await
-        .unwrap();
+    let (lock, credentials) = store.lock_credentials(TokenOwner::Location(location_id)).await.unwrap();
     let mut tokens = credentials.unwrap().tokens;
     tokens.expires_at = waghl::time::now_ms() - 1;
     store
@@ -59,15 +56,8 @@ async fn install_redirects_to_the_location_chooser_with_the_provider_scopes() {
         query["redirect_uri"],
         format!("{}/oauth/callback", app.state.config.public_url)
     );
-    for scope in [
-        "conversations/message.write",
-        "conversations.write",
-        "contacts.write",
-    ] {
-        assert!(
-            query["scope"].split(' ').any(|s| s == scope),
-            "{scope} missing"
-        );
+    for scope in ["conversations/message.write", "conversations.write", "contacts.write"] {
+        assert!(query["scope"].split(' ').any(|s| s == scope), "{scope} missing");
     }
 }
 
@@ -78,12 +68,7 @@ async fn without_ghl_settings_the_ghl_routes_answer_503_naming_them() {
     assert_eq!(response.status(), 503);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "ghl_not_configured");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("GHL_CLIENT_ID")
-    );
+    assert!(body["error"]["message"].as_str().unwrap().contains("GHL_CLIENT_ID"));
 }
 
 #[tokio::test]
@@ -123,12 +108,7 @@ async fn the_callback_stores_the_location_with_sealed_tokens_that_never_reach_th
         .unwrap()
         .unwrap();
     let access = credentials.tokens.access_token.expose().to_owned();
-    let refresh = credentials
-        .tokens
-        .refresh_token
-        .unwrap()
-        .expose()
-        .to_owned();
+    let refresh = credentials.tokens.refresh_token.unwrap().expose().to_owned();
     // Use them once so that a GHL call is logged too.
     app.state.ghl.test_connection("locInstall1").await.unwrap();
 
@@ -156,12 +136,7 @@ async fn a_refused_code_is_a_400_and_stores_nothing() {
     assert_eq!(error_code(response).await, "oauth_code_rejected");
     let response = app.get("/oauth/callback").await;
     assert_eq!(error_code(response).await, "missing_code");
-    let list: serde_json::Value = app
-        .admin_get("/api/v1/locations")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list: serde_json::Value = app.admin_get("/api/v1/locations").await.json().await.unwrap();
     assert_eq!(list["locations"].as_array().unwrap().len(), 0);
 }
 
@@ -178,8 +153,7 @@ async fn fifty_concurrent_calls_with_an_expired_token_refresh_once(backend: Back
         let ghl = ghl.clone();
         tokio::spawn(async move {
             let phone = format!("+1555000{i:04}");
-            ghl.upsert_contact("locExpired", &contact("locExpired", &phone))
-                .await
+            ghl.upsert_contact("locExpired", &contact("locExpired", &phone)).await
         })
     });
     for call in futures_join(calls).await {
@@ -236,10 +210,7 @@ async fn two_instances_sharing_postgres_never_spend_the_same_refresh_token() {
     );
     let second = waghl::startup::Application::build(config).await.unwrap();
     let (a, b) = (first.state.ghl.clone(), second.state().ghl.clone());
-    let (x, y) = tokio::join!(
-        a.test_connection("locShared"),
-        b.test_connection("locShared")
-    );
+    let (x, y) = tokio::join!(a.test_connection("locShared"), b.test_connection("locShared"));
     x.unwrap();
     y.unwrap();
     assert_eq!(fake.refresh_count(), 1);
@@ -253,13 +224,9 @@ async fn a_burst_of_300_calls_stays_under_ghl_limit_and_runs_near_the_cap() {
         ..Options::default()
     })
     .await;
-    let app = app_with(
-        Backend::Sqlite,
-        &fake,
-        &[("WAGHL_GHL_RATE_WINDOW_MS", "1000")],
-    )
-    .await
-    .unwrap();
+    let app = app_with(Backend::Sqlite, &fake, &[("WAGHL_GHL_RATE_WINDOW_MS", "1000")])
+        .await
+        .unwrap();
     app.install(&fake, "locBurst").await;
     let ghl = app.state.ghl.clone();
     let started = Instant::now();
@@ -267,8 +234,7 @@ async fn a_burst_of_300_calls_stays_under_ghl_limit_and_runs_near_the_cap() {
         let ghl = ghl.clone();
         tokio::spawn(async move {
             let phone = format!("+1555100{i:04}");
-            ghl.upsert_contact("locBurst", &contact("locBurst", &phone))
-                .await
+            ghl.upsert_contact("locBurst", &contact("locBurst", &phone)).await
         })
     });
     for call in futures_join(calls).await {
@@ -276,18 +242,12 @@ async fn a_burst_of_300_calls_stays_under_ghl_limit_and_runs_near_the_cap() {
     }
     let elapsed = started.elapsed();
     assert_eq!(fake.rate_limited_count(), 0, "GHL answered 429");
-    let arrivals: Vec<_> = fake
-        .calls_to("/contacts/upsert")
-        .iter()
-        .map(|c| c.at)
-        .collect();
+    let arrivals: Vec<_> = fake.calls_to("/contacts/upsert").iter().map(|c| c.at).collect();
     let busiest = (0..arrivals.len())
         .map(|i| {
             arrivals
                 .iter()
-                .filter(|t| {
-                    **t >= arrivals[i] && t.duration_since(arrivals[i]) < Duration::from_secs(1)
-                })
+                .filter(|t| **t >= arrivals[i] && t.duration_since(arrivals[i]) < Duration::from_secs(1))
                 .count()
         })
         .max()
@@ -304,10 +264,7 @@ async fn a_burst_of_300_calls_stays_under_ghl_limit_and_runs_near_the_cap() {
         elapsed >= Duration::from_millis(3000),
         "{elapsed:?}: faster than the cap allows"
     );
-    assert!(
-        elapsed < Duration::from_millis(4500),
-        "{elapsed:?}: far below the cap"
-    );
+    assert!(elapsed < Duration::from_millis(4500), "{elapsed:?}: far below the cap");
 }
 
 #[tokio::test]
@@ -328,10 +285,7 @@ async fn a_429_from_ghl_holds_the_location_and_the_call_then_succeeds() {
     for call in futures_join(calls).await {
         call.unwrap();
     }
-    assert!(
-        fake.rate_limited_count() > 0,
-        "the fake's smaller limit was hit"
-    );
+    assert!(fake.rate_limited_count() > 0, "the fake's smaller limit was hit");
 }
 
 #[tokio::test]
@@ -383,12 +337,7 @@ async fn a_refused_refresh_marks_the_location_reauth_required_and_stops_calls() 
     );
 
     let calls_before = fake.calls().len();
-    let err = app
-        .state
-        .ghl
-        .test_connection("locRevoked")
-        .await
-        .unwrap_err();
+    let err = app.state.ghl.test_connection("locRevoked").await.unwrap_err();
     assert!(matches!(err, GhlError::ReauthRequired(_)));
     assert_eq!(
         fake.calls().len(),
@@ -417,10 +366,7 @@ async fn status_updates_ride_out_ghl_403_lag_after_a_send() {
         .await
         .unwrap();
     assert_eq!(fake.statuses("msg-1").len(), 1);
-    assert_eq!(
-        fake.calls_to("/conversations/messages/msg-1/status").len(),
-        3
-    );
+    assert_eq!(fake.calls_to("/conversations/messages/msg-1/status").len(), 3);
 
     fake.set_status_lag(100);
     let err = app
@@ -429,10 +375,7 @@ async fn status_updates_ride_out_ghl_403_lag_after_a_send() {
         .update_message_status("locLag", "msg-2", &update)
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, GhlError::Rejected { status: 403, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, GhlError::Rejected { status: 403, .. }), "{err:?}");
 }
 
 #[tokio::test]
@@ -452,16 +395,8 @@ async fn every_resource_call_carries_the_version_header_and_the_location_token()
         .unwrap()
         .unwrap();
     assert_eq!(found.id, created.contact.id);
-    assert!(
-        ghl.find_conversation("locShape", &found.id)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    let conversation = ghl
-        .create_conversation("locShape", &found.id)
-        .await
-        .unwrap();
+    assert!(ghl.find_conversation("locShape", &found.id).await.unwrap().is_none());
+    let conversation = ghl.create_conversation("locShape", &found.id).await.unwrap();
     assert_eq!(
         ghl.find_conversation("locShape", &found.id).await.unwrap(),
         Some(conversation.clone())
@@ -494,14 +429,8 @@ async fn every_resource_call_carries_the_version_header_and_the_location_token()
         .await
         .unwrap();
     let uploads = fake.uploads();
-    assert_eq!(
-        uploads.iter().find(|u| u.url == small).unwrap().bytes.len(),
-        1000
-    );
-    assert_eq!(
-        uploads.iter().find(|u| u.url == large).unwrap().bytes.len(),
-        6 << 20
-    );
+    assert_eq!(uploads.iter().find(|u| u.url == small).unwrap().bytes.len(), 1000);
+    assert_eq!(uploads.iter().find(|u| u.url == large).unwrap().bytes.len(), 6 << 20);
     assert_eq!(
         fake.calls_to("/conversations/messages/upload/initiate")[0].json()["channel"],
         "WHATSAPP"
@@ -530,12 +459,7 @@ async fn the_admin_locations_api_needs_the_token_and_validates_ids() {
     app.install(&fake, "locA").await;
     app.install(&fake, "locB").await;
     assert_eq!(app.get("/api/v1/locations").await.status(), 401);
-    let list: serde_json::Value = app
-        .admin_get("/api/v1/locations")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list: serde_json::Value = app.admin_get("/api/v1/locations").await.json().await.unwrap();
     let ids: Vec<&str> = list["locations"]
         .as_array()
         .unwrap()
@@ -564,9 +488,7 @@ async fn the_admin_locations_api_needs_the_token_and_validates_ids() {
 }
 
 /// Awaits every task, in order.
-async fn futures_join<T: Send + 'static>(
-    tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>,
-) -> Vec<T> {
+async fn futures_join<T: Send + 'static>(tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
     let tasks: Vec<_> = tasks.collect();
     let mut out = Vec::with_capacity(tasks.len());
     for task in tasks {

@@ -26,6 +26,7 @@ async fn readyz_answers_200_on_postgres() {
 #[tokio::test]
 async fn readyz_answers_503_when_the_database_is_gone() {
     let app = spawn_app().await;
+    assert_eq!(app.get("/readyz").await.status(), 200);
     app.state.store.close().await;
     let response = app.get("/readyz").await;
     assert_eq!(response.status(), 503);

@@ -43,10 +43,16 @@ impl TestDb {
         Some(Self { url, dir })
     }
 
+    /// Stands in for a database that was moved elsewhere.
+    fn placeholder() -> Self {
+        Self {
+            url: String::new(),
+            dir: tempfile::tempdir().expect("a temporary directory"),
+        }
+    }
+
     pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
-        self.url
-            .strip_prefix("sqlite://")
-            .map(std::path::PathBuf::from)
+        self.url.strip_prefix("sqlite://").map(std::path::PathBuf::from)
     }
 }
 
@@ -56,9 +62,7 @@ fn postgres_admin_url() -> Option<String> {
     match std::env::var("WAGHL_TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!(
-                "CI=true but WAGHL_TEST_DATABASE_URL is not set: the PostgreSQL tests cannot run"
-            )
+            panic!("CI=true but WAGHL_TEST_DATABASE_URL is not set: the PostgreSQL tests cannot run")
         }
         _ => {
             eprintln!("skipped: WAGHL_TEST_DATABASE_URL is not set");
@@ -93,10 +97,7 @@ pub fn test_config(dir: &Path, database_url: &str, overrides: &[(&str, &str)]) -
         ("WAGHL_LISTEN", "127.0.0.1:0".to_owned()),
         ("DATABASE_URL", database_url.to_owned()),
         ("WAGHL_DATA_DIR", dir.join("data").display().to_string()),
-        (
-            "WAGHL_SESSIONS_DIR",
-            dir.join("sessions").display().to_string(),
-        ),
+        ("WAGHL_SESSIONS_DIR", dir.join("sessions").display().to_string()),
         ("WAGHL_SECRET_KEY", SECRET_KEY.to_owned()),
         ("WAGHL_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ("WAGHL_WA_BACKEND", "sim".to_owned()),
@@ -117,6 +118,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub state: AppState,
     pub db: TestDb,
+    /// The settings it was started with, for a restart.
+    overrides: Vec<(String, String)>,
     stop: Option<oneshot::Sender<()>>,
     running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -139,11 +142,7 @@ pub fn ghl_settings(fake: &FakeGhl) -> Vec<(&'static str, String)> {
 pub const PROVIDER_ID: &str = "provider-test-1";
 
 /// The application wired to `fake`, on `backend`; `None` when that backend is unavailable.
-pub async fn spawn_app_with_ghl(
-    backend: Backend,
-    fake: &FakeGhl,
-    extra: &[(&str, &str)],
-) -> Option<TestApp> {
+pub async fn spawn_app_with_ghl(backend: Backend, fake: &FakeGhl, extra: &[(&str, &str)]) -> Option<TestApp> {
     let settings = ghl_settings(fake);
     let mut overrides: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
     overrides.extend_from_slice(extra);
@@ -158,26 +157,32 @@ pub async fn spawn_app() -> TestApp {
 
 /// `None` when the backend is PostgreSQL and none is configured (outside CI).
 pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> Option<TestApp> {
-    crate::logs::capture();
     let db = TestDb::new(backend).await?;
-    let config = test_config(db.dir.path(), &db.url, overrides);
-    let app = Application::build(config)
-        .await
-        .expect("the application builds");
+    Some(spawn_app_on(db, overrides).await)
+}
+
+/// Runs the application on an existing database (and its directory: sessions, data).
+pub async fn spawn_app_on(db: TestDb, overrides: &[(&str, &str)]) -> TestApp {
+    crate::logs::capture();
+    let overrides: Vec<(String, String)> = overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let refs: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let config = test_config(db.dir.path(), &db.url, &refs);
+    let app = Application::build(config).await.expect("the application builds");
     let base_url = format!("http://{}", app.local_addr());
     let state = app.state().clone();
     let (stop, stopped) = oneshot::channel();
     let running = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
-    Some(TestApp {
+    TestApp {
         base_url,
         client: reqwest::Client::new(),
         state,
         db,
+        overrides,
         stop: Some(stop),
         running: Some(running),
-    })
+    }
 }
 
 impl TestApp {
@@ -185,12 +190,7 @@ impl TestApp {
     pub async fn install(&self, fake: &FakeGhl, location_id: &str) {
         let code = fake.location_code(location_id);
         let response = self.get(&format!("/oauth/callback?code={code}")).await;
-        assert_eq!(
-            response.status(),
-            200,
-            "{}",
-            response.text().await.unwrap_or_default()
-        );
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -211,15 +211,74 @@ impl TestApp {
     }
 
     /// Stops the application and waits until it has closed the database.
-    pub async fn stop(mut self) {
+    /// Stops the application and waits until it has closed the database.
+    pub async fn stop(mut self) -> TestDb {
+        self.stop_in_place().await;
+        std::mem::replace(&mut self.db, TestDb::placeholder())
+    }
+
+    async fn stop_in_place(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(running) = self.running.take() {
-            running
-                .await
-                .expect("the app task")
-                .expect("the app stopped cleanly");
+            running.await.expect("the app task").expect("the app stopped cleanly");
+        }
+    }
+
+    /// Stops the application and starts it again on the same database and directories, as a
+    /// redeploy would.
+    pub async fn restart(mut self) -> TestApp {
+        self.stop_in_place().await;
+        let overrides = std::mem::take(&mut self.overrides);
+        let refs: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let db = std::mem::replace(&mut self.db, TestDb::placeholder());
+        spawn_app_on(db, &refs).await
+    }
+
+    pub async fn admin_post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    pub async fn admin_delete(&self, path: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("DELETE")
+    }
+
+    /// The location's `session` block.
+    pub async fn session(&self, location: &str) -> serde_json::Value {
+        let location: serde_json::Value = self
+            .admin_get(&format!("/api/v1/locations/{location}"))
+            .await
+            .json()
+            .await
+            .expect("a location");
+        location["session"].clone()
+    }
+
+    /// Polls until the session is in `state` (and has `reason`, when given); panics after 10 s.
+    pub async fn wait_for_session(&self, location: &str, state: &str, reason: Option<&str>) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let session = self.session(location).await;
+            if session["state"] == state && reason.is_none_or(|r| session["reason"] == r) {
+                return session;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never reached {state} {reason:?}: {session}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 }

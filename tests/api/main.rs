@@ -7,5 +7,6 @@ mod logs;
 mod daemon;
 mod ghl;
 mod health;
+mod sessions;
 mod store;
 mod webhooks;

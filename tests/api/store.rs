@@ -88,10 +88,7 @@ async fn sealed_tokens_never_reach_the_database_in_plaintext(db: TestDb, store: 
 
     let raw = raw_database_bytes(&db, &store).await;
     for secret in [ACCESS, REFRESH] {
-        assert!(
-            !contains(&raw, secret.as_bytes()),
-            "{secret} is stored in plaintext"
-        );
+        assert!(!contains(&raw, secret.as_bytes()), "{secret} is stored in plaintext");
     }
     // The check is real: the location's name, stored in clear, is found.
     assert!(contains(&raw, b"Acme Dental"));
@@ -125,10 +122,7 @@ async fn a_reinstall_replaces_tokens_and_clears_the_error(_db: TestDb, store: St
     assert_eq!(record.status, LocationStatus::ReauthRequired);
     assert_eq!(record.last_error.as_deref(), Some("refresh refused"));
 
-    store
-        .upsert_location(new(&tokens("a2", Some("r2"))))
-        .await
-        .unwrap();
+    store.upsert_location(new(&tokens("a2", Some("r2")))).await.unwrap();
     let record = store.location("loc2").await.unwrap().unwrap();
     assert_eq!(record.status, LocationStatus::Installed);
     assert_eq!(record.last_error, None);

@@ -31,9 +31,7 @@ impl Signer {
 
     /// The Ed25519 public key as an SPKI PEM, as GHL publishes its own.
     fn ed25519_pem(&self) -> String {
-        let mut der = vec![
-            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-        ];
+        let mut der = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
         der.extend_from_slice(self.ed25519.public_key().as_ref());
         format!(
             "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
@@ -48,12 +46,7 @@ impl Signer {
     fn rsa(&self, body: &[u8]) -> String {
         let mut signature = vec![0u8; self.rsa.public().modulus_len()];
         self.rsa
-            .sign(
-                &RSA_PKCS1_SHA256,
-                &SystemRandom::new(),
-                body,
-                &mut signature,
-            )
+            .sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), body, &mut signature)
             .unwrap();
         BASE64.encode(signature)
     }
@@ -73,10 +66,7 @@ async fn bench_on(backend: Backend) -> Option<Bench> {
     let fake = FakeGhl::start().await;
     let signer = Signer::new();
     let ed25519 = signer.ed25519_pem();
-    let rsa_path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/rsa_test_pub.pem"
-    );
+    let rsa_path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rsa_test_pub.pem");
     let app = spawn_app_with_ghl(
         backend,
         &fake,
@@ -102,17 +92,14 @@ enum Auth<'a> {
 
 impl Bench {
     async fn post(&self, path: &str, body: &Value, auth: Auth<'_>) -> reqwest::Response {
-        self.post_raw(path, serde_json::to_vec(body).unwrap(), auth)
-            .await
+        self.post_raw(path, serde_json::to_vec(body).unwrap(), auth).await
     }
 
     async fn post_raw(&self, path: &str, body: Vec<u8>, auth: Auth<'_>) -> reqwest::Response {
         let mut url = self.app.url(path);
         let mut request = self.app.client.post(&url);
         match auth {
-            Auth::Ed25519 => {
-                request = request.header("x-ghl-signature", self.signer.ed25519(&body))
-            }
+            Auth::Ed25519 => request = request.header("x-ghl-signature", self.signer.ed25519(&body)),
             Auth::Rsa => request = request.header("x-wh-signature", self.signer.rsa(&body)),
             Auth::Key(key) => {
                 url = format!("{url}?key={key}");
@@ -155,9 +142,7 @@ async fn a_provider_webhook_signed_with_ed25519_is_queued_once_however_often_it_
     b.app.install(&b.fake, "locP").await;
     let message = provider_message("locP", "msg-1");
     for expected in ["queued", "duplicate", "duplicate"] {
-        let response = b
-            .post("/webhooks/ghl/provider", &message, Auth::Ed25519)
-            .await;
+        let response = b.post("/webhooks/ghl/provider", &message, Auth::Ed25519).await;
         assert_eq!(response.status(), 200);
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["status"], expected);
@@ -170,11 +155,7 @@ async fn the_legacy_rsa_signature_is_accepted_when_valid() {
     let b = bench().await;
     b.app.install(&b.fake, "locR").await;
     let response = b
-        .post(
-            "/webhooks/ghl/provider",
-            &provider_message("locR", "m1"),
-            Auth::Rsa,
-        )
+        .post("/webhooks/ghl/provider", &provider_message("locR", "m1"), Auth::Rsa)
         .await;
     assert_eq!(response.status(), 200);
     assert_eq!(b.outbound_rows("locR").await, 1);
@@ -201,11 +182,7 @@ async fn bad_or_missing_signatures_and_stale_timestamps_get_401_and_store_nothin
             Auth::Header("x-ghl-signature", &other_body),
             "bad_signature",
         ),
-        (
-            "not base64",
-            Auth::Header("x-ghl-signature", "%%%"),
-            "bad_signature",
-        ),
+        ("not base64", Auth::Header("x-ghl-signature", "%%%"), "bad_signature"),
         (
             "rsa of another body",
             Auth::Header("x-wh-signature", &legacy_forged),
@@ -219,30 +196,20 @@ async fn bad_or_missing_signatures_and_stale_timestamps_get_401_and_store_nothin
         assert_eq!(error_code(response).await, "unauthorized", "{case}");
         let metrics = b.app.admin_get("/metrics").await.text().await.unwrap();
         assert!(
-            metrics.contains(&format!(
-                "waghl_webhook_rejections_total{{reason=\"{reason}\"}}"
-            )),
+            metrics.contains(&format!("waghl_webhook_rejections_total{{reason=\"{reason}\"}}")),
             "{case}"
         );
     }
     let mut stale = message.clone();
     stale["timestamp"] = json!(waghl::time::rfc3339(waghl::time::now_ms() - 6 * 60 * 1000));
-    let response = b
-        .post("/webhooks/ghl/provider", &stale, Auth::Ed25519)
-        .await;
+    let response = b.post("/webhooks/ghl/provider", &stale, Auth::Ed25519).await;
     assert_eq!(response.status(), 401, "stale timestamp");
-    assert_eq!(
-        b.outbound_rows("locX").await,
-        0,
-        "nothing refused may be stored"
-    );
+    assert_eq!(b.outbound_rows("locX").await, 0, "nothing refused may be stored");
 
     let mut fresh = message.clone();
     fresh["timestamp"] = json!(now_iso());
     assert_eq!(
-        b.post("/webhooks/ghl/provider", &fresh, Auth::Ed25519)
-            .await
-            .status(),
+        b.post("/webhooks/ghl/provider", &fresh, Auth::Ed25519).await.status(),
         200
     );
 }
@@ -262,9 +229,7 @@ async fn the_url_key_authenticates_unsigned_deliveries_but_not_a_bad_signature()
     // A signature that is present but invalid is refused even with the right key.
     let forged = BASE64.encode([1u8; 64]);
     let body = serde_json::to_vec(&provider_message("locK", "m2")).unwrap();
-    let url = b
-        .app
-        .url(&format!("/webhooks/ghl/provider?key={WEBHOOK_KEY}"));
+    let url = b.app.url(&format!("/webhooks/ghl/provider?key={WEBHOOK_KEY}"));
     let response = b
         .app
         .client
@@ -284,9 +249,7 @@ async fn invalid_provider_payloads_get_precise_errors() {
     b.app.install(&b.fake, "locV").await;
     let mut no_phone = provider_message("locV", "m1");
     no_phone["phone"] = Value::Null;
-    let response = b
-        .post("/webhooks/ghl/provider", &no_phone, Auth::Ed25519)
-        .await;
+    let response = b.post("/webhooks/ghl/provider", &no_phone, Auth::Ed25519).await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "invalid_webhook");
@@ -302,19 +265,13 @@ async fn invalid_provider_payloads_get_precise_errors() {
     assert_eq!(response.status(), 404);
 
     let response = b
-        .post_raw(
-            "/webhooks/ghl/provider",
-            b"{not json".to_vec(),
-            Auth::Ed25519,
-        )
+        .post_raw("/webhooks/ghl/provider", b"{not json".to_vec(), Auth::Ed25519)
         .await;
     assert_eq!(response.status(), 400);
     assert_eq!(error_code(response).await, "malformed_json");
 
     let huge = vec![b' '; 100_000];
-    let response = b
-        .post_raw("/webhooks/ghl/provider", huge, Auth::Ed25519)
-        .await;
+    let response = b.post_raw("/webhooks/ghl/provider", huge, Auth::Ed25519).await;
     assert_eq!(response.status(), 413);
     assert_eq!(error_code(response).await, "payload_too_large");
     assert_eq!(b.outbound_rows("locV").await, 0);
@@ -324,22 +281,12 @@ async fn invalid_provider_payloads_get_precise_errors() {
 async fn uninstall_removes_the_tokens_marks_the_location_and_keeps_its_history() {
     let b = bench().await;
     b.app.install(&b.fake, "locU").await;
-    b.post(
-        "/webhooks/ghl/provider",
-        &provider_message("locU", "m1"),
-        Auth::Ed25519,
-    )
-    .await;
+    b.post("/webhooks/ghl/provider", &provider_message("locU", "m1"), Auth::Ed25519)
+        .await;
     let event = json!({ "type": "UNINSTALL", "appId": b.app_id(), "locationId": "locU", "webhookId": "wh-1", "timestamp": now_iso() });
     let response = b.post("/webhooks/ghl/app", &event, Auth::Ed25519).await;
     assert_eq!(response.status(), 200);
-    let location: Value = b
-        .app
-        .admin_get("/api/v1/locations/locU")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let location: Value = b.app.admin_get("/api/v1/locations/locU").await.json().await.unwrap();
     assert_eq!(location["status"], "uninstalled");
     assert!(
         b.app
@@ -358,13 +305,7 @@ async fn uninstall_removes_the_tokens_marks_the_location_and_keeps_its_history()
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "duplicate");
-    let location: Value = b
-        .app
-        .admin_get("/api/v1/locations/locU")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let location: Value = b.app.admin_get("/api/v1/locations/locU").await.json().await.unwrap();
     assert_eq!(location["status"], "installed");
 }
 
@@ -376,13 +317,7 @@ async fn events_for_another_app_are_ignored() {
     let response = b.post("/webhooks/ghl/app", &event, Auth::Ed25519).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.json::<Value>().await.unwrap()["status"], "ignored");
-    let location: Value = b
-        .app
-        .admin_get("/api/v1/locations/locO")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let location: Value = b.app.admin_get("/api/v1/locations/locO").await.json().await.unwrap();
     assert_eq!(location["status"], "installed");
 }
 
@@ -412,36 +347,19 @@ async fn an_agency_install_yields_working_tokens_for_every_location(backend: Bac
     b.fake.expire_access_tokens("locA2");
     let mints_before = b.fake.calls_to("/oauth/locationToken").len();
     b.app.state.ghl.test_connection("locA2").await.unwrap();
-    assert_eq!(
-        b.fake.calls_to("/oauth/locationToken").len(),
-        mints_before + 1
-    );
+    assert_eq!(b.fake.calls_to("/oauth/locationToken").len(), mints_before + 1);
 
     // GHL announces one more location of the agency.
     b.fake.add_company_location("agency1", "locA4");
     let install = json!({ "type": "INSTALL", "appId": b.app_id(), "companyId": "agency1", "locationId": "locA4" });
     let response = b.post("/webhooks/ghl/app", &install, Auth::Ed25519).await;
-    assert_eq!(
-        response.json::<Value>().await.unwrap()["status"],
-        "installed"
-    );
+    assert_eq!(response.json::<Value>().await.unwrap()["status"], "installed");
     b.app.state.ghl.test_connection("locA4").await.unwrap();
 
     // The agency uninstalls: every location of it goes.
     let uninstall = json!({ "type": "UNINSTALL", "appId": b.app_id(), "companyId": "agency1" });
-    assert_eq!(
-        b.post("/webhooks/ghl/app", &uninstall, Auth::Rsa)
-            .await
-            .status(),
-        200
-    );
-    let list: Value = b
-        .app
-        .admin_get("/api/v1/locations")
-        .await
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(b.post("/webhooks/ghl/app", &uninstall, Auth::Rsa).await.status(), 200);
+    let list: Value = b.app.admin_get("/api/v1/locations").await.json().await.unwrap();
     let statuses: Vec<&str> = list["locations"]
         .as_array()
         .unwrap()

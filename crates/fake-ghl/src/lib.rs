@@ -218,9 +218,7 @@ impl FakeGhl {
     pub fn location_code(&self, location_id: &str) -> String {
         let mut world = self.world();
         let code = format!("code-{}", next_id(&mut world));
-        world
-            .codes
-            .insert(code.clone(), Resource::Location(location_id.into()));
+        world.codes.insert(code.clone(), Resource::Location(location_id.into()));
         code
     }
 
@@ -228,13 +226,10 @@ impl FakeGhl {
     pub fn company_code(&self, company_id: &str, location_ids: &[&str]) -> String {
         let mut world = self.world();
         let code = format!("code-{}", next_id(&mut world));
+        world.codes.insert(code.clone(), Resource::Company(company_id.into()));
         world
-            .codes
-            .insert(code.clone(), Resource::Company(company_id.into()));
-        world.company_locations.insert(
-            company_id.into(),
-            location_ids.iter().map(|s| s.to_string()).collect(),
-        );
+            .company_locations
+            .insert(company_id.into(), location_ids.iter().map(|s| s.to_string()).collect());
         code
     }
 
@@ -270,9 +265,7 @@ impl FakeGhl {
     pub fn fail_next(&self, path_prefix: &str, status: u16, count: usize) {
         let mut world = self.world();
         for _ in 0..count {
-            world
-                .faults
-                .push_back((path_prefix.into(), Fault::Status(status)));
+            world.faults.push_back((path_prefix.into(), Fault::Status(status)));
         }
     }
 
@@ -347,26 +340,13 @@ impl FakeGhl {
 
     /// Status bodies accepted for a GHL message, oldest first.
     pub fn statuses(&self, message_id: &str) -> Vec<Value> {
-        self.world()
-            .statuses
-            .get(message_id)
-            .cloned()
-            .unwrap_or_default()
+        self.world().statuses.get(message_id).cloned().unwrap_or_default()
     }
 
     /// Hosts a file at a URL of the fake (as GHL hosts attachments) and returns the URL.
-    pub fn host_file(
-        &self,
-        file_name: &str,
-        content_type: &str,
-        bytes: impl Into<Bytes>,
-    ) -> String {
+    pub fn host_file(&self, file_name: &str, content_type: &str, bytes: impl Into<Bytes>) -> String {
         let mut world = self.world();
-        let url = format!(
-            "{}/files/{}/{file_name}",
-            self.base_url,
-            next_id(&mut world)
-        );
+        let url = format!("{}/files/{}/{file_name}", self.base_url, next_id(&mut world));
         world.uploads.push(Upload {
             location_id: String::new(),
             file_name: file_name.into(),
@@ -399,41 +379,20 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/conversations/messages/inbound", post(add_inbound))
         .route("/conversations/messages/{id}/status", put(update_status))
         .route("/conversations/messages/upload", post(upload))
-        .route(
-            "/conversations/messages/upload/initiate",
-            post(upload_initiate),
-        )
-        .route(
-            "/conversations/messages/upload/complete",
-            post(upload_complete),
-        )
+        .route("/conversations/messages/upload/initiate", post(upload_initiate))
+        .route("/conversations/messages/upload/complete", post(upload_complete))
         .route("/upload-target/{id}", put(upload_target))
         .route("/files/{id}/{name}", get(hosted_file))
-        .layer(middleware::from_fn_with_state(
-            shared.clone(),
-            record_and_inject,
-        ))
+        .layer(middleware::from_fn_with_state(shared.clone(), record_and_inject))
         .layer(axum::extract::DefaultBodyLimit::max(256 << 20))
         .with_state(shared)
 }
 
 /// Records the call, applies latency and injected faults.
-async fn record_and_inject(
-    State(shared): State<Arc<Shared>>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn record_and_inject(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 256 << 20)
-        .await
-        .unwrap_or_default();
-    let header = |name: header::HeaderName| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let body = axum::body::to_bytes(body, 256 << 20).await.unwrap_or_default();
+    let header = |name: header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let mut call = Call {
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
@@ -457,9 +416,7 @@ async fn record_and_inject(
             .position(|(prefix, _)| call.path.starts_with(prefix.as_str()));
         (
             world.latency,
-            position
-                .and_then(|i| world.faults.remove(i))
-                .map(|(_, f)| f),
+            position.and_then(|i| world.faults.remove(i)).map(|(_, f)| f),
         )
     };
     if !latency.is_zero() {
@@ -473,10 +430,7 @@ async fn record_and_inject(
             unreachable!()
         }
         Some(Fault::Status(status)) => error(status, "Injected failure"),
-        None => {
-            next.run(Request::from_parts(parts, axum::body::Body::from(body)))
-                .await
-        }
+        None => next.run(Request::from_parts(parts, axum::body::Body::from(body))).await,
     };
     call.status = response.status().as_u16();
     shared.world().calls.push(call);
@@ -513,10 +467,7 @@ fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Resource, Response> {
     let (limit, window) = (world.rate_limit, shared.options.rate_window);
     let now = Instant::now();
     let sent = world.windows.entry(resource.clone()).or_default();
-    while sent
-        .front()
-        .is_some_and(|t| now.duration_since(*t) >= window)
-    {
+    while sent.front().is_some_and(|t| now.duration_since(*t) >= window) {
         sent.pop_front();
     }
     if sent.len() >= limit {
@@ -528,10 +479,7 @@ fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Resource, Response> {
         let headers = response.headers_mut();
         headers.insert("x-ratelimit-max", limit.into());
         headers.insert("x-ratelimit-remaining", 0.into());
-        headers.insert(
-            "x-ratelimit-interval-milliseconds",
-            (window.as_millis() as u64).into(),
-        );
+        headers.insert("x-ratelimit-interval-milliseconds", (window.as_millis() as u64).into());
         headers.insert("retry-after", (remaining_ms.div_ceil(1000) as u64).into());
         return Err(response);
     }
@@ -542,23 +490,12 @@ fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Resource, Response> {
 fn admit_location(shared: &Shared, headers: &HeaderMap, location_id: &str) -> Result<(), Response> {
     match admit(shared, headers)? {
         Resource::Location(id) if id == location_id => Ok(()),
-        Resource::Location(_) => Err(error(
-            403,
-            "The token does not have access to this location",
-        )),
-        Resource::Company(_) => Err(error(
-            401,
-            "This route is not yet supported by the IAM Service",
-        )),
+        Resource::Location(_) => Err(error(403, "The token does not have access to this location")),
+        Resource::Company(_) => Err(error(401, "This route is not yet supported by the IAM Service")),
     }
 }
 
-fn issue_tokens(
-    shared: &Shared,
-    world: &mut World,
-    resource: &Resource,
-    with_refresh: bool,
-) -> Value {
+fn issue_tokens(shared: &Shared, world: &mut World, resource: &Resource, with_refresh: bool) -> Value {
     let access = format!("at-{}", next_id(world));
     world.access_tokens.insert(
         access.clone(),
@@ -576,9 +513,7 @@ fn issue_tokens(
     });
     if with_refresh {
         let refresh = format!("rt-{}", next_id(world));
-        world
-            .refresh_tokens
-            .insert(refresh.clone(), (resource.clone(), false));
+        world.refresh_tokens.insert(refresh.clone(), (resource.clone(), false));
         body["refresh_token"] = json!(refresh);
     }
     match resource {
@@ -598,27 +533,20 @@ fn issue_tokens(
 
 async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     if headers.get("version").is_some() || headers.get(header::AUTHORIZATION).is_some() {
-        return error(
-            400,
-            "The token endpoint takes neither Version nor Authorization",
-        );
+        return error(400, "The token endpoint takes neither Version nor Authorization");
     }
     let form: HashMap<String, String> = match parse_form(&body) {
         Some(form) => form,
         None => return error(422, "Expected application/x-www-form-urlencoded"),
     };
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
-    if field("client_id") != shared.options.client_id
-        || field("client_secret") != shared.options.client_secret
-    {
+    if field("client_id") != shared.options.client_id || field("client_secret") != shared.options.client_secret {
         return error(401, "Invalid client credentials");
     }
     let mut world = shared.world();
     match field("grant_type") {
         "authorization_code" => match world.codes.remove(field("code")) {
-            Some(resource) => {
-                axum::Json(issue_tokens(&shared, &mut world, &resource, true)).into_response()
-            }
+            Some(resource) => axum::Json(issue_tokens(&shared, &mut world, &resource, true)).into_response(),
             None => error(400, "Invalid authorization code"),
         },
         "refresh_token" => {
@@ -639,18 +567,12 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
 
 fn parse_form(body: &[u8]) -> Option<HashMap<String, String>> {
     let text = std::str::from_utf8(body).ok()?;
-    axum::extract::Query::<HashMap<String, String>>::try_from_uri(
-        &format!("/?{text}").parse().ok()?,
-    )
-    .ok()
-    .map(|q| q.0)
+    axum::extract::Query::<HashMap<String, String>>::try_from_uri(&format!("/?{text}").parse().ok()?)
+        .ok()
+        .map(|q| q.0)
 }
 
-async fn location_token(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn location_token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let company = match admit(&shared, &headers) {
         Ok(Resource::Company(id)) => id,
         Ok(Resource::Location(_)) => return error(401, "Agency access only"),
@@ -672,13 +594,7 @@ async fn location_token(
         return error(400, "The app is not installed on this location");
     }
     // GHL's spec lists no refresh token for minted location tokens.
-    axum::Json(issue_tokens(
-        &shared,
-        &mut world,
-        &Resource::Location(location),
-        false,
-    ))
-    .into_response()
+    axum::Json(issue_tokens(&shared, &mut world, &Resource::Location(location), false)).into_response()
 }
 
 async fn installed_locations(
@@ -705,11 +621,7 @@ async fn installed_locations(
     axum::Json(json!({ "locations": locations, "count": locations.len() })).into_response()
 }
 
-async fn upsert_contact(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn upsert_contact(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let location = body["locationId"].as_str().unwrap_or_default().to_owned();
     if let Err(response) = admit_location(&shared, &headers, &location) {
@@ -718,8 +630,7 @@ async fn upsert_contact(
     let Some(phone) = body["phone"].as_str().map(str::to_owned) else {
         return error(422, "phone must be a string");
     };
-    if !phone.starts_with('+') || phone.len() < 8 || !phone[1..].bytes().all(|b| b.is_ascii_digit())
-    {
+    if !phone.starts_with('+') || phone.len() < 8 || !phone[1..].bytes().all(|b| b.is_ascii_digit()) {
         return error(400, "Invalid phone number");
     }
     let mut world = shared.world();
@@ -745,8 +656,7 @@ async fn upsert_contact(
             (contact, true)
         }
     };
-    axum::Json(json!({ "new": new, "contact": contact_json(&contact), "traceId": "trace" }))
-        .into_response()
+    axum::Json(json!({ "new": new, "contact": contact_json(&contact), "traceId": "trace" })).into_response()
 }
 
 fn contact_json(contact: &Contact) -> Value {
@@ -788,20 +698,14 @@ async fn search_conversations(
     let conversations: Vec<Value> = world
         .conversations
         .iter()
-        .filter(|((loc, contact), _)| {
-            *loc == location && query.get("contactId").is_none_or(|c| c == contact)
-        })
+        .filter(|((loc, contact), _)| *loc == location && query.get("contactId").is_none_or(|c| c == contact))
         .map(|((_, contact), id)| json!({ "id": id, "contactId": contact, "locationId": location }))
         .collect();
     let total = conversations.len();
     axum::Json(json!({ "conversations": conversations, "total": total })).into_response()
 }
 
-async fn create_conversation(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn create_conversation(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let location = body["locationId"].as_str().unwrap_or_default().to_owned();
     if let Err(response) = admit_location(&shared, &headers, &location) {
@@ -816,10 +720,7 @@ async fn create_conversation(
     {
         return error(400, "Contact not found");
     }
-    if world
-        .conversations
-        .contains_key(&(location.clone(), contact.clone()))
-    {
+    if world.conversations.contains_key(&(location.clone(), contact.clone())) {
         return error(400, "Conversation already exists");
     }
     let id = ghl_id(&mut world, "cv");
@@ -828,16 +729,14 @@ async fn create_conversation(
         .insert((location.clone(), contact.clone()), id.clone());
     (
         StatusCode::CREATED,
-        axum::Json(json!({ "success": true, "conversation": { "id": id, "contactId": contact, "locationId": location } })),
+        axum::Json(
+            json!({ "success": true, "conversation": { "id": id, "contactId": contact, "locationId": location } }),
+        ),
     )
         .into_response()
 }
 
-async fn add_inbound(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn add_inbound(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let location = match admit(&shared, &headers) {
         Ok(Resource::Location(id)) => id,
@@ -854,10 +753,7 @@ async fn add_inbound(
     let Some(contact) = owner else {
         return error(400, "Conversation not found");
     };
-    if body["conversationProviderId"]
-        .as_str()
-        .is_none_or(str::is_empty)
-    {
+    if body["conversationProviderId"].as_str().is_none_or(str::is_empty) {
         // GHL's documented quirk: a custom provider message without the provider id is
         // silently dropped with an empty 201 (GHL_API.md §5.1).
         return StatusCode::CREATED.into_response();
@@ -890,34 +786,20 @@ async fn update_status(
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let mut world = shared.world();
     let lag_default = world.status_lag_default;
-    let lag = world
-        .status_lag
-        .entry(message_id.clone())
-        .or_insert(lag_default);
+    let lag = world.status_lag.entry(message_id.clone()).or_insert(lag_default);
     if *lag > 0 {
         *lag -= 1;
         return error(403, "No conversation provider found for this message");
     }
     let allowed: HashSet<&str> = ["delivered", "failed", "pending", "read", "sent"].into();
     if !body["status"].as_str().is_some_and(|s| allowed.contains(s)) {
-        return error(
-            422,
-            "status must be one of delivered, failed, pending, read",
-        );
+        return error(422, "status must be one of delivered, failed, pending, read");
     }
-    world
-        .statuses
-        .entry(message_id.clone())
-        .or_default()
-        .push(body);
+    world.statuses.entry(message_id.clone()).or_default().push(body);
     axum::Json(json!({ "success": true, "messageId": message_id })).into_response()
 }
 
-async fn upload(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    mut form: Multipart,
-) -> Response {
+async fn upload(State(shared): State<Arc<Shared>>, headers: HeaderMap, mut form: Multipart) -> Response {
     let location = match admit(&shared, &headers) {
         Ok(Resource::Location(id)) => id,
         Ok(_) => return error(401, "Location token required"),
@@ -928,17 +810,12 @@ async fn upload(
     while let Ok(Some(field)) = form.next_field().await {
         let name = field.name().unwrap_or_default().to_owned();
         let file_name = field.file_name().map(str::to_owned);
-        let content_type = field
-            .content_type()
-            .unwrap_or("application/octet-stream")
-            .to_owned();
+        let content_type = field.content_type().unwrap_or("application/octet-stream").to_owned();
         let Ok(bytes) = field.bytes().await else {
             return error(400, "Unreadable multipart body");
         };
         match file_name {
-            Some(file_name) if name == "fileAttachment" => {
-                files.push((file_name, content_type, bytes))
-            }
+            Some(file_name) if name == "fileAttachment" => files.push((file_name, content_type, bytes)),
             _ => {
                 fields.insert(name, String::from_utf8_lossy(&bytes).into_owned());
             }
@@ -957,11 +834,7 @@ async fn upload(
     let mut world = shared.world();
     let mut uploaded = serde_json::Map::new();
     for (file_name, content_type, bytes) in files {
-        let url = format!(
-            "{}/files/{}/{file_name}",
-            shared.base_url,
-            next_id(&mut world)
-        );
+        let url = format!("{}/files/{}/{file_name}", shared.base_url, next_id(&mut world));
         uploaded.insert(file_name.clone(), json!(url));
         world.uploads.push(Upload {
             location_id: location.clone(),
@@ -974,19 +847,13 @@ async fn upload(
     axum::Json(json!({ "uploadedFiles": uploaded, "traceId": "trace" })).into_response()
 }
 
-async fn upload_initiate(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn upload_initiate(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let location = body["locationId"].as_str().unwrap_or_default().to_owned();
     if let Err(response) = admit_location(&shared, &headers, &location) {
         return response;
     }
-    let (Some(file_name), Some(content_type)) =
-        (body["filename"].as_str(), body["contentType"].as_str())
-    else {
+    let (Some(file_name), Some(content_type)) = (body["filename"].as_str(), body["contentType"].as_str()) else {
         return error(422, "filename and contentType are required");
     };
     let max: u64 = if body["channel"] == "WHATSAPP" {
@@ -999,10 +866,9 @@ async fn upload_initiate(
     }
     let mut world = shared.world();
     let upload_id = ghl_id(&mut world, "up");
-    world.pending_uploads.insert(
-        upload_id.clone(),
-        (location, file_name.into(), content_type.into()),
-    );
+    world
+        .pending_uploads
+        .insert(upload_id.clone(), (location, file_name.into(), content_type.into()));
     axum::Json(json!({
         "uploadUrl": format!("{}/upload-target/{upload_id}", shared.base_url),
         "uploadId": upload_id, "filePath": format!("uploads/{upload_id}"), "maxFileSize": max,
@@ -1010,14 +876,9 @@ async fn upload_initiate(
     .into_response()
 }
 
-async fn upload_target(
-    State(shared): State<Arc<Shared>>,
-    Path(upload_id): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn upload_target(State(shared): State<Arc<Shared>>, Path(upload_id): Path<String>, body: Bytes) -> Response {
     let mut world = shared.world();
-    let Some((location, file_name, content_type)) = world.pending_uploads.get(&upload_id).cloned()
-    else {
+    let Some((location, file_name, content_type)) = world.pending_uploads.get(&upload_id).cloned() else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let url = format!("{}/files/{upload_id}/{file_name}", shared.base_url);
@@ -1031,11 +892,7 @@ async fn upload_target(
     StatusCode::OK.into_response()
 }
 
-async fn upload_complete(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn upload_complete(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let location = body["locationId"].as_str().unwrap_or_default().to_owned();
     if let Err(response) = admit_location(&shared, &headers, &location) {
@@ -1060,10 +917,7 @@ async fn upload_complete(
     .into_response()
 }
 
-async fn hosted_file(
-    State(shared): State<Arc<Shared>>,
-    Path((id, name)): Path<(String, String)>,
-) -> Response {
+async fn hosted_file(State(shared): State<Arc<Shared>>, Path((id, name)): Path<(String, String)>) -> Response {
     let world = shared.world();
     let wanted = format!("/files/{id}/{name}");
     match world.uploads.iter().find(|u| u.url.ends_with(&wanted)) {

@@ -1,0 +1,143 @@
+//! waghl's own model of a WhatsApp message, independent of any WhatsApp library: what the
+//! transport reports, what the inbox stores (as JSON) and what the relay turns into a GHL
+//! message.
+
+use serde::{Deserialize, Serialize};
+
+/// The kinds of media WhatsApp carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaKind {
+    Image,
+    Video,
+    Audio,
+    /// A push-to-talk voice note (OGG/Opus).
+    Voice,
+    Document,
+    Sticker,
+}
+
+impl MediaKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Image => "image",
+            Self::Video => "video",
+            Self::Audio => "audio",
+            Self::Voice => "voice",
+            Self::Document => "document",
+            Self::Sticker => "sticker",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "image" => Self::Image,
+            "video" => Self::Video,
+            "audio" => Self::Audio,
+            "voice" => Self::Voice,
+            "document" => Self::Document,
+            "sticker" => Self::Sticker,
+            _ => return None,
+        })
+    }
+}
+
+/// Media described by the message; the bytes are fetched through the transport with
+/// `media_ref` when they are needed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Media {
+    pub kind: MediaKind,
+    pub mime: String,
+    pub caption: Option<String>,
+    pub file_name: Option<String>,
+    /// Size in bytes, when WhatsApp says.
+    pub size: Option<u64>,
+}
+
+/// What a message says.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Content {
+    Text {
+        text: String,
+    },
+    Media(Media),
+    Location {
+        lat: f64,
+        lng: f64,
+        name: Option<String>,
+    },
+    Contact {
+        name: String,
+        phones: Vec<String>,
+    },
+    Reaction {
+        target: String,
+        emoji: String,
+    },
+    Edit {
+        target: String,
+        text: String,
+    },
+    Delete {
+        target: String,
+    },
+    /// Anything else, named by its WhatsApp type.
+    Unsupported {
+        kind: String,
+    },
+}
+
+impl Content {
+    /// A short kind name for the inbox's `kind` column and metrics.
+    pub fn kind(&self) -> &str {
+        match self {
+            Self::Text { .. } => "text",
+            Self::Media(media) => media.kind.as_str(),
+            Self::Location { .. } => "location",
+            Self::Contact { .. } => "contact",
+            Self::Reaction { .. } => "reaction",
+            Self::Edit { .. } => "edit",
+            Self::Delete { .. } => "delete",
+            Self::Unsupported { .. } => "unsupported",
+        }
+    }
+}
+
+/// A message as WhatsApp delivered it to the linked device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InboundMessage {
+    /// WhatsApp's message id: unique only within (chat, sender).
+    pub id: String,
+    /// The chat: the other party's JID for a direct chat, the group's JID for a group.
+    pub chat: String,
+    /// Who wrote it: a phone JID (`…@s.whatsapp.net`) or, for LID-addressed senders, a
+    /// `…@lid` JID.
+    pub sender: String,
+    /// The sender's phone (E.164) when known.
+    pub sender_phone: Option<String>,
+    pub push_name: Option<String>,
+    /// Unix milliseconds.
+    pub timestamp: i64,
+    /// Typed on the linked phone itself (then `chat` is the other party).
+    pub from_me: bool,
+    pub is_group: bool,
+    /// A status broadcast (stories), not a conversation.
+    pub is_status: bool,
+    /// The quoted message, when this one is a reply.
+    pub reply_to: Option<String>,
+    pub content: Content,
+}
+
+/// What to send on WhatsApp.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OutgoingContent {
+    Text(String),
+    Media {
+        kind: MediaKind,
+        mime: String,
+        bytes: Vec<u8>,
+        caption: Option<String>,
+        file_name: Option<String>,
+    },
+}

@@ -1,0 +1,214 @@
+//! One running WhatsApp client of a location: turns its events into state transitions and
+//! inbox rows, answers commands, and checks the client's health. It runs until the client
+//! ends, a terminal event arrives, the health check finds a zombie, or it is told to stop;
+//! what happens next is the runner's decision (`supervisor.rs`).
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::policy::RestartPolicy;
+use super::state::{SessionState, reasons};
+use super::supervisor::{Shared, Slot};
+use crate::domain::{InboundMessage, LocationId};
+use crate::store::InboxStart;
+use crate::wa::{Link, WaError, WaEvent, WaSession};
+
+/// Requests to the actor from the rest of the daemon.
+pub(super) enum Command {
+    /// Unlink the device from the phone (admin DELETE, app uninstalled).
+    Logout(oneshot::Sender<Result<(), WaError>>),
+}
+
+/// Why the actor returned.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Exit {
+    /// Told to stop (shutdown, or a new pairing replaces this client).
+    Stopped,
+    /// The phone removed the device.
+    LoggedOut,
+    /// waghl unlinked the device on request.
+    LoggedOutOnRequest,
+    /// WhatsApp stopped the session; the reason code says why.
+    Parked(&'static str),
+    QrExhausted,
+    /// The phone is already paired to another location.
+    PhoneInUse,
+    /// The client ended without a terminal event.
+    Ended,
+    /// The health check found the client dead while it claimed to run.
+    Zombie,
+}
+
+pub(super) struct Actor<'a> {
+    pub location: &'a LocationId,
+    pub session: Arc<dyn WaSession>,
+    pub events: mpsc::Receiver<WaEvent>,
+    pub commands: &'a mut mpsc::Receiver<Command>,
+    pub shared: &'a Shared,
+    pub slot: &'a Slot,
+    pub stop: &'a CancellationToken,
+    pub policy: &'a mut RestartPolicy,
+}
+
+impl Actor<'_> {
+    pub async fn run(mut self) -> Exit {
+        let mut health = tokio::time::interval_at(
+            Instant::now() + self.shared.settings.health_interval,
+            self.shared.settings.health_interval,
+        );
+        health.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut failed_checks = 0;
+        loop {
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return Exit::Stopped,
+                Some(command) = self.commands.recv() => match command {
+                    Command::Logout(reply) => {
+                        let outcome = self.session.logout().await;
+                        let ok = outcome.is_ok();
+                        let _ = reply.send(outcome);
+                        if ok {
+                            return Exit::LoggedOutOnRequest;
+                        }
+                    }
+                },
+                event = self.events.recv() => match event {
+                    Some(event) => {
+                        if let Some(exit) = self.handle(event).await {
+                            return exit;
+                        }
+                    }
+                    None => return Exit::Ended,
+                },
+                _ = health.tick() => {
+                    if self.is_zombie() {
+                        failed_checks += 1;
+                        self.shared.metrics.health_failures.inc();
+                        // Twice in a row: a drop that is being reported right now is not a zombie.
+                        if failed_checks >= 2 {
+                            tracing::warn!(location.id = %self.location, "health check: the client is dead but claims to run");
+                            return Exit::Zombie;
+                        }
+                    } else {
+                        failed_checks = 0;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The client says it is gone, or waghl believes it connected while it is not.
+    fn is_zombie(&self) -> bool {
+        let link = self.session.link();
+        let believed = self.slot.view().state;
+        link == Link::Dead || (believed == SessionState::Connected && link != Link::Connected)
+    }
+
+    async fn handle(&mut self, event: WaEvent) -> Option<Exit> {
+        let shared = self.shared;
+        match event {
+            WaEvent::Qr { code, valid_for } => {
+                self.slot.show_code(Some(code), None, Some(valid_for));
+                shared
+                    .transition(self.location, self.slot, SessionState::Pairing, None, None)
+                    .await;
+            }
+            WaEvent::PairCode { code } => {
+                self.slot.show_code(None, Some(code), None);
+                shared
+                    .transition(self.location, self.slot, SessionState::Pairing, None, None)
+                    .await;
+            }
+            WaEvent::QrExhausted => return Some(Exit::QrExhausted),
+            WaEvent::Paired { phone } => {
+                self.slot.show_code(None, None, None);
+                match shared.store.location_paired_to(&phone, self.location.as_str()).await {
+                    Ok(Some(other)) => {
+                        tracing::warn!(location.id = %self.location, other.location = %other, "this WhatsApp number is paired to another location; unlinking");
+                        let _ = self.session.logout().await;
+                        return Some(Exit::PhoneInUse);
+                    }
+                    Ok(None) => {
+                        shared.metrics.pairings.inc();
+                    }
+                    Err(e) => {
+                        tracing::error!(location.id = %self.location, error = %e, "could not check the paired number")
+                    }
+                }
+            }
+            WaEvent::Connected { phone } => {
+                self.slot.show_code(None, None, None);
+                self.policy.connected(Instant::now());
+                let phone = Some(phone).filter(|p| !p.is_empty());
+                shared
+                    .transition(
+                        self.location,
+                        self.slot,
+                        SessionState::Connected,
+                        None,
+                        phone.as_deref(),
+                    )
+                    .await;
+            }
+            WaEvent::Disconnected => {
+                self.policy.disconnected();
+                shared
+                    .transition(
+                        self.location,
+                        self.slot,
+                        SessionState::Reconnecting,
+                        Some(reasons::WA_DISCONNECTED),
+                        None,
+                    )
+                    .await;
+            }
+            WaEvent::LoggedOut => return Some(Exit::LoggedOut),
+            WaEvent::Parked(reason) => return Some(Exit::Parked(reason.code())),
+            WaEvent::Message {
+                message,
+                media_ref,
+                stored,
+            } => {
+                let start = inbox_start(&message);
+                match shared
+                    .store
+                    .insert_inbound(self.location.as_str(), &message, media_ref.as_deref(), start)
+                    .await
+                {
+                    // Only now is WhatsApp told the message arrived.
+                    Ok(new) => {
+                        stored.confirm();
+                        if new {
+                            shared.metrics.count_inbound(message.content.kind(), start);
+                            shared.inbound_ready.notify_one();
+                        }
+                    }
+                    // Unconfirmed: WhatsApp delivers it again.
+                    Err(e) => {
+                        tracing::error!(location.id = %self.location, error = %e, "could not store an inbound message")
+                    }
+                }
+            }
+            WaEvent::Receipt { .. } | WaEvent::ServerAck { .. } => {
+                shared.outbound_events(self.location, event).await;
+            }
+            WaEvent::LidMapping { .. } => shared.inbound_ready.notify_one(),
+        }
+        None
+    }
+}
+
+/// Groups and status broadcasts are not relayed (by default); they are kept as `skipped` so
+/// that nothing disappears silently.
+fn inbox_start(message: &InboundMessage) -> InboxStart {
+    if message.is_status {
+        InboxStart::Skipped("status broadcast")
+    } else if message.is_group {
+        InboxStart::Skipped("group chat")
+    } else {
+        InboxStart::Pending
+    }
+}

@@ -1,0 +1,580 @@
+//! The supervisor: one runner task per location that owns its WhatsApp client's life —
+//! lease, start, the actor, and after the client ends the restart policy (backoff with
+//! jitter, crash-loop parking) — plus the registry the rest of the daemon reads.
+//!
+//! The transport reconnects dropped sockets by itself; the runner only restarts a client that
+//! ended, failed to start or was found dead by the health check. It never restarts during
+//! shutdown, and never runs two clients for one location: a runner holds the location's lease
+//! row while its client lives, so an overlapping deploy waits instead of connecting twice.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::actor::{Actor, Command, Exit};
+use super::policy::{Decision, PolicySettings, RestartPolicy};
+use super::state::{SessionState, StateView, reasons};
+use crate::crypto::random_hex;
+use crate::domain::LocationId;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::time::now_ms;
+use crate::wa::{Pairing, Transport, WaError, WaEvent, WaSession};
+
+#[derive(Clone, Debug)]
+pub struct SessionSettings {
+    pub health_interval: Duration,
+    pub policy: PolicySettings,
+    /// A lease lasts this long unless renewed (renewed every third of it).
+    pub lease_ttl: Duration,
+    /// Restored sessions start at random moments within this span, not all at once.
+    pub restore_spread: Duration,
+}
+
+/// What the supervisor shares with every runner and actor.
+pub(super) struct Shared {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub settings: SessionSettings,
+    pub transport: Arc<dyn Transport>,
+    /// Identifies this process in lease rows.
+    pub instance: String,
+    /// Woken when an inbound message is stored (or a LID is revealed) for the relay.
+    pub inbound_ready: Arc<Notify>,
+    /// Receipts and server acks, for the outbound relay.
+    outbound: Mutex<Option<mpsc::UnboundedSender<(LocationId, WaEvent)>>>,
+    registry: Mutex<HashMap<LocationId, Arc<Slot>>>,
+}
+
+/// A location's entry in the registry: its current view and, while a runner lives, the
+/// means to reach it.
+pub(super) struct Slot {
+    view: watch::Sender<StateView>,
+    pairing: Mutex<PairingCode>,
+    /// The live client, for senders; `None` between clients.
+    session: Mutex<Option<Arc<dyn WaSession>>>,
+    runner: Mutex<Option<RunnerHandle>>,
+}
+
+/// The code a person scans or types right now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PairingCode {
+    pub qr: Option<String>,
+    pub code: Option<String>,
+    /// Unix ms until the QR code is valid.
+    pub valid_until: Option<i64>,
+}
+
+struct RunnerHandle {
+    stop: CancellationToken,
+    commands: mpsc::Sender<Command>,
+    done: watch::Receiver<bool>,
+}
+
+impl Slot {
+    fn new(view: StateView) -> Self {
+        Self {
+            view: watch::channel(view).0,
+            pairing: Mutex::default(),
+            session: Mutex::default(),
+            runner: Mutex::default(),
+        }
+    }
+
+    pub fn view(&self) -> StateView {
+        self.view.borrow().clone()
+    }
+
+    pub fn show_code(&self, qr: Option<String>, code: Option<String>, valid_for: Option<Duration>) {
+        *lock(&self.pairing) = PairingCode {
+            qr,
+            code,
+            valid_until: valid_for.map(|d| now_ms() + d.as_millis() as i64),
+        };
+    }
+
+    fn runner(&self) -> Option<(CancellationToken, mpsc::Sender<Command>, watch::Receiver<bool>)> {
+        lock(&self.runner)
+            .as_ref()
+            .filter(|r| !*r.done.borrow())
+            .map(|r| (r.stop.clone(), r.commands.clone(), r.done.clone()))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Persists, logs and counts a transition, and updates the view.
+    pub async fn transition(
+        &self,
+        location: &LocationId,
+        slot: &Slot,
+        state: SessionState,
+        reason: Option<&str>,
+        phone: Option<&str>,
+    ) {
+        let current = slot.view();
+        if current.state == state
+            && current.reason.as_deref() == reason
+            && phone.is_none_or(|p| current.phone.as_deref() == Some(p))
+        {
+            return;
+        }
+        if let Err(e) = self
+            .store
+            .record_transition(location.as_str(), state.as_str(), reason, phone)
+            .await
+        {
+            tracing::error!(location.id = %location, error = %e, "could not persist a session transition");
+        }
+        let changed = current.state != state || current.reason.as_deref() != reason;
+        slot.view.send_modify(|view| {
+            if changed {
+                view.since = now_ms();
+            }
+            view.state = state;
+            view.reason = reason.map(str::to_owned);
+            if let Some(phone) = phone {
+                view.phone = Some(phone.to_owned());
+            }
+        });
+        if changed {
+            tracing::info!(location.id = %location, from = current.state.as_str(), to = state.as_str(), reason, "session transition");
+            self.metrics.count_transition(state.as_str());
+            self.refresh_state_gauge();
+        }
+    }
+
+    fn refresh_state_gauge(&self) {
+        let registry = lock(&self.registry);
+        let mut counts: HashMap<SessionState, i64> = SessionState::ALL.iter().map(|s| (*s, 0)).collect();
+        for slot in registry.values() {
+            *counts.entry(slot.view().state).or_default() += 1;
+        }
+        drop(registry);
+        for (state, count) in counts {
+            self.metrics.set_sessions(state.as_str(), count);
+        }
+    }
+
+    pub async fn outbound_events(&self, location: &LocationId, event: WaEvent) {
+        if let Some(sink) = lock(&self.outbound).as_ref() {
+            let _ = sink.send((location.clone(), event));
+        }
+    }
+}
+
+/// Cheap to clone; one per application.
+#[derive(Clone)]
+pub struct Supervisor {
+    shared: Arc<Shared>,
+    /// Cancelled at shutdown: every runner stops its client and exits.
+    shutdown: CancellationToken,
+    runners: TaskTracker,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("the session is connected; log it out first (DELETE /api/v1/locations/{{id}}/session)")]
+    Connected,
+    #[error("WhatsApp: {0}")]
+    WhatsApp(#[from] WaError),
+    #[error("database: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl Supervisor {
+    pub fn new(
+        transport: Arc<dyn Transport>,
+        store: Store,
+        metrics: Arc<Metrics>,
+        settings: SessionSettings,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                metrics,
+                settings,
+                transport,
+                instance: format!("{}-{}", std::process::id(), random_hex(6)),
+                inbound_ready: Arc::new(Notify::new()),
+                outbound: Mutex::default(),
+                registry: Mutex::default(),
+            }),
+            shutdown,
+            runners: TaskTracker::new(),
+        }
+    }
+
+    /// Woken whenever an inbound message was stored.
+    pub fn inbound_ready(&self) -> Arc<Notify> {
+        self.shared.inbound_ready.clone()
+    }
+
+    /// Receipts and server acks of every session, for the outbound relay (one receiver).
+    pub fn outbound_events(&self) -> mpsc::UnboundedReceiver<(LocationId, WaEvent)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *lock(&self.shared.outbound) = Some(tx);
+        rx
+    }
+
+    /// Loads every session's persisted view, then starts the paired ones that were running,
+    /// spread over `restore_spread` so a restart does not reconnect them all at once.
+    pub async fn restore(&self) -> Result<usize, SessionError> {
+        for row in self.shared.store.session_rows().await? {
+            let Ok(location) = LocationId::parse(&row.location_id) else {
+                continue;
+            };
+            let view = StateView {
+                state: SessionState::parse(&row.state).unwrap_or(SessionState::Unpaired),
+                reason: row.reason,
+                phone: row.phone,
+                since: row.state_since,
+            };
+            lock(&self.shared.registry).insert(location, Arc::new(Slot::new(view)));
+        }
+        let to_restore = self.shared.store.sessions_to_restore().await?;
+        let spread = self.shared.settings.restore_spread;
+        for id in &to_restore {
+            let Ok(location) = LocationId::parse(id) else { continue };
+            let delay = spread.mul_f64(random_fraction());
+            self.spawn_runner(location, Pairing::Qr, delay);
+        }
+        self.shared.refresh_state_gauge();
+        Ok(to_restore.len())
+    }
+
+    fn slot(&self, location: &LocationId) -> Arc<Slot> {
+        lock(&self.shared.registry)
+            .entry(location.clone())
+            .or_insert_with(|| {
+                Arc::new(Slot::new(StateView {
+                    state: SessionState::Unpaired,
+                    reason: None,
+                    phone: None,
+                    since: now_ms(),
+                }))
+            })
+            .clone()
+    }
+
+    pub fn view(&self, location: &LocationId) -> Option<StateView> {
+        lock(&self.shared.registry).get(location).map(|slot| slot.view())
+    }
+
+    pub fn views(&self) -> Vec<(LocationId, StateView)> {
+        let mut views: Vec<_> = lock(&self.shared.registry)
+            .iter()
+            .map(|(id, slot)| (id.clone(), slot.view()))
+            .collect();
+        views.sort_by(|a, b| a.0.cmp(&b.0));
+        views
+    }
+
+    /// Follows a location's state as it changes (the pairing page's live updates).
+    pub fn watch(&self, location: &LocationId) -> watch::Receiver<StateView> {
+        self.slot(location).view.subscribe()
+    }
+
+    pub fn pairing_code(&self, location: &LocationId) -> PairingCode {
+        lock(&self.slot(location).pairing).clone()
+    }
+
+    /// The live client of a location, when it has one.
+    pub fn session(&self, location: &LocationId) -> Option<Arc<dyn WaSession>> {
+        lock(&self.shared.registry)
+            .get(location)
+            .and_then(|slot| lock(&slot.session).clone())
+    }
+
+    /// Starts pairing (QR, or a pairing code for `Pairing::Code`), replacing a pairing in
+    /// progress. A connected session must be logged out first.
+    pub async fn start_pairing(&self, location: &LocationId, pairing: Pairing) -> Result<StateView, SessionError> {
+        let slot = self.slot(location);
+        if slot.view().state.is_live() && slot.runner().is_some() {
+            return Err(SessionError::Connected);
+        }
+        self.stop_runner(&slot).await;
+        if slot.view().state == SessionState::LoggedOut {
+            self.shared.transport.wipe(location).await?;
+            self.shared.store.forget_pairing(location.as_str()).await?;
+        }
+        self.shared.metrics.pairing_attempts.inc();
+        slot.show_code(None, None, None);
+        self.shared
+            .transition(location, &slot, SessionState::Pairing, None, None)
+            .await;
+        self.spawn_runner(location.clone(), pairing, Duration::ZERO);
+        Ok(slot.view())
+    }
+
+    /// Unlinks the device (when a client runs), wipes the keys and leaves the session
+    /// `unpaired`. Used by the admin API and when the app is uninstalled.
+    pub async fn logout(&self, location: &LocationId) -> Result<StateView, SessionError> {
+        let slot = self.slot(location);
+        if let Some((_, commands, mut done)) = slot.runner() {
+            let (reply, answer) = oneshot::channel();
+            if commands.send(Command::Logout(reply)).await.is_ok()
+                && let Ok(Err(e)) = answer.await
+            {
+                tracing::warn!(location.id = %location, error = %e, "WhatsApp refused the logout; wiping the keys anyway");
+            }
+            self.stop_runner(&slot).await;
+            let _ = done.wait_for(|d| *d).await;
+        }
+        self.shared.transport.wipe(location).await?;
+        self.shared.store.forget_pairing(location.as_str()).await?;
+        slot.view.send_modify(|v| v.phone = None);
+        self.shared
+            .transition(location, &slot, SessionState::Unpaired, None, None)
+            .await;
+        Ok(slot.view())
+    }
+
+    async fn stop_runner(&self, slot: &Slot) {
+        if let Some((stop, _, mut done)) = slot.runner() {
+            stop.cancel();
+            let _ = done.wait_for(|d| *d).await;
+        }
+    }
+
+    fn spawn_runner(&self, location: LocationId, pairing: Pairing, delay: Duration) {
+        let slot = self.slot(&location);
+        let stop = self.shutdown.child_token();
+        let (commands_tx, commands) = mpsc::channel(8);
+        let (done_tx, done) = watch::channel(false);
+        *lock(&slot.runner) = Some(RunnerHandle {
+            stop: stop.clone(),
+            commands: commands_tx,
+            done,
+        });
+        let runner = Runner {
+            shared: self.shared.clone(),
+            location,
+            slot,
+            stop,
+            commands,
+        };
+        self.runners.spawn(async move {
+            tokio::select! {
+                () = runner.stop.cancelled() => {}
+                () = tokio::time::sleep(delay) => runner.run(pairing).await,
+            }
+            let _ = done_tx.send(true);
+        });
+    }
+
+    /// Stops every client (keys kept) and waits for the runners, at most `deadline`.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.shutdown.cancel();
+        self.runners.close();
+        if tokio::time::timeout(deadline, self.runners.wait()).await.is_err() {
+            tracing::warn!("some WhatsApp sessions did not stop in time");
+        }
+    }
+
+    /// Renews this instance's leases until shutdown (the heartbeat).
+    pub fn spawn_heartbeat(&self, tasks: &TaskTracker) {
+        let shared = self.shared.clone();
+        let shutdown = self.shutdown.clone();
+        tasks.spawn(async move {
+            let ttl = shared.settings.lease_ttl;
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(ttl / 3) => {}
+                }
+                let until = now_ms() + ttl.as_millis() as i64;
+                if let Err(e) = shared.store.renew_leases(&shared.instance, until).await {
+                    tracing::error!(error = %e, "could not renew session leases");
+                }
+            }
+        });
+    }
+}
+
+/// A number in [0, 1) for jitter.
+fn random_fraction() -> f64 {
+    let hex = random_hex(4);
+    u32::from_str_radix(&hex, 16).unwrap_or(0) as f64 / (u32::MAX as f64 + 1.0)
+}
+
+/// Owns one location's client from start to its final exit.
+struct Runner {
+    shared: Arc<Shared>,
+    location: LocationId,
+    slot: Arc<Slot>,
+    stop: CancellationToken,
+    commands: mpsc::Receiver<Command>,
+}
+
+impl Runner {
+    async fn run(mut self, mut pairing: Pairing) {
+        let mut policy = RestartPolicy::new(self.shared.settings.policy.clone());
+        loop {
+            if !self.take_lease().await {
+                return;
+            }
+            let exit = self.run_client(&pairing, &mut policy).await;
+            if self.stop.is_cancelled() && exit != Exit::LoggedOutOnRequest {
+                self.release().await;
+                return;
+            }
+            let shared = &self.shared;
+            let (location, slot) = (&self.location, &self.slot);
+            match exit {
+                Exit::Stopped | Exit::LoggedOutOnRequest => {}
+                Exit::LoggedOut => {
+                    // The keys are dead; wipe them now so the next pairing starts clean.
+                    if let Err(e) = shared.transport.wipe(location).await {
+                        tracing::error!(location.id = %location, error = %e, "could not wipe the keys of a logged-out session");
+                    }
+                    shared
+                        .transition(
+                            location,
+                            slot,
+                            SessionState::LoggedOut,
+                            Some(reasons::WA_LOGGED_OUT),
+                            None,
+                        )
+                        .await;
+                }
+                Exit::Parked(reason) => {
+                    shared
+                        .transition(location, slot, SessionState::Parked, Some(reason), None)
+                        .await
+                }
+                Exit::QrExhausted => {
+                    slot.show_code(None, None, None);
+                    shared
+                        .transition(location, slot, SessionState::Pairing, Some(reasons::QR_EXHAUSTED), None)
+                        .await;
+                }
+                Exit::PhoneInUse => {
+                    let _ = shared.transport.wipe(location).await;
+                    shared
+                        .transition(
+                            location,
+                            slot,
+                            SessionState::Unpaired,
+                            Some(reasons::PHONE_IN_USE),
+                            None,
+                        )
+                        .await;
+                }
+                Exit::Ended | Exit::Zombie => {
+                    shared.metrics.restarts.inc();
+                    match policy.on_exit(tokio::time::Instant::now(), random_fraction()) {
+                        Decision::Park => {
+                            shared
+                                .transition(location, slot, SessionState::Parked, Some(reasons::CRASH_LOOP), None)
+                                .await;
+                        }
+                        Decision::RestartAfter(delay) => {
+                            let reason = if exit == Exit::Zombie {
+                                reasons::HEALTH_CHECK
+                            } else {
+                                reasons::RESTARTING
+                            };
+                            let state = match slot.view().state {
+                                SessionState::Pairing => SessionState::Pairing,
+                                _ => SessionState::Reconnecting,
+                            };
+                            shared.transition(location, slot, state, Some(reason), None).await;
+                            tracing::info!(location.id = %location, ?delay, ?exit, "restarting the WhatsApp client");
+                            tokio::select! {
+                                () = self.stop.cancelled() => {}
+                                () = tokio::time::sleep(delay) => {}
+                            }
+                            // Paired meanwhile or not, the transport knows from its keys.
+                            pairing = Pairing::Qr;
+                            continue;
+                        }
+                    }
+                }
+            }
+            self.release().await;
+            return;
+        }
+    }
+
+    /// Waits for the lease; false when told to stop first.
+    async fn take_lease(&self) -> bool {
+        let ttl = self.shared.settings.lease_ttl;
+        let mut waiting = false;
+        loop {
+            let until = now_ms() + ttl.as_millis() as i64;
+            match self
+                .shared
+                .store
+                .acquire_lease(self.location.as_str(), &self.shared.instance, until)
+                .await
+            {
+                Ok(true) => return true,
+                Ok(false) if !waiting => {
+                    waiting = true;
+                    tracing::warn!(location.id = %self.location, "another instance holds this session; waiting for its lease");
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!(location.id = %self.location, error = %e, "could not take the session lease"),
+            }
+            tokio::select! {
+                () = self.stop.cancelled() => return false,
+                () = tokio::time::sleep(ttl / 3) => {}
+            }
+        }
+    }
+
+    async fn release(&self) {
+        if let Err(e) = self
+            .shared
+            .store
+            .release_lease(self.location.as_str(), &self.shared.instance)
+            .await
+        {
+            tracing::error!(location.id = %self.location, error = %e, "could not release the session lease");
+        }
+    }
+
+    /// Starts one client and runs its actor until it exits.
+    async fn run_client(&mut self, pairing: &Pairing, policy: &mut RestartPolicy) -> Exit {
+        let (events_tx, events) = mpsc::channel(64);
+        let session = match self
+            .shared
+            .transport
+            .start(&self.location, pairing.clone(), events_tx)
+            .await
+        {
+            Ok(session) => session,
+            Err(e) => {
+                tracing::warn!(location.id = %self.location, error = %e, "the WhatsApp client did not start");
+                return Exit::Ended;
+            }
+        };
+        *lock(&self.slot.session) = Some(session.clone());
+        let exit = Actor {
+            location: &self.location,
+            session: session.clone(),
+            events,
+            commands: &mut self.commands,
+            shared: &self.shared,
+            slot: &self.slot,
+            stop: &self.stop,
+            policy,
+        }
+        .run()
+        .await;
+        *lock(&self.slot.session) = None;
+        if exit != Exit::LoggedOutOnRequest {
+            session.stop().await;
+        }
+        exit
+    }
+}
