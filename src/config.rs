@@ -179,6 +179,7 @@ pub struct Config {
     pub retention_days: u32,
     pub ghl: GhlConfig,
     pub sessions: crate::sessions::SessionSettings,
+    pub relay: crate::relay::RelaySettings,
     /// Scales the simulated transport's QR schedule (1.0 = WhatsApp's own timings).
     pub sim_time_scale: f64,
     pub log_format: LogFormat,
@@ -299,6 +300,18 @@ impl Config {
         if sessions.health_interval.is_zero() || sessions.lease_ttl.is_zero() {
             return Err(bad("WAGHL_HEALTH_INTERVAL_MS", "intervals must be above zero"));
         }
+        let relay = crate::relay::RelaySettings {
+            retry_base: millis("WAGHL_RETRY_BASE_MS", get("WAGHL_RETRY_BASE_MS"), 2_000)?,
+            retry_max: millis("WAGHL_RETRY_MAX_MS", get("WAGHL_RETRY_MAX_MS"), 300_000)?,
+            retry_budget: millis("WAGHL_RETRY_BUDGET_MS", get("WAGHL_RETRY_BUDGET_MS"), 24 * 3_600_000)?,
+            lid_wait: millis("WAGHL_LID_WAIT_MS", get("WAGHL_LID_WAIT_MS"), 3_600_000)?,
+            batch: number("WAGHL_RELAY_BATCH", get("WAGHL_RELAY_BATCH"), 32)?,
+            claim_for: millis("WAGHL_RELAY_CLAIM_MS", get("WAGHL_RELAY_CLAIM_MS"), 300_000)?,
+            poll_interval: millis("WAGHL_RELAY_POLL_MS", get("WAGHL_RELAY_POLL_MS"), 1_000)?,
+        };
+        if relay.batch < 1 {
+            return Err(bad("WAGHL_RELAY_BATCH", "expected at least 1"));
+        }
         let sim_time_scale: f64 = number("WAGHL_SIM_TIME_SCALE", get("WAGHL_SIM_TIME_SCALE"), 1.0)?;
         if !(sim_time_scale > 0.0 && sim_time_scale <= 10.0) {
             return Err(bad("WAGHL_SIM_TIME_SCALE", "expected a number above 0 and at most 10"));
@@ -322,6 +335,7 @@ impl Config {
             retention_days: number("WAGHL_RETENTION_DAYS", get("WAGHL_RETENTION_DAYS"), 30)?,
             ghl,
             sessions,
+            relay,
             sim_time_scale,
             log_format,
             body_limit_bytes: number("WAGHL_BODY_LIMIT_BYTES", get("WAGHL_BODY_LIMIT_BYTES"), 1 << 20)?,

@@ -16,6 +16,8 @@ pub mod http;
 pub mod maintenance;
 /// Prometheus metrics, shared by every module that counts something.
 pub mod metrics;
+/// The workers that move messages between the queues, WhatsApp and GHL.
+pub mod relay;
 /// WhatsApp sessions: the per-location supervisor, state machine and health checks.
 pub mod sessions;
 /// Stopping on SIGTERM / SIGINT.

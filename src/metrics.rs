@@ -51,6 +51,14 @@ pub struct InboundLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelayLabels {
+    /// inbound | outbound
+    pub direction: String,
+    /// relayed | skipped | dead | sent | failed
+    pub outcome: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -72,6 +80,13 @@ pub struct Metrics {
     pub pairing_attempts: Counter,
     pub pairings: Counter,
     pub inbound_received: Family<InboundLabels, Counter>,
+    pub relayed: Family<RelayLabels, Counter>,
+    pub inbound_queue: Gauge,
+    pub outbound_queue: Gauge,
+    /// Inbound: WhatsApp event stored → GHL accepted.
+    pub relay_latency: Histogram,
+    /// Outbound: webhook received → WhatsApp accepted the send.
+    pub send_latency: Histogram,
 }
 
 impl Default for Metrics {
@@ -143,7 +158,42 @@ impl Metrics {
             "WhatsApp messages stored in the inbox, by kind and whether they will be relayed",
             inbound_received.clone(),
         );
+        let relayed = Family::<RelayLabels, Counter>::default();
+        registry.register(
+            "waghl_messages",
+            "Messages finished by the relay, by direction and outcome",
+            relayed.clone(),
+        );
+        let inbound_queue = Gauge::default();
+        registry.register(
+            "waghl_inbound_queue_depth",
+            "Inbound messages waiting for GHL",
+            inbound_queue.clone(),
+        );
+        let outbound_queue = Gauge::default();
+        registry.register(
+            "waghl_outbound_queue_depth",
+            "Outbound messages waiting for WhatsApp",
+            outbound_queue.clone(),
+        );
+        let relay_latency = latency_histogram();
+        registry.register(
+            "waghl_inbound_relay_seconds",
+            "Time from a WhatsApp message being stored to GHL accepting it",
+            relay_latency.clone(),
+        );
+        let send_latency = latency_histogram();
+        registry.register(
+            "waghl_outbound_send_seconds",
+            "Time from GHL's webhook to WhatsApp accepting the send",
+            send_latency.clone(),
+        );
         Self {
+            relayed,
+            inbound_queue,
+            outbound_queue,
+            relay_latency,
+            send_latency,
             registry,
             http_requests,
             http_latency,
@@ -188,6 +238,15 @@ impl Metrics {
         self.inbound_received
             .get_or_create(&InboundLabels {
                 kind: kind.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn count_relay(&self, direction: &str, outcome: &str) {
+        self.relayed
+            .get_or_create(&RelayLabels {
+                direction: direction.into(),
                 outcome: outcome.into(),
             })
             .inc();

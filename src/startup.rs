@@ -75,6 +75,7 @@ impl Application {
             .await
             .context("restoring the WhatsApp sessions")?;
         state.sessions.spawn_heartbeat(&state.tasks);
+        crate::relay::spawn(&state);
         let app = crate::http::router(state.clone());
         state.mark_started();
         tracing::info!(address = %listener.local_addr()?, database = state.store.dialect(), restored, "waghl is serving");

@@ -64,6 +64,7 @@ CREATE TABLE inbox (
     state TEXT NOT NULL,               -- pending | relayed | skipped | dead
     attempts BIGINT NOT NULL DEFAULT 0,
     next_attempt_at BIGINT NOT NULL,
+    retry_from BIGINT NOT NULL,        -- the retry budget counts from here (reset by a replay)
     claimed_until BIGINT,              -- a worker's claim; expired claims are taken again
     last_error TEXT,
     ghl_contact_id TEXT,
@@ -87,6 +88,7 @@ CREATE TABLE outbox (
     state TEXT NOT NULL,               -- pending | sending | sent | delivered | read | failed | dead
     attempts BIGINT NOT NULL DEFAULT 0,
     next_attempt_at BIGINT NOT NULL,
+    retry_from BIGINT NOT NULL,        -- the TTL and retry budget count from here (reset by a replay)
     claimed_until BIGINT,
     last_error TEXT,
     reported_status TEXT,              -- the last status GHL accepted; never goes backwards

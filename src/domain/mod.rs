@@ -2,8 +2,10 @@
 //! edge and trusted afterwards.
 
 mod ids;
+pub mod jid;
 mod message;
 mod outbound;
+pub mod render;
 
 pub use ids::{InvalidId, LocationId};
 pub use message::{Content, InboundMessage, Media, MediaKind, OutgoingContent};

@@ -5,6 +5,7 @@ mod admin;
 mod error;
 mod extract;
 mod health;
+mod messages;
 mod oauth;
 mod page;
 mod sessions;
@@ -34,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .merge(oauth::router())
         .merge(admin::router())
         .merge(sessions::router())
+        .merge(messages::router())
         .merge(webhooks::router());
     if state.sim.is_some() {
         router = router.merge(sim::router());

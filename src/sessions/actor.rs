@@ -152,6 +152,7 @@ impl Actor<'_> {
                         phone.as_deref(),
                     )
                     .await;
+                shared.outbound_ready.notify_one();
             }
             WaEvent::Disconnected => {
                 self.policy.disconnected();

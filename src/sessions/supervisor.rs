@@ -45,6 +45,8 @@ pub(super) struct Shared {
     pub instance: String,
     /// Woken when an inbound message is stored (or a LID is revealed) for the relay.
     pub inbound_ready: Arc<Notify>,
+    /// Woken when a session connects (queued outbound messages can go) or work is replayed.
+    pub outbound_ready: Arc<Notify>,
     /// Receipts and server acks, for the outbound relay.
     outbound: Mutex<Option<mpsc::UnboundedSender<(LocationId, WaEvent)>>>,
     registry: Mutex<HashMap<LocationId, Arc<Slot>>>,
@@ -205,6 +207,7 @@ impl Supervisor {
                 transport,
                 instance: format!("{}-{}", std::process::id(), random_hex(6)),
                 inbound_ready: Arc::new(Notify::new()),
+                outbound_ready: Arc::new(Notify::new()),
                 outbound: Mutex::default(),
                 registry: Mutex::default(),
             }),
@@ -216,6 +219,11 @@ impl Supervisor {
     /// Woken whenever an inbound message was stored.
     pub fn inbound_ready(&self) -> Arc<Notify> {
         self.shared.inbound_ready.clone()
+    }
+
+    /// Woken when a session connected or outbound work was replayed.
+    pub fn outbound_ready(&self) -> Arc<Notify> {
+        self.shared.outbound_ready.clone()
     }
 
     /// Receipts and server acks of every session, for the outbound relay (one receiver).

@@ -32,8 +32,8 @@ impl Store {
         let inserted = on_db!(self, pool => {
             sqlx::query(
                 "INSERT INTO inbox (location_id, chat, sender, wa_message_id, from_me, push_name, kind, body, \
-                   media_ref, wa_timestamp, state, attempts, next_attempt_at, last_error, received_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12, $13, $12, $12) \
+                   media_ref, wa_timestamp, state, attempts, next_attempt_at, retry_from, last_error, received_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12, $12, $13, $12, $12) \
                  ON CONFLICT (location_id, chat, sender, wa_message_id) DO NOTHING",
             )
             .bind(location_id)
@@ -54,5 +54,181 @@ impl Store {
             .rows_affected()
         });
         Ok(inserted == 1)
+    }
+}
+
+/// A claimed inbox row, ready to relay.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct InboxRow {
+    pub inbox_id: i64,
+    pub location_id: String,
+    pub chat: String,
+    pub wa_message_id: String,
+    pub body: Option<String>,
+    pub media_ref: Option<Vec<u8>>,
+    pub attempts: i64,
+    pub received_at: i64,
+    pub retry_from: i64,
+    pub ghl_contact_id: Option<String>,
+    pub ghl_conversation_id: Option<String>,
+}
+
+/// What became of a relay attempt.
+pub enum InboxOutcome<'a> {
+    Relayed {
+        ghl_message_id: &'a str,
+        contact_id: &'a str,
+        conversation_id: &'a str,
+    },
+    /// Try again at `at` (unix ms), saying why it waits.
+    Retry {
+        at: i64,
+        error: &'a str,
+    },
+    /// Not relayed on purpose.
+    Skipped {
+        reason: &'a str,
+    },
+    Dead {
+        error: &'a str,
+    },
+}
+
+impl Store {
+    /// Claims up to `limit` rows for `claim_ms`: only the oldest pending row of each chat (first
+    /// in, first out per chat), only when it is due and unclaimed, and only for installed
+    /// locations. A chat whose head waits blocks nothing else.
+    pub async fn claim_inbox_batch(&self, limit: i64, claim_ms: i64) -> Result<Vec<InboxRow>> {
+        let now = now_ms();
+        Ok(on_db!(self, pool => {
+            sqlx::query_as(
+                "UPDATE inbox SET claimed_until = $3 WHERE inbox_id IN ( \
+                   SELECT h.inbox_id FROM inbox h \
+                   JOIN (SELECT location_id, chat, MIN(inbox_id) AS head FROM inbox WHERE state = 'pending' \
+                         GROUP BY location_id, chat) heads ON h.inbox_id = heads.head \
+                   JOIN locations l ON l.location_id = h.location_id AND l.status = 'installed' \
+                   WHERE h.next_attempt_at <= $1 AND (h.claimed_until IS NULL OR h.claimed_until < $1) \
+                   ORDER BY h.inbox_id LIMIT $2) \
+                 AND state = 'pending' AND (claimed_until IS NULL OR claimed_until < $1) \
+                 RETURNING inbox_id, location_id, chat, wa_message_id, body, media_ref, attempts, received_at, retry_from, \
+                   ghl_contact_id, ghl_conversation_id",
+            )
+            .bind(now)
+            .bind(limit)
+            .bind(now + claim_ms)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// Records what became of a claimed row and releases the claim.
+    pub async fn finish_inbox(&self, inbox_id: i64, outcome: InboxOutcome<'_>) -> Result<()> {
+        let now = now_ms();
+        on_db!(self, pool => {
+            match outcome {
+                InboxOutcome::Relayed { ghl_message_id, contact_id, conversation_id } => {
+                    sqlx::query(
+                        "UPDATE inbox SET state = 'relayed', ghl_message_id = $2, ghl_contact_id = $3, \
+                           ghl_conversation_id = $4, relayed_at = $5, updated_at = $5, claimed_until = NULL, \
+                           last_error = NULL, attempts = attempts + 1 WHERE inbox_id = $1",
+                    )
+                    .bind(inbox_id)
+                    .bind(ghl_message_id)
+                    .bind(contact_id)
+                    .bind(conversation_id)
+                    .bind(now)
+                    .execute(pool)
+                    .await?;
+                }
+                InboxOutcome::Retry { at, error } => {
+                    sqlx::query(
+                        "UPDATE inbox SET next_attempt_at = $2, last_error = $3, attempts = attempts + 1, \
+                           claimed_until = NULL, updated_at = $4 WHERE inbox_id = $1",
+                    )
+                    .bind(inbox_id)
+                    .bind(at)
+                    .bind(error)
+                    .bind(now)
+                    .execute(pool)
+                    .await?;
+                }
+                InboxOutcome::Skipped { reason } => {
+                    sqlx::query(
+                        "UPDATE inbox SET state = 'skipped', last_error = $2, claimed_until = NULL, updated_at = $3 \
+                         WHERE inbox_id = $1",
+                    )
+                    .bind(inbox_id)
+                    .bind(reason)
+                    .bind(now)
+                    .execute(pool)
+                    .await?;
+                }
+                InboxOutcome::Dead { error } => {
+                    sqlx::query(
+                        "UPDATE inbox SET state = 'dead', last_error = $2, attempts = attempts + 1, \
+                           claimed_until = NULL, updated_at = $3 WHERE inbox_id = $1",
+                    )
+                    .bind(inbox_id)
+                    .bind(error)
+                    .bind(now)
+                    .execute(pool)
+                    .await?;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Remembers the GHL ids resolved for a row, so a retry does not resolve them again.
+    pub async fn remember_inbox_ids(&self, inbox_id: i64, contact_id: &str, conversation_id: &str) -> Result<()> {
+        on_db!(self, pool => {
+            sqlx::query("UPDATE inbox SET ghl_contact_id = $2, ghl_conversation_id = $3 WHERE inbox_id = $1")
+                .bind(inbox_id)
+                .bind(contact_id)
+                .bind(conversation_id)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Puts dead inbound rows back in the queue: one (`inbox_id`), or all of a location's.
+    /// Returns how many.
+    pub async fn retry_dead_inbound(&self, location_id: &str, inbox_id: Option<i64>) -> Result<u64> {
+        let now = now_ms();
+        Ok(on_db!(self, pool => {
+            sqlx::query(
+                "UPDATE inbox SET state = 'pending', attempts = 0, next_attempt_at = $3, retry_from = $3, \
+                   claimed_until = NULL, updated_at = $3 \
+                 WHERE location_id = $1 AND state = 'dead' AND ($2 IS NULL OR inbox_id = $2) AND body IS NOT NULL",
+            )
+            .bind(location_id)
+            .bind(inbox_id)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        }))
+    }
+
+    /// Inbound rows waiting to be relayed, over all locations (the queue-depth gauge).
+    pub async fn inbound_pending(&self) -> Result<i64> {
+        Ok(on_db!(self, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE state = 'pending'")
+                .fetch_one(pool)
+                .await?
+        }))
+    }
+
+    /// The stored body of an inbound message, by its WhatsApp id (for quoting it).
+    pub async fn inbound_body(&self, location_id: &str, wa_message_id: &str) -> Result<Option<String>> {
+        let body: Option<Option<String>> = on_db!(self, pool => {
+            sqlx::query_scalar("SELECT body FROM inbox WHERE location_id = $1 AND wa_message_id = $2 LIMIT 1")
+                .bind(location_id)
+                .bind(wa_message_id)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(body.flatten())
     }
 }

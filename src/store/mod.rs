@@ -6,9 +6,12 @@
 //! locks, `BEGIN IMMEDIATE`). Times are unix milliseconds. Secrets are sealed here, on the way
 //! in, so nothing else can write one in plaintext.
 
+mod contacts;
 mod credentials;
 mod inbox;
 mod locations;
+mod message_map;
+mod messages;
 mod meta;
 mod outbox;
 mod overview;
@@ -26,9 +29,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use crate::config::DatabaseUrl;
 use crate::crypto::{CryptoError, SecretKey};
 
+pub use contacts::CachedContact;
 pub use credentials::{Credentials, GhlTokens, TokenLock, TokenOwner};
-pub use inbox::InboxStart;
+pub use inbox::{InboxOutcome, InboxRow, InboxStart};
 pub use locations::{LocationRecord, LocationStatus, NewLocation, TokenSource};
+pub use messages::{MessageRef, MessageRow};
 pub use outbox::NewOutbound;
 pub use overview::QueueCounts;
 pub use sessions::SessionRow;

@@ -19,8 +19,8 @@ impl Store {
         Ok(on_db!(self, pool => {
             sqlx::query_scalar(
                 "INSERT INTO outbox (location_id, ghl_message_id, ghl_contact_id, to_phone, body, state, \
-                   attempts, next_attempt_at, received_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6) \
+                   attempts, next_attempt_at, retry_from, received_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6, $6) \
                  ON CONFLICT (location_id, ghl_message_id) DO NOTHING RETURNING outbox_id",
             )
             .bind(new.location_id)
@@ -41,6 +41,25 @@ impl Store {
                 .bind(location_id)
                 .fetch_one(pool)
                 .await?
+        }))
+    }
+
+    /// Puts dead outbound rows back in the queue: one, or all of a location's. Parts already
+    /// given a WhatsApp id keep it, so a replay never sends a second copy.
+    pub async fn retry_dead_outbound(&self, location_id: &str, outbox_id: Option<i64>) -> Result<u64> {
+        let now = now_ms();
+        Ok(on_db!(self, pool => {
+            sqlx::query(
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $3, retry_from = $3, \
+                   claimed_until = NULL, updated_at = $3 \
+                 WHERE location_id = $1 AND state = 'dead' AND ($2 IS NULL OR outbox_id = $2) AND body IS NOT NULL",
+            )
+            .bind(location_id)
+            .bind(outbox_id)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected()
         }))
     }
 }

@@ -1,0 +1,410 @@
+//! The inbound worker: inbox → GHL. For each claimed row: resolve the sender to a phone,
+//! find or create the GHL contact and conversation (cached per location and phone), upload
+//! the media, add the message through the custom provider, record the GHL message id.
+//! Failures that heal are retried with backoff within the budget; the rest become `dead`
+//! with their reason, to be replayed from the admin API.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{RelaySettings, retry_at};
+use crate::domain::jid::{Party, party_of};
+use crate::domain::render::{excerpt_of, file_name, ghl_text};
+use crate::domain::{Content, InboundMessage, LocationId};
+use crate::ghl::types::{AddMessage, Direction, UpsertContact};
+use crate::ghl::{Action, Attachment, GhlClient, GhlError};
+use crate::metrics::Metrics;
+use crate::sessions::Supervisor;
+use crate::store::{CachedContact, InboxOutcome, InboxRow, Store};
+use crate::time::{now_ms, rfc3339};
+
+/// What the inbound worker needs; cheap to clone (each field is shared).
+#[derive(Clone)]
+pub struct InboundRelay {
+    pub store: Store,
+    pub ghl: GhlClient,
+    pub sessions: Supervisor,
+    pub metrics: Arc<Metrics>,
+    pub settings: RelaySettings,
+}
+
+/// What became of one row (owned, unlike the store's borrowed outcome).
+#[derive(Debug)]
+enum Outcome {
+    Relayed {
+        ghl_message_id: String,
+        contact: CachedContact,
+    },
+    Retry(String),
+    Skipped(&'static str),
+    Dead(String),
+}
+
+/// A failure of one step, with what to do about it.
+struct Failure {
+    retry: bool,
+    message: String,
+}
+
+impl From<GhlError> for Failure {
+    fn from(e: GhlError) -> Self {
+        Self {
+            retry: e.action() != Action::GiveUp,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for Failure {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self {
+            retry: true,
+            message: format!("database: {e}"),
+        }
+    }
+}
+
+impl InboundRelay {
+    /// Relays until shutdown: wakes when a message is stored, and polls for retries that fall due.
+    pub async fn run(self, ready: Arc<Notify>, shutdown: CancellationToken) {
+        loop {
+            let relayed = match self.relay_batch().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "the inbound relay could not claim messages");
+                    0
+                }
+            };
+            if relayed > 0 {
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = ready.notified() => {}
+                () = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
+    }
+
+    /// Claims due rows (the head of each chat) and relays them concurrently; returns how many
+    /// were claimed. Tests call this directly.
+    pub async fn relay_batch(&self) -> Result<usize, crate::store::StoreError> {
+        let claim_ms = self.settings.claim_for.as_millis() as i64;
+        let rows = self.store.claim_inbox_batch(self.settings.batch, claim_ms).await?;
+        let count = rows.len();
+        let mut running = JoinSet::new();
+        for row in rows {
+            let relay = self.clone();
+            running.spawn(async move { relay.finish(row).await });
+        }
+        while running.join_next().await.is_some() {}
+        if count > 0
+            && let Ok(pending) = self.store.inbound_pending().await
+        {
+            self.metrics.inbound_queue.set(pending);
+        }
+        Ok(count)
+    }
+
+    async fn finish(&self, row: InboxRow) {
+        let outcome = self.relay(&row).await;
+        let now = now_ms();
+        let stored = match &outcome {
+            Outcome::Relayed {
+                ghl_message_id,
+                contact,
+            } => {
+                let conversation = contact.ghl_conversation_id.as_deref().unwrap_or_default();
+                let _ = self
+                    .store
+                    .map_inbound(&row.location_id, &row.chat, &row.wa_message_id, ghl_message_id)
+                    .await;
+                self.metrics.count_relay("inbound", "relayed");
+                self.metrics
+                    .relay_latency
+                    .observe((now - row.received_at).max(0) as f64 / 1000.0);
+                self.store
+                    .finish_inbox(
+                        row.inbox_id,
+                        InboxOutcome::Relayed {
+                            ghl_message_id,
+                            contact_id: &contact.ghl_contact_id,
+                            conversation_id: conversation,
+                        },
+                    )
+                    .await
+            }
+            Outcome::Retry(error) if now - row.retry_from > self.settings.retry_budget.as_millis() as i64 => {
+                self.metrics.count_relay("inbound", "dead");
+                let error = format!("gave up after the retry budget: {error}");
+                self.store
+                    .finish_inbox(row.inbox_id, InboxOutcome::Dead { error: &error })
+                    .await
+            }
+            Outcome::Retry(error) => {
+                let at = retry_at(&self.settings, row.attempts);
+                self.store
+                    .finish_inbox(row.inbox_id, InboxOutcome::Retry { at, error })
+                    .await
+            }
+            Outcome::Skipped(reason) => {
+                self.metrics.count_relay("inbound", "skipped");
+                self.store
+                    .finish_inbox(row.inbox_id, InboxOutcome::Skipped { reason })
+                    .await
+            }
+            Outcome::Dead(error) => {
+                self.metrics.count_relay("inbound", "dead");
+                self.store
+                    .finish_inbox(row.inbox_id, InboxOutcome::Dead { error })
+                    .await
+            }
+        };
+        match (&outcome, stored) {
+            (_, Err(e)) => tracing::error!(inbox.id = row.inbox_id, error = %e, "could not record a relay outcome"),
+            (Outcome::Relayed { .. }, Ok(())) => {
+                tracing::debug!(location.id = %row.location_id, inbox.id = row.inbox_id, "relayed to GHL")
+            }
+            (Outcome::Dead(error), Ok(())) => {
+                tracing::warn!(location.id = %row.location_id, inbox.id = row.inbox_id, error = %error, "inbound message is dead")
+            }
+            _ => {}
+        }
+    }
+
+    async fn relay(&self, row: &InboxRow) -> Outcome {
+        let Some(message) = row
+            .body
+            .as_deref()
+            .and_then(|b| serde_json::from_str::<InboundMessage>(b).ok())
+        else {
+            return Outcome::Dead("the message body is gone (purged or unreadable)".into());
+        };
+        if message.from_me {
+            match self.store.is_own_send(&row.location_id, &message.id).await {
+                Ok(true) => return Outcome::Skipped("echo of a message waghl sent"),
+                Ok(false) => {}
+                Err(e) => return Outcome::Retry(format!("database: {e}")),
+            }
+        }
+        let Ok(location) = LocationId::parse(&row.location_id) else {
+            return Outcome::Dead("invalid location id".into());
+        };
+        let phone = match self.phone_of(&location, &message, row).await {
+            Ok(phone) => phone,
+            Err(outcome) => return outcome,
+        };
+        match self.deliver(&location, row, &message, &phone).await {
+            Ok(outcome) => outcome,
+            Err(Failure { retry: true, message }) => Outcome::Retry(message),
+            Err(Failure { retry: false, message }) => Outcome::Dead(message),
+        }
+    }
+
+    /// The phone of the other party: for a message typed on the phone it is the chat, else the
+    /// sender. A sender known only by a LID waits (with its chat) until WhatsApp reveals it.
+    async fn phone_of(
+        &self,
+        location: &LocationId,
+        message: &InboundMessage,
+        row: &InboxRow,
+    ) -> Result<String, Outcome> {
+        let party = match (&message.sender_phone, message.from_me) {
+            (Some(phone), false) => Party::Phone(phone.clone()),
+            (_, false) => party_of(&message.sender),
+            (_, true) => party_of(&message.chat),
+        };
+        match party {
+            Party::Phone(phone) => Ok(phone),
+            Party::Unknown(jid) => Err(Outcome::Dead(format!("no phone number for {jid}"))),
+            Party::Lid(lid) => {
+                let revealed = match self.sessions.session(location) {
+                    Some(session) => session.phone_for_lid(&lid).await.ok().flatten(),
+                    None => None,
+                };
+                match revealed {
+                    Some(phone) => Ok(phone),
+                    None if now_ms() - row.retry_from > self.settings.lid_wait.as_millis() as i64 => {
+                        Err(Outcome::Dead(format!(
+                            "the sender is known only by LID {lid}; WhatsApp never revealed the phone number"
+                        )))
+                    }
+                    None => Err(Outcome::Retry(format!(
+                        "waiting for WhatsApp to reveal the phone number behind LID {lid}"
+                    ))),
+                }
+            }
+        }
+    }
+
+    async fn deliver(
+        &self,
+        location: &LocationId,
+        row: &InboxRow,
+        message: &InboundMessage,
+        phone: &str,
+    ) -> Result<Outcome, Failure> {
+        let mut contact = self.contact_for(location, row, message, phone).await?;
+        let attachments = match &message.content {
+            Content::Media(media) => {
+                let bytes = self.download(location, row).await?;
+                let name = file_name(media.kind, &media.mime, media.file_name.as_deref(), &message.id);
+                let file = Attachment {
+                    file_name: &name,
+                    content_type: &media.mime,
+                    bytes,
+                };
+                let conversation = contact.ghl_conversation_id.as_deref().unwrap_or_default();
+                vec![
+                    self.ghl
+                        .upload_attachment(location.as_str(), conversation, &contact.ghl_contact_id, file)
+                        .await?,
+                ]
+            }
+            _ => Vec::new(),
+        };
+        let quoted = match &message.reply_to {
+            Some(id) => self.quoted_text(location, id).await,
+            None => None,
+        };
+        let text = ghl_text(message, quoted.as_deref());
+        let date = rfc3339(message.timestamp);
+        let provider = self.ghl.config().conversation_provider_id.clone().unwrap_or_default();
+        let mut refreshed = false;
+        loop {
+            let body = AddMessage {
+                kind: "Custom",
+                conversation_id: contact.ghl_conversation_id.as_deref().unwrap_or_default(),
+                contact_id: &contact.ghl_contact_id,
+                conversation_provider_id: &provider,
+                message: &text,
+                attachments: &attachments,
+                alt_id: &message.id,
+                direction: if message.from_me {
+                    Direction::Outbound
+                } else {
+                    Direction::Inbound
+                },
+                date: &date,
+            };
+            match self.ghl.add_message(location.as_str(), &body).await {
+                Ok(added) => {
+                    return Ok(Outcome::Relayed {
+                        ghl_message_id: added.message_id,
+                        contact,
+                    });
+                }
+                // Cached ids GHL no longer knows (a contact deleted or merged): resolve them
+                // again once before giving up.
+                Err(e) if e.may_be_stale_reference() && !refreshed => {
+                    refreshed = true;
+                    tracing::info!(location.id = %location, error = %e, "GHL refused cached ids; resolving them again");
+                    self.store.forget_contact(location.as_str(), phone).await?;
+                    contact = self.resolve_contact(location, message, phone).await?;
+                    self.store
+                        .remember_inbox_ids(
+                            row.inbox_id,
+                            &contact.ghl_contact_id,
+                            contact.ghl_conversation_id.as_deref().unwrap_or_default(),
+                        )
+                        .await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The row's contact and conversation: from the row (a retry), the cache, or GHL.
+    async fn contact_for(
+        &self,
+        location: &LocationId,
+        row: &InboxRow,
+        message: &InboundMessage,
+        phone: &str,
+    ) -> Result<CachedContact, Failure> {
+        if let (Some(contact), Some(conversation)) = (&row.ghl_contact_id, &row.ghl_conversation_id) {
+            return Ok(CachedContact {
+                ghl_contact_id: contact.clone(),
+                ghl_conversation_id: Some(conversation.clone()),
+            });
+        }
+        let contact = match self.store.cached_contact(location.as_str(), phone).await? {
+            Some(cached) if cached.ghl_conversation_id.is_some() => cached,
+            _ => self.resolve_contact(location, message, phone).await?,
+        };
+        self.store
+            .remember_inbox_ids(
+                row.inbox_id,
+                &contact.ghl_contact_id,
+                contact.ghl_conversation_id.as_deref().unwrap_or_default(),
+            )
+            .await?;
+        Ok(contact)
+    }
+
+    /// Asks GHL: the contact with this phone (created with the WhatsApp name when new — an
+    /// existing contact's name, maybe edited by the agency, is left alone) and its
+    /// conversation (created when it has none). Cached for the next message.
+    async fn resolve_contact(
+        &self,
+        location: &LocationId,
+        message: &InboundMessage,
+        phone: &str,
+    ) -> Result<CachedContact, Failure> {
+        let ghl = &self.ghl;
+        let contact_id = match ghl.find_contact_by_phone(location.as_str(), phone).await? {
+            Some(contact) => contact.id,
+            None => {
+                let name = if message.from_me {
+                    None
+                } else {
+                    message.push_name.as_deref()
+                };
+                let upsert = UpsertContact {
+                    location_id: location.as_str(),
+                    phone,
+                    name: name.filter(|n| !n.trim().is_empty()),
+                    source: Some("WhatsApp"),
+                };
+                ghl.upsert_contact(location.as_str(), &upsert).await?.contact.id
+            }
+        };
+        let conversation_id = match ghl.find_conversation(location.as_str(), &contact_id).await? {
+            Some(id) => id,
+            None => ghl.create_conversation(location.as_str(), &contact_id).await?,
+        };
+        let contact = CachedContact {
+            ghl_contact_id: contact_id,
+            ghl_conversation_id: Some(conversation_id),
+        };
+        self.store.cache_contact(location.as_str(), phone, &contact).await?;
+        Ok(contact)
+    }
+
+    async fn download(&self, location: &LocationId, row: &InboxRow) -> Result<Bytes, Failure> {
+        let media_ref = row.media_ref.as_deref().ok_or_else(|| Failure {
+            retry: false,
+            message: "the media reference is gone (purged)".into(),
+        })?;
+        let session = self.sessions.session(location).ok_or_else(|| Failure {
+            retry: true,
+            message: "waiting for the WhatsApp session to download the media".into(),
+        })?;
+        session.download(media_ref).await.map(Bytes::from).map_err(|e| Failure {
+            retry: true,
+            message: format!("media download: {e}"),
+        })
+    }
+
+    /// The text of the message a reply quotes, when waghl has seen it.
+    async fn quoted_text(&self, location: &LocationId, wa_message_id: &str) -> Option<String> {
+        let body = self.store.inbound_body(location.as_str(), wa_message_id).await.ok()??;
+        let quoted: InboundMessage = serde_json::from_str(&body).ok()?;
+        let text = ghl_text(&quoted, None);
+        (!text.is_empty()).then(|| excerpt_of(&text))
+    }
+}

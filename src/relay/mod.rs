@@ -1,0 +1,52 @@
+//! The two workers that move messages: inbound (inbox → GHL) and outbound (outbox →
+//! WhatsApp → status back to GHL). Each step is a function a test can call directly.
+
+pub mod inbound;
+
+use std::time::Duration;
+
+use crate::crypto::random_hex;
+use crate::time::now_ms;
+
+#[derive(Clone, Debug)]
+pub struct RelaySettings {
+    /// First retry delay of a message; doubles (with jitter) up to `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// A message still failing this long after it arrived becomes `dead`.
+    pub retry_budget: Duration,
+    /// How long a message from a LID-only sender waits for WhatsApp to reveal the phone.
+    pub lid_wait: Duration,
+    /// Rows claimed per round (each the head of a different chat, relayed concurrently).
+    pub batch: i64,
+    /// A claim expires after this long (a worker that died mid-row releases it this way).
+    pub claim_for: Duration,
+    /// How often due retries are looked for when nothing new arrives.
+    pub poll_interval: Duration,
+}
+
+/// Starts the workers; they stop with the daemon.
+pub fn spawn(state: &crate::state::AppState) {
+    let inbound = inbound::InboundRelay {
+        store: state.store.clone(),
+        ghl: state.ghl.clone(),
+        sessions: state.sessions.clone(),
+        metrics: state.metrics.clone(),
+        settings: state.config.relay.clone(),
+    };
+    state
+        .tasks
+        .spawn(inbound.run(state.sessions.inbound_ready(), state.shutdown.clone()));
+}
+
+/// When the next attempt of a message that failed `attempts` times before is due (unix ms):
+/// exponential backoff with jitter over 50–100 % of the delay.
+pub fn retry_at(settings: &RelaySettings, attempts: i64) -> i64 {
+    let exponent = attempts.clamp(0, 20) as u32;
+    let delay = settings
+        .retry_base
+        .saturating_mul(1u32 << exponent)
+        .min(settings.retry_max);
+    let jitter = u16::from_str_radix(&random_hex(2), 16).unwrap_or(0) as f64 / 65_536.0;
+    now_ms() + delay.mul_f64(0.5 + jitter / 2.0).as_millis() as i64
+}

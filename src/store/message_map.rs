@@ -1,0 +1,47 @@
+//! WhatsApp message id ⇄ GHL message id, one row per WhatsApp message.
+
+use super::{Result, Store, on_db};
+use crate::time::now_ms;
+
+impl Store {
+    /// Records the GHL message a WhatsApp message became (inbound relay).
+    pub async fn map_inbound(
+        &self,
+        location_id: &str,
+        chat: &str,
+        wa_message_id: &str,
+        ghl_message_id: &str,
+    ) -> Result<()> {
+        let now = now_ms();
+        on_db!(self, pool => {
+            sqlx::query(
+                "INSERT INTO message_map (location_id, chat, wa_message_id, direction, ghl_message_id, status, \
+                   created_at, updated_at) VALUES ($1, $2, $3, 'inbound', $4, 'relayed', $5, $5) \
+                 ON CONFLICT (location_id, chat, wa_message_id) DO NOTHING",
+            )
+            .bind(location_id)
+            .bind(chat)
+            .bind(wa_message_id)
+            .bind(ghl_message_id)
+            .bind(now)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// True when waghl itself sent this WhatsApp message (its echo must not go back to GHL).
+    pub async fn is_own_send(&self, location_id: &str, wa_message_id: &str) -> Result<bool> {
+        let found: Option<i64> = on_db!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT map_id FROM message_map WHERE location_id = $1 AND wa_message_id = $2 AND direction = 'outbound' \
+                 LIMIT 1",
+            )
+            .bind(location_id)
+            .bind(wa_message_id)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(found.is_some())
+    }
+}
