@@ -118,9 +118,30 @@ impl GhlClient {
         owner: Option<TokenOwner<'_>>,
         build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     ) -> Result<T> {
+        self.call_with(operation, owner, true, build).await
+    }
+
+    /// [`GhlClient::call`] without retries, for a call whose repetition could do harm: a
+    /// refresh that timed out may have spent the rotating refresh token already.
+    async fn call_once<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        owner: Option<TokenOwner<'_>>,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<T> {
+        self.call_with(operation, owner, false, build).await
+    }
+
+    async fn call_with<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        owner: Option<TokenOwner<'_>>,
+        retry: bool,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<T> {
         self.ensure_configured()?;
         let inner = &self.inner;
-        let mut delays = self.backoff();
+        let mut delays = self.backoff().take(if retry { usize::MAX } else { 0 });
         let mut refreshed = false;
         loop {
             let authed = match owner {

@@ -49,6 +49,7 @@ impl GhlClient {
             .map(|id| id.split('-').next().unwrap_or(id))
     }
 
+    /// `POST /oauth/token`; never retried (a repeated code or refresh token is refused).
     async fn token_endpoint(&self, operation: &'static str, fields: &[(&str, &str)]) -> Result<TokenResponse> {
         let config = self.config();
         let mut form: Vec<(&str, &str)> = vec![
@@ -60,7 +61,8 @@ impl GhlClient {
         ];
         form.extend_from_slice(fields);
         let url = self.url("/oauth/token");
-        self.call(operation, None, |http, _| http.post(&url).form(&form)).await
+        self.call_once(operation, None, |http, _| http.post(&url).form(&form))
+            .await
     }
 
     /// `grant_type=refresh_token`: a new access token and a new (rotated) refresh token.

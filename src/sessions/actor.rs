@@ -155,7 +155,7 @@ impl Actor<'_> {
                 shared.outbound_ready.notify_one();
             }
             WaEvent::Disconnected => {
-                self.policy.disconnected();
+                self.policy.disconnected(Instant::now());
                 shared
                     .transition(
                         self.location,

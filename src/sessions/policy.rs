@@ -46,22 +46,28 @@ impl RestartPolicy {
         self.connected_since.get_or_insert(now);
     }
 
-    pub fn disconnected(&mut self) {
-        self.connected_since = None;
+    /// The connection dropped at `now`; a connection that had been stable resets the backoff.
+    pub fn disconnected(&mut self, now: Instant) {
+        self.forget_if_stable(now);
+    }
+
+    fn forget_if_stable(&mut self, now: Instant) {
+        let stable_after = self.settings.stable_after;
+        if self
+            .connected_since
+            .take()
+            .is_some_and(|since| now.duration_since(since) >= stable_after)
+        {
+            self.attempts = 0;
+            self.recent_exits.clear();
+        }
     }
 
     /// The client ended unexpectedly at `now`; `jitter` in [0, 1) spreads the delay over
     /// 50–100 % of the backoff so that many sessions failing together do not retry together.
     pub fn on_exit(&mut self, now: Instant, jitter: f64) -> Decision {
+        self.forget_if_stable(now);
         let settings = &self.settings;
-        if self
-            .connected_since
-            .take()
-            .is_some_and(|since| now.duration_since(since) >= settings.stable_after)
-        {
-            self.attempts = 0;
-            self.recent_exits.clear();
-        }
         self.recent_exits.push_back(now);
         while self
             .recent_exits
@@ -128,6 +134,22 @@ mod tests {
         policy.connected(Instant::now());
         tokio::time::advance(Duration::from_secs(121)).await;
         // Back to the base delay (half of it with no jitter).
+        assert_eq!(
+            policy.on_exit(Instant::now(), 0.0),
+            Decision::RestartAfter(Duration::from_millis(500))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stable_connection_that_drops_before_ending_still_resets_the_backoff() {
+        let mut policy = policy();
+        for _ in 0..4 {
+            policy.on_exit(Instant::now(), 0.0);
+        }
+        policy.connected(Instant::now());
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        policy.disconnected(Instant::now());
+        tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(
             policy.on_exit(Instant::now(), 0.0),
             Decision::RestartAfter(Duration::from_millis(500))

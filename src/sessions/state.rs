@@ -67,6 +67,8 @@ pub mod reasons {
     pub const CRASH_LOOP: &str = "crash_loop";
     pub const PHONE_IN_USE: &str = "phone_already_paired";
     pub const LEASE_HELD: &str = "lease_held_elsewhere";
+    pub const RESTORING: &str = "restoring";
+    pub const LEASE_LOST: &str = "lease_lost";
 }
 
 /// A session as the admin API and the pairing page show it.

@@ -25,6 +25,9 @@ use crate::store::Store;
 use crate::time::now_ms;
 use crate::wa::{Pairing, Transport, WaError, WaEvent, WaSession};
 
+/// How long a logout waits for WhatsApp to confirm the unlinking.
+const LOGOUT_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Clone, Debug)]
 pub struct SessionSettings {
     pub health_interval: Duration,
@@ -60,6 +63,9 @@ pub(super) struct Slot {
     /// The live client, for senders; `None` between clients.
     session: Mutex<Option<Arc<dyn WaSession>>>,
     runner: Mutex<Option<RunnerHandle>>,
+    /// Serialises pairing starts and logouts of this location, so two requests at once can
+    /// never leave two runners (two clients) behind.
+    operations: tokio::sync::Mutex<()>,
 }
 
 /// The code a person scans or types right now.
@@ -84,6 +90,7 @@ impl Slot {
             pairing: Mutex::default(),
             session: Mutex::default(),
             runner: Mutex::default(),
+            operations: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -252,6 +259,17 @@ impl Supervisor {
         let spread = self.shared.settings.restore_spread;
         for id in &to_restore {
             let Ok(location) = LocationId::parse(id) else { continue };
+            // Not connected until its client says so.
+            let slot = self.slot(&location);
+            self.shared
+                .transition(
+                    &location,
+                    &slot,
+                    SessionState::Reconnecting,
+                    Some(reasons::RESTORING),
+                    None,
+                )
+                .await;
             let delay = spread.mul_f64(random_fraction());
             self.spawn_runner(location, Pairing::Qr, delay);
         }
@@ -306,6 +324,7 @@ impl Supervisor {
     /// progress. A connected session must be logged out first.
     pub async fn start_pairing(&self, location: &LocationId, pairing: Pairing) -> Result<StateView, SessionError> {
         let slot = self.slot(location);
+        let _one_at_a_time = slot.operations.lock().await;
         if slot.view().state.is_live() && slot.runner().is_some() {
             return Err(SessionError::Connected);
         }
@@ -327,16 +346,23 @@ impl Supervisor {
     /// `unpaired`. Used by the admin API and when the app is uninstalled.
     pub async fn logout(&self, location: &LocationId) -> Result<StateView, SessionError> {
         let slot = self.slot(location);
-        if let Some((_, commands, mut done)) = slot.runner() {
+        let _one_at_a_time = slot.operations.lock().await;
+        let client_is_live = lock(&slot.session).is_some();
+        if let Some((_, commands, _)) = slot.runner().filter(|_| client_is_live) {
+            // Unlink from the phone through the live client; a client that does not answer in
+            // time is stopped and its keys wiped all the same.
             let (reply, answer) = oneshot::channel();
-            if commands.send(Command::Logout(reply)).await.is_ok()
-                && let Ok(Err(e)) = answer.await
-            {
-                tracing::warn!(location.id = %location, error = %e, "WhatsApp refused the logout; wiping the keys anyway");
+            if commands.send(Command::Logout(reply)).await.is_ok() {
+                match tokio::time::timeout(LOGOUT_TIMEOUT, answer).await {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) => {
+                        tracing::warn!(location.id = %location, error = %e, "WhatsApp refused the logout; wiping the keys anyway")
+                    }
+                    _ => tracing::warn!(location.id = %location, "the logout got no answer; wiping the keys anyway"),
+                }
             }
-            self.stop_runner(&slot).await;
-            let _ = done.wait_for(|d| *d).await;
         }
+        self.stop_runner(&slot).await;
         self.shared.transport.wipe(location).await?;
         self.shared.store.forget_pairing(location.as_str()).await?;
         slot.view.send_modify(|v| v.phone = None);
@@ -358,11 +384,16 @@ impl Supervisor {
         let stop = self.shutdown.child_token();
         let (commands_tx, commands) = mpsc::channel(8);
         let (done_tx, done) = watch::channel(false);
-        *lock(&slot.runner) = Some(RunnerHandle {
+        let replaced = lock(&slot.runner).replace(RunnerHandle {
             stop: stop.clone(),
             commands: commands_tx,
             done,
         });
+        // Callers stop the previous runner first; cancelling it here keeps that true even if
+        // one forgets.
+        if let Some(previous) = replaced {
+            previous.stop.cancel();
+        }
         let runner = Runner {
             shared: self.shared.clone(),
             location,
@@ -388,20 +419,46 @@ impl Supervisor {
         }
     }
 
-    /// Renews this instance's leases until shutdown (the heartbeat).
+    /// Renews this instance's leases until shutdown (the heartbeat). A live client whose lease
+    /// could not be renewed (it expired, e.g. while the database was unreachable, and another
+    /// instance may hold it now) is stopped: two live connections are worse than a gap.
     pub fn spawn_heartbeat(&self, tasks: &TaskTracker) {
-        let shared = self.shared.clone();
-        let shutdown = self.shutdown.clone();
+        let supervisor = self.clone();
         tasks.spawn(async move {
+            let shared = &supervisor.shared;
             let ttl = shared.settings.lease_ttl;
             loop {
                 tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    () = supervisor.shutdown.cancelled() => return,
                     () = tokio::time::sleep(ttl / 3) => {}
                 }
                 let until = now_ms() + ttl.as_millis() as i64;
-                if let Err(e) = shared.store.renew_leases(&shared.instance, until).await {
-                    tracing::error!(error = %e, "could not renew session leases");
+                let renewed = match shared.store.renew_leases(&shared.instance, until).await {
+                    Ok(renewed) => renewed,
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not renew session leases");
+                        continue;
+                    }
+                };
+                let live: Vec<(LocationId, Arc<Slot>)> = lock(&shared.registry)
+                    .iter()
+                    .filter(|(_, slot)| lock(&slot.session).is_some())
+                    .map(|(id, slot)| (id.clone(), slot.clone()))
+                    .collect();
+                for (location, slot) in live {
+                    if !renewed.iter().any(|id| id == location.as_str()) {
+                        tracing::error!(location.id = %location, "lost the session lease; stopping the client");
+                        supervisor.stop_runner(&slot).await;
+                        shared
+                            .transition(
+                                &location,
+                                &slot,
+                                SessionState::Reconnecting,
+                                Some(reasons::LEASE_LOST),
+                                None,
+                            )
+                            .await;
+                    }
                 }
             }
         });
@@ -424,10 +481,11 @@ struct Runner {
 }
 
 impl Runner {
-    async fn run(mut self, mut pairing: Pairing) {
+    async fn run(mut self, pairing: Pairing) {
         let mut policy = RestartPolicy::new(self.shared.settings.policy.clone());
         loop {
             if !self.take_lease().await {
+                self.release().await;
                 return;
             }
             let exit = self.run_client(&pairing, &mut policy).await;
@@ -498,11 +556,12 @@ impl Runner {
                             shared.transition(location, slot, state, Some(reason), None).await;
                             tracing::info!(location.id = %location, ?delay, ?exit, "restarting the WhatsApp client");
                             tokio::select! {
-                                () = self.stop.cancelled() => {}
+                                () = self.stop.cancelled() => {
+                                    self.release().await;
+                                    return;
+                                }
                                 () = tokio::time::sleep(delay) => {}
                             }
-                            // Paired meanwhile or not, the transport knows from its keys.
-                            pairing = Pairing::Qr;
                             continue;
                         }
                     }
@@ -518,6 +577,9 @@ impl Runner {
         let ttl = self.shared.settings.lease_ttl;
         let mut waiting = false;
         loop {
+            if self.stop.is_cancelled() {
+                return false;
+            }
             let until = now_ms() + ttl.as_millis() as i64;
             match self
                 .shared
@@ -529,6 +591,17 @@ impl Runner {
                 Ok(false) if !waiting => {
                     waiting = true;
                     tracing::warn!(location.id = %self.location, "another instance holds this session; waiting for its lease");
+                    if self.slot.view().state != SessionState::Pairing {
+                        self.shared
+                            .transition(
+                                &self.location,
+                                &self.slot,
+                                SessionState::Reconnecting,
+                                Some(reasons::LEASE_HELD),
+                                None,
+                            )
+                            .await;
+                    }
                 }
                 Ok(false) => {}
                 Err(e) => tracing::error!(location.id = %self.location, error = %e, "could not take the session lease"),

@@ -154,15 +154,18 @@ impl Store {
         Ok(taken == 1)
     }
 
-    /// Extends every lease `owner` holds (the heartbeat).
-    pub async fn renew_leases(&self, owner: &str, until: i64) -> Result<u64> {
+    /// Extends every unexpired lease `owner` holds (the heartbeat); returns their locations.
+    /// A lease that expired meanwhile may belong to another instance now: it is not renewed.
+    pub async fn renew_leases(&self, owner: &str, until: i64) -> Result<Vec<String>> {
         Ok(on_db!(self, pool => {
-            sqlx::query("UPDATE wa_sessions SET lease_until = $2 WHERE owner = $1")
-                .bind(owner)
-                .bind(until)
-                .execute(pool)
-                .await?
-                .rows_affected()
+            sqlx::query_scalar(
+                "UPDATE wa_sessions SET lease_until = $2 WHERE owner = $1 AND lease_until >= $3 RETURNING location_id",
+            )
+            .bind(owner)
+            .bind(until)
+            .bind(now_ms())
+            .fetch_all(pool)
+            .await?
         }))
     }
 

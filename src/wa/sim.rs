@@ -206,10 +206,10 @@ impl SimWorld {
             state.link = Link::Connected;
             state.qr = None;
             state.pair_code = None;
-            state.persisted = Persisted {
-                phone: Some(phone.clone()),
-                ..Persisted::default()
-            };
+            // New keys; what the bridge sent before stays (it is the phones' history).
+            state.persisted.phone = Some(phone.clone());
+            state.persisted.logged_out = false;
+            state.persisted.lids.clear();
             session.save(&state.persisted);
         }
         session.emit(WaEvent::Paired { phone: phone.clone() });
@@ -378,27 +378,37 @@ impl SimSession {
         self.save(&state.persisted);
     }
 
-    /// Reconnected after a drop: connected again, and WhatsApp delivers what it held.
+    /// Reconnected after a drop: connected again, and WhatsApp delivers what it held, in
+    /// order. A held message waghl does not confirm goes back to be delivered on the next
+    /// connection, as WhatsApp redelivers unacknowledged messages.
     fn come_online(&self) {
-        let phone = {
-            let mut state = self.state();
-            if !matches!(state.link, Link::Reconnecting | Link::Connecting) {
-                return;
-            }
-            state.link = Link::Connected;
-            state.persisted.phone.clone().unwrap_or_default()
-        };
+        let mut state = self.state();
+        if !matches!(state.link, Link::Reconnecting | Link::Connecting) {
+            return;
+        }
+        state.link = Link::Connected;
+        let phone = state.persisted.phone.clone().unwrap_or_default();
+        // Under the state lock: a message arriving now is queued after these.
         self.emit(WaEvent::Connected { phone });
         let held = std::mem::take(&mut *self.held());
         for (message, media_ref) in held {
-            // Delivered again later if waghl does not confirm (its ack is what counts).
-            let (stored, _confirmed) = Stored::new();
+            let (stored, confirmed) = Stored::new();
             self.emit(WaEvent::Message {
-                message,
-                media_ref,
+                message: message.clone(),
+                media_ref: media_ref.clone(),
                 stored,
             });
+            let requeue = self.held.clone();
+            tokio::spawn(async move {
+                if confirmed.await.is_err() {
+                    requeue
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((message, media_ref));
+                }
+            });
         }
+        drop(state);
     }
 
     fn scaled(&self, duration: Duration) -> Duration {
