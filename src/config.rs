@@ -179,6 +179,9 @@ pub struct Config {
     pub retention_days: u32,
     pub ghl: GhlConfig,
     pub sessions: crate::sessions::SessionSettings,
+    /// Names this instance in session leases. Stable across restarts (the host name), so a
+    /// restarted daemon takes its sessions back at once instead of waiting for its own leases.
+    pub instance_id: String,
     pub relay: crate::relay::RelaySettings,
     /// Scales the simulated transport's QR schedule (1.0 = WhatsApp's own timings).
     pub sim_time_scale: f64,
@@ -335,6 +338,15 @@ impl Config {
             retention_days: number("WAGHL_RETENTION_DAYS", get("WAGHL_RETENTION_DAYS"), 30)?,
             ghl,
             sessions,
+            instance_id: get("WAGHL_INSTANCE_ID")
+                .or_else(|| get("HOSTNAME"))
+                .or_else(|| {
+                    std::fs::read_to_string("/etc/hostname")
+                        .ok()
+                        .map(|h| h.trim().to_owned())
+                })
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "waghl".into()),
             relay,
             sim_time_scale,
             log_format,

@@ -53,6 +53,7 @@ impl AppState {
             store.clone(),
             metrics.clone(),
             config.sessions.clone(),
+            config.instance_id.clone(),
             shutdown.child_token(),
         );
         Self {

@@ -69,45 +69,43 @@ impl From<crate::store::StoreError> for Failure {
 }
 
 impl InboundRelay {
-    /// Relays until shutdown: wakes when a message is stored, and polls for retries that fall due.
+    /// Relays until shutdown: wakes when a message is stored, and polls for retries that fall
+    /// due. Up to `batch` chats are relayed at once, each independently: a chat stuck on a slow
+    /// GHL call never holds up the others, because new heads are claimed as soon as a slot is
+    /// free. At shutdown the rows in flight are finished (within the shutdown deadline).
     pub async fn run(self, ready: Arc<Notify>, shutdown: CancellationToken) {
+        let mut running = JoinSet::new();
+        let capacity = self.settings.batch.max(1) as usize;
         loop {
-            let relayed = match self.relay_batch().await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::error!(error = %e, "the inbound relay could not claim messages");
-                    0
+            let free = capacity.saturating_sub(running.len());
+            if free > 0 {
+                match self.claim(free as i64).await {
+                    Ok(rows) => {
+                        for row in rows {
+                            let relay = self.clone();
+                            running.spawn(async move { relay.finish(row).await });
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "the inbound relay could not claim messages"),
                 }
-            };
-            if relayed > 0 {
-                continue;
             }
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => break,
+                Some(_) = running.join_next(), if !running.is_empty() => {}
                 () = ready.notified() => {}
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
             }
         }
+        while running.join_next().await.is_some() {}
     }
 
-    /// Claims due rows (the head of each chat) and relays them concurrently; returns how many
-    /// were claimed. Tests call this directly.
-    pub async fn relay_batch(&self) -> Result<usize, crate::store::StoreError> {
+    async fn claim(&self, limit: i64) -> Result<Vec<InboxRow>, crate::store::StoreError> {
         let claim_ms = self.settings.claim_for.as_millis() as i64;
-        let rows = self.store.claim_inbox_batch(self.settings.batch, claim_ms).await?;
-        let count = rows.len();
-        let mut running = JoinSet::new();
-        for row in rows {
-            let relay = self.clone();
-            running.spawn(async move { relay.finish(row).await });
-        }
-        while running.join_next().await.is_some() {}
-        if count > 0
-            && let Ok(pending) = self.store.inbound_pending().await
-        {
+        let rows = self.store.claim_inbox_batch(limit, claim_ms).await?;
+        if let Ok(pending) = self.store.inbound_pending().await {
             self.metrics.inbound_queue.set(pending);
         }
-        Ok(count)
+        Ok(rows)
     }
 
     async fn finish(&self, row: InboxRow) {

@@ -204,6 +204,7 @@ impl Supervisor {
         store: Store,
         metrics: Arc<Metrics>,
         settings: SessionSettings,
+        instance: String,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -212,7 +213,7 @@ impl Supervisor {
                 metrics,
                 settings,
                 transport,
-                instance: format!("{}-{}", std::process::id(), random_hex(6)),
+                instance,
                 inbound_ready: Arc::new(Notify::new()),
                 outbound_ready: Arc::new(Notify::new()),
                 outbound: Mutex::default(),

@@ -102,6 +102,11 @@ pub fn test_config(dir: &Path, database_url: &str, overrides: &[(&str, &str)]) -
         ("WAGHL_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ("WAGHL_WA_BACKEND", "sim".to_owned()),
         ("WAGHL_SHUTDOWN_TIMEOUT_MS", "3000".to_owned()),
+        // Every test instance is another "host", as on a real deployment.
+        (
+            "WAGHL_INSTANCE_ID",
+            format!("test-{}", COUNTER.fetch_add(1, Ordering::Relaxed)),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -4,9 +4,11 @@
 mod helpers;
 mod logs;
 
+mod crash;
 mod daemon;
 mod ghl;
 mod health;
+mod inbound;
 mod sessions;
 mod store;
 mod webhooks;

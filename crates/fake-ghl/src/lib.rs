@@ -149,6 +149,8 @@ struct World {
 
 struct Shared {
     options: Options,
+    /// Requests received and not answered yet.
+    in_flight: std::sync::atomic::AtomicUsize,
     base_url: String,
     world: Mutex<World>,
 }
@@ -187,6 +189,7 @@ impl FakeGhl {
             ..World::default()
         };
         let shared = Arc::new(Shared {
+            in_flight: Default::default(),
             options,
             base_url: base_url.clone(),
             world: Mutex::new(world),
@@ -275,6 +278,24 @@ impl FakeGhl {
         for _ in 0..count {
             world.faults.push_back((path_prefix.into(), Fault::Hang));
         }
+    }
+
+    /// Forgets the failures queued by `fail_next` and `hang_next` that have not happened yet.
+    pub fn clear_faults(&self) {
+        self.world().faults.clear();
+    }
+
+    /// Deletes a contact and its conversation, as an agent deleting it in GHL would.
+    pub fn delete_contact(&self, contact_id: &str) {
+        let mut world = self.world();
+        world.contacts.retain(|c| c.id != contact_id);
+        world.conversations.retain(|(_, contact), _| contact != contact_id);
+    }
+
+    /// Requests received and not answered yet (they are dropped, unrecorded, when the
+    /// caller disconnects first).
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Every answer is delayed by this much.
@@ -390,6 +411,7 @@ fn router(shared: Arc<Shared>) -> Router {
 
 /// Records the call, applies latency and injected faults.
 async fn record_and_inject(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let _in_flight = InFlight::enter(&shared);
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, 256 << 20).await.unwrap_or_default();
     let header = |name: header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -435,6 +457,22 @@ async fn record_and_inject(State(shared): State<Arc<Shared>>, req: Request, next
     call.status = response.status().as_u16();
     shared.world().calls.push(call);
     response
+}
+
+/// Counts a request as in flight until it is answered or dropped.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        shared.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn error(status: u16, message: &str) -> Response {
