@@ -183,6 +183,12 @@ pub struct Config {
     /// restarted daemon takes its sessions back at once instead of waiting for its own leases.
     pub instance_id: String,
     pub relay: crate::relay::RelaySettings,
+    /// An outbound message waits this long for WhatsApp to connect, then fails.
+    pub outbound_ttl: Duration,
+    /// Largest attachment fetched for an outbound message.
+    pub attachment_max_bytes: usize,
+    /// Fetch attachments over plain http too (tests); https only otherwise.
+    pub allow_http_attachments: bool,
     /// Scales the simulated transport's QR schedule (1.0 = WhatsApp's own timings).
     pub sim_time_scale: f64,
     pub log_format: LogFormat,
@@ -249,10 +255,10 @@ impl Config {
             Some(_) => return Err(bad("WAGHL_WA_BACKEND", "expected `whatsapp` or `sim`")),
         };
         let default_country = get("WAGHL_DEFAULT_COUNTRY").unwrap_or_else(|| "US".into());
-        if default_country.len() != 2 || !default_country.chars().all(|c| c.is_ascii_alphabetic()) {
+        if crate::domain::phone::calling_code(&default_country).is_none() {
             return Err(bad(
                 "WAGHL_DEFAULT_COUNTRY",
-                "expected a two-letter ISO 3166 country code, e.g. US",
+                "expected a two-letter ISO 3166 country code waghl knows, e.g. US, GB, BR, MX, IN",
             ));
         }
         let ghl = GhlConfig {
@@ -348,6 +354,17 @@ impl Config {
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "waghl".into()),
             relay,
+            outbound_ttl: millis("WAGHL_OUTBOUND_TTL_MS", get("WAGHL_OUTBOUND_TTL_MS"), 24 * 3_600_000)?,
+            attachment_max_bytes: number(
+                "WAGHL_ATTACHMENT_MAX_BYTES",
+                get("WAGHL_ATTACHMENT_MAX_BYTES"),
+                64 << 20,
+            )?,
+            allow_http_attachments: match get("WAGHL_ALLOW_HTTP_ATTACHMENTS").as_deref() {
+                None | Some("false") | Some("0") => false,
+                Some("true") | Some("1") => true,
+                Some(_) => return Err(bad("WAGHL_ALLOW_HTTP_ATTACHMENTS", "expected true or false")),
+            },
             sim_time_scale,
             log_format,
             body_limit_bytes: number("WAGHL_BODY_LIMIT_BYTES", get("WAGHL_BODY_LIMIT_BYTES"), 1 << 20)?,

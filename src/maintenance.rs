@@ -32,4 +32,10 @@ pub async fn run_once(state: &AppState) {
         Ok(pruned) => tracing::debug!(pruned, "forgot old webhook ids"),
         Err(e) => tracing::warn!(error = %e, "pruning webhook ids failed"),
     }
+    let retention_ms = i64::from(state.config.retention_days) * 24 * 3600 * 1000;
+    match state.store.purge_bodies(now_ms() - retention_ms).await {
+        Ok(0) => {}
+        Ok(purged) => tracing::info!(purged, "purged message bodies past the retention period"),
+        Err(e) => tracing::warn!(error = %e, "purging old message bodies failed"),
+    }
 }

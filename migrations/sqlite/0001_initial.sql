@@ -92,6 +92,7 @@ CREATE TABLE outbox (
     claimed_until BIGINT,
     last_error TEXT,
     reported_status TEXT,              -- the last status GHL accepted; never goes backwards
+    report_after BIGINT,               -- when to (re)try reporting the status to GHL
     received_at BIGINT NOT NULL,
     sent_at BIGINT,
     updated_at BIGINT NOT NULL,

@@ -5,8 +5,9 @@ mod ids;
 pub mod jid;
 mod message;
 mod outbound;
+pub mod phone;
 pub mod render;
 
 pub use ids::{InvalidId, LocationId};
 pub use message::{Content, InboundMessage, Media, MediaKind, OutgoingContent};
-pub use outbound::OutboundRequest;
+pub use outbound::{Fetched, OutboundRequest, plan_parts};

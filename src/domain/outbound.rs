@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::LocationId;
+use super::{LocationId, MediaKind, OutgoingContent};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -99,10 +99,121 @@ impl OutboundRequest {
     }
 }
 
+/// An attachment fetched from GHL.
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+    pub file_name: String,
+}
+
+fn kind_for(content_type: &str) -> MediaKind {
+    match content_type.split('/').next().unwrap_or_default() {
+        "image" => MediaKind::Image,
+        "video" => MediaKind::Video,
+        "audio" => MediaKind::Audio,
+        _ => MediaKind::Document,
+    }
+}
+
+/// The WhatsApp messages ("parts") one GHL message becomes, in order: the text rides as the
+/// caption of the first image, video or document; without one it is a message of its own,
+/// sent first. The plan depends only on the request and its files, so a retry after a crash
+/// rebuilds the same parts and reuses their committed ids.
+pub fn plan_parts(request: &OutboundRequest, files: Vec<Fetched>) -> Vec<OutgoingContent> {
+    let text = request.text.trim();
+    let caption_part = files.iter().position(|f| {
+        matches!(
+            kind_for(&f.content_type),
+            MediaKind::Image | MediaKind::Video | MediaKind::Document
+        )
+    });
+    let mut parts = Vec::with_capacity(files.len() + 1);
+    if !text.is_empty() && caption_part.is_none() {
+        parts.push(OutgoingContent::Text(text.to_owned()));
+    }
+    for (index, file) in files.into_iter().enumerate() {
+        let kind = kind_for(&file.content_type);
+        parts.push(OutgoingContent::Media {
+            kind,
+            caption: (Some(index) == caption_part && !text.is_empty()).then(|| text.to_owned()),
+            file_name: (kind == MediaKind::Document).then_some(file.file_name),
+            mime: file.content_type,
+            bytes: file.bytes,
+        });
+    }
+    parts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn fetched(content_type: &str, name: &str) -> Fetched {
+        Fetched {
+            content_type: content_type.into(),
+            bytes: vec![1, 2, 3],
+            file_name: name.into(),
+        }
+    }
+
+    fn request(text: &str) -> OutboundRequest {
+        let mut body = sample();
+        body["message"] = json!(text);
+        OutboundRequest::from_webhook(&body, None).unwrap()
+    }
+
+    #[test]
+    fn text_alone_is_one_text_message() {
+        assert_eq!(
+            plan_parts(&request("hi"), vec![]),
+            vec![OutgoingContent::Text("hi".into())]
+        );
+    }
+
+    #[test]
+    fn the_text_is_the_caption_of_the_first_image_video_or_document() {
+        let parts = plan_parts(
+            &request("see"),
+            vec![fetched("audio/mpeg", "a.mp3"), fetched("application/pdf", "q.pdf")],
+        );
+        assert_eq!(parts.len(), 2);
+        assert!(matches!(
+            &parts[0],
+            OutgoingContent::Media {
+                kind: MediaKind::Audio,
+                caption: None,
+                ..
+            }
+        ));
+        match &parts[1] {
+            OutgoingContent::Media {
+                kind,
+                caption,
+                file_name,
+                ..
+            } => {
+                assert_eq!(*kind, MediaKind::Document);
+                assert_eq!(caption.as_deref(), Some("see"));
+                assert_eq!(file_name.as_deref(), Some("q.pdf"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn without_a_captionable_file_the_text_goes_first_on_its_own() {
+        let parts = plan_parts(&request("listen"), vec![fetched("audio/ogg", "v.ogg")]);
+        assert_eq!(parts[0], OutgoingContent::Text("listen".into()));
+        assert!(matches!(
+            &parts[1],
+            OutgoingContent::Media {
+                kind: MediaKind::Audio,
+                ..
+            }
+        ));
+    }
 
     fn sample() -> serde_json::Value {
         json!({

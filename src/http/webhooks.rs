@@ -95,16 +95,18 @@ async fn provider(State(state): State<AppState>, webhook: VerifiedWebhook) -> Re
         return Err(ApiError::not_found(format!("no location {location_id} is installed")));
     }
     let body = serde_json::to_string(&request).map_err(anyhow::Error::from)?;
-    let queued = state
-        .store
-        .enqueue_outbound(NewOutbound {
-            location_id: location_id.as_str(),
-            ghl_message_id: &request.ghl_message_id,
-            ghl_contact_id: request.ghl_contact_id.as_deref(),
-            to_phone: &request.phone,
-            body: &body,
-        })
-        .await?;
+    let new = NewOutbound {
+        location_id: location_id.as_str(),
+        ghl_message_id: &request.ghl_message_id,
+        ghl_contact_id: request.ghl_contact_id.as_deref(),
+        to_phone: &request.phone,
+        body: &body,
+    };
+    let queued = match refuse_unsendable(&state, &location_id, &request).await? {
+        None => state.store.enqueue_outbound(new).await?,
+        Some(reason) => state.store.enqueue_failed_outbound(new, reason).await?,
+    };
+    state.sessions.outbound_ready().notify_one();
     if let Some(id) = &webhook.webhook_id {
         state.store.record_webhook(id).await?;
     }
@@ -120,6 +122,28 @@ async fn already_processed(state: &AppState, webhook: &VerifiedWebhook) -> Resul
         Some(id) => Ok(state.store.webhook_seen(id).await?),
         None => Ok(false),
     }
+}
+
+/// A message that can never be sent, decided at once instead of after the TTL: the location's
+/// WhatsApp was never paired, or GHL is replaying a message written before it was (seen after
+/// installs).
+async fn refuse_unsendable(
+    state: &AppState,
+    location: &crate::domain::LocationId,
+    request: &OutboundRequest,
+) -> Result<Option<&'static str>, ApiError> {
+    let paired_at = state
+        .store
+        .session_row(location.as_str())
+        .await?
+        .and_then(|row| row.paired_at);
+    Ok(match (paired_at, request.created_at) {
+        (None, _) => Some("WhatsApp not paired"),
+        (Some(paired), Some(created)) if created < paired => {
+            Some("written before WhatsApp was paired (GHL replayed an old message); not sent")
+        }
+        _ => None,
+    })
 }
 
 #[derive(Deserialize)]

@@ -1,7 +1,9 @@
 //! The two workers that move messages: inbound (inbox → GHL) and outbound (outbox →
 //! WhatsApp → status back to GHL). Each step is a function a test can call directly.
 
+mod fetch;
 pub mod inbound;
+pub mod outbound;
 
 use std::time::Duration;
 
@@ -37,6 +39,23 @@ pub fn spawn(state: &crate::state::AppState) {
     state
         .tasks
         .spawn(inbound.run(state.sessions.inbound_ready(), state.shutdown.clone()));
+    let config = &state.config;
+    let outbound = outbound::OutboundRelay::new(
+        state.store.clone(),
+        state.ghl.clone(),
+        state.sessions.clone(),
+        state.metrics.clone(),
+        config.relay.clone(),
+        fetch::Fetcher::new(config.attachment_max_bytes, config.allow_http_attachments),
+        config.default_country.clone(),
+        config.send_gap,
+        config.outbound_ttl,
+    );
+    state.tasks.spawn(outbound.run(
+        state.sessions.outbound_ready(),
+        state.sessions.outbound_events(),
+        state.shutdown.clone(),
+    ));
 }
 
 /// When the next attempt of a message that failed `attempts` times before is due (unix ms):

@@ -110,3 +110,29 @@ impl Store {
         row.ok_or(StoreError::NotFound)
     }
 }
+
+impl Store {
+    /// Retention: forgets the bodies and media references of finished messages received
+    /// before `before` (unix ms); ids, states and times stay. Returns how many rows.
+    pub async fn purge_bodies(&self, before: i64) -> Result<u64> {
+        Ok(on_db!(self, pool => {
+            let inbound = sqlx::query(
+                "UPDATE inbox SET body = NULL, media_ref = NULL WHERE received_at < $1 \
+                 AND state IN ('relayed', 'skipped', 'dead') AND (body IS NOT NULL OR media_ref IS NOT NULL)",
+            )
+            .bind(before)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            let outbound = sqlx::query(
+                "UPDATE outbox SET body = NULL WHERE received_at < $1 \
+                 AND state IN ('sent', 'delivered', 'read', 'failed', 'dead') AND body IS NOT NULL",
+            )
+            .bind(before)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            inbound + outbound
+        }))
+    }
+}

@@ -3,6 +3,63 @@
 use super::{Result, Store, on_db};
 use crate::time::now_ms;
 
+/// Progress of an outbound message (or of one of its parts), in the order it can only
+/// advance; `failed` is terminal.
+pub fn status_rank(status: &str) -> u8 {
+    match status {
+        "pending" => 0,
+        "sending" => 1,
+        "sent" => 2,
+        "delivered" => 3,
+        "read" => 4,
+        _ => 5,
+    }
+}
+
+/// Ranks a status column in SQL, as [`status_rank`] does.
+macro_rules! rank {
+    ($column:literal) => {
+        concat!(
+            "CASE ",
+            $column,
+            " WHEN 'pending' THEN 0 WHEN 'sending' THEN 1 WHEN 'sent' THEN 2 ",
+            "WHEN 'delivered' THEN 3 WHEN 'read' THEN 4 ELSE 5 END"
+        )
+    };
+}
+
+/// A claimed outbound row.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub outbox_id: i64,
+    pub location_id: String,
+    pub ghl_message_id: String,
+    pub to_phone: String,
+    pub body: Option<String>,
+    pub attempts: i64,
+    pub received_at: i64,
+    pub retry_from: i64,
+}
+
+/// A part (one WhatsApp message) of an outbound message, as committed before it is sent.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct PartRow {
+    pub part_index: i64,
+    pub wa_message_id: String,
+    pub status: String,
+}
+
+/// An outbound message whose status GHL has not been told yet.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct StatusToReport {
+    pub outbox_id: i64,
+    pub location_id: String,
+    pub ghl_message_id: String,
+    pub state: String,
+    pub reported_status: Option<String>,
+    pub last_error: Option<String>,
+}
+
 pub struct NewOutbound<'a> {
     pub location_id: &'a str,
     pub ghl_message_id: &'a str,
@@ -60,6 +117,248 @@ impl Store {
             .execute(pool)
             .await?
             .rows_affected()
+        }))
+    }
+
+    /// Queues a message that fails at once (e.g. WhatsApp never paired); `None` when that
+    /// `messageId` was queued before.
+    pub async fn enqueue_failed_outbound(&self, new: NewOutbound<'_>, error: &str) -> Result<Option<i64>> {
+        let now = now_ms();
+        Ok(on_db!(self, pool => {
+            sqlx::query_scalar(
+                "INSERT INTO outbox (location_id, ghl_message_id, ghl_contact_id, to_phone, body, state, last_error, \
+                   attempts, next_attempt_at, retry_from, received_at, updated_at, report_after) \
+                 VALUES ($1, $2, $3, $4, $5, 'failed', $7, 0, $6, $6, $6, $6, $6) \
+                 ON CONFLICT (location_id, ghl_message_id) DO NOTHING RETURNING outbox_id",
+            )
+            .bind(new.location_id)
+            .bind(new.ghl_message_id)
+            .bind(new.ghl_contact_id)
+            .bind(new.to_phone)
+            .bind(new.body)
+            .bind(now)
+            .bind(error)
+            .fetch_optional(pool)
+            .await?
+        }))
+    }
+
+    /// Claims up to `limit` rows: the oldest unfinished message of each chat (first in, first
+    /// out per recipient), when due and unclaimed, for installed locations whose WhatsApp is
+    /// connected. A message interrupted mid-send (`sending`) is resumed first.
+    pub async fn claim_outbox_batch(&self, limit: i64, claim_ms: i64) -> Result<Vec<OutboxRow>> {
+        let now = now_ms();
+        Ok(on_db!(self, pool => {
+            sqlx::query_as(
+                "UPDATE outbox SET claimed_until = $3 WHERE outbox_id IN ( \
+                   SELECT h.outbox_id FROM outbox h \
+                   JOIN (SELECT location_id, to_phone, MIN(outbox_id) AS head FROM outbox \
+                         WHERE state IN ('pending', 'sending') GROUP BY location_id, to_phone) heads \
+                     ON h.outbox_id = heads.head \
+                   JOIN locations l ON l.location_id = h.location_id AND l.status = 'installed' \
+                   JOIN wa_sessions s ON s.location_id = h.location_id AND s.state = 'connected' \
+                   WHERE h.next_attempt_at <= $1 AND (h.claimed_until IS NULL OR h.claimed_until < $1) \
+                   ORDER BY h.outbox_id LIMIT $2) \
+                 AND state IN ('pending', 'sending') AND (claimed_until IS NULL OR claimed_until < $1) \
+                 RETURNING outbox_id, location_id, ghl_message_id, to_phone, body, attempts, received_at, retry_from",
+            )
+            .bind(now)
+            .bind(limit)
+            .bind(now + claim_ms)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// The parts committed so far, in order.
+    pub async fn outbound_parts(&self, outbox_id: i64) -> Result<Vec<PartRow>> {
+        Ok(on_db!(self, pool => {
+            sqlx::query_as(
+                "SELECT part_index, wa_message_id, status FROM message_map WHERE outbox_id = $1 ORDER BY part_index",
+            )
+            .bind(outbox_id)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// Commits a part's WhatsApp id before it is sent (and marks the message `sending`): a
+    /// crash after this resends the same id, which WhatsApp treats as the same message.
+    pub async fn commit_part(&self, row: &OutboxRow, chat: &str, part_index: i64, wa_message_id: &str) -> Result<()> {
+        let now = now_ms();
+        on_db!(self, pool => {
+            sqlx::query(
+                "INSERT INTO message_map (location_id, chat, wa_message_id, direction, ghl_message_id, outbox_id, \
+                   part_index, status, created_at, updated_at) VALUES ($1, $2, $3, 'outbound', $4, $5, $6, 'sending', $7, $7)",
+            )
+            .bind(&row.location_id)
+            .bind(chat)
+            .bind(wa_message_id)
+            .bind(&row.ghl_message_id)
+            .bind(row.outbox_id)
+            .bind(part_index)
+            .bind(now)
+            .execute(pool)
+            .await?;
+            sqlx::query("UPDATE outbox SET state = 'sending', updated_at = $2 WHERE outbox_id = $1 AND state = 'pending'")
+                .bind(row.outbox_id)
+                .bind(now)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Advances a part's status (never backwards); returns its outbox row, if it is one of
+    /// waghl's sends.
+    pub async fn advance_part(&self, location_id: &str, wa_message_id: &str, status: &str) -> Result<Option<i64>> {
+        let outbox_id: Option<Option<i64>> = on_db!(self, pool => {
+            sqlx::query_scalar(concat!(
+                "UPDATE message_map SET status = $3, updated_at = $4 WHERE location_id = $1 AND wa_message_id = $2 \
+                 AND direction = 'outbound' AND ", rank!("status"), " < ", rank!("$3"), " RETURNING outbox_id"
+            ))
+            .bind(location_id)
+            .bind(wa_message_id)
+            .bind(status)
+            .bind(now_ms())
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(outbox_id.flatten())
+    }
+
+    /// Sets a message's state from its parts once all were sent: the least advanced part's
+    /// status. Never moves backwards, never leaves `failed`.
+    pub async fn settle_outbound(&self, outbox_id: i64) -> Result<()> {
+        let parts = self.outbound_parts(outbox_id).await?;
+        let Some(least) = parts.iter().map(|p| p.status.as_str()).min_by_key(|s| status_rank(s)) else {
+            return Ok(());
+        };
+        if status_rank(least) < status_rank("sent") {
+            return Ok(());
+        }
+        let now = now_ms();
+        on_db!(self, pool => {
+            sqlx::query(concat!(
+                "UPDATE outbox SET state = $2, sent_at = COALESCE(sent_at, $3), updated_at = $3, claimed_until = NULL, \
+                   last_error = NULL, report_after = $3 WHERE outbox_id = $1 AND state <> 'failed' AND state <> 'dead' \
+                   AND ", rank!("state"), " < ", rank!("$2")
+            ))
+            .bind(outbox_id)
+            .bind(least)
+            .bind(now)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Terminal failure, reported to GHL as failed (`dead` when retries ran out: replayable).
+    pub async fn fail_outbound(&self, outbox_id: i64, state: &str, error: &str) -> Result<()> {
+        let now = now_ms();
+        on_db!(self, pool => {
+            sqlx::query(
+                "UPDATE outbox SET state = $2, last_error = $3, attempts = attempts + 1, claimed_until = NULL, \
+                   updated_at = $4, report_after = $4 WHERE outbox_id = $1",
+            )
+            .bind(outbox_id)
+            .bind(state)
+            .bind(error)
+            .bind(now)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Tries again at `at`; `count` says whether this was an attempt (a wait for the session
+    /// to connect is not).
+    pub async fn retry_outbound(&self, outbox_id: i64, at: i64, error: &str, count: bool) -> Result<()> {
+        on_db!(self, pool => {
+            sqlx::query(
+                "UPDATE outbox SET next_attempt_at = $2, last_error = $3, attempts = attempts + $4, \
+                   claimed_until = NULL, updated_at = $5 WHERE outbox_id = $1",
+            )
+            .bind(outbox_id)
+            .bind(at)
+            .bind(error)
+            .bind(i64::from(count))
+            .bind(now_ms())
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Messages that waited longer than the TTL for WhatsApp to connect (none of their parts
+    /// sent): failed. Returns how many.
+    pub async fn expire_outbound(&self, waiting_since_before: i64) -> Result<u64> {
+        let now = now_ms();
+        Ok(on_db!(self, pool => {
+            sqlx::query(
+                "UPDATE outbox SET state = 'failed', last_error = 'WhatsApp not connected', updated_at = $2, \
+                   report_after = $2 WHERE state = 'pending' AND retry_from < $1 \
+                   AND (claimed_until IS NULL OR claimed_until < $2)",
+            )
+            .bind(waiting_since_before)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        }))
+    }
+
+    /// Messages whose current status is ahead of what GHL was told, due for a report.
+    pub async fn statuses_to_report(&self, limit: i64) -> Result<Vec<StatusToReport>> {
+        Ok(on_db!(self, pool => {
+            sqlx::query_as(concat!(
+                "SELECT outbox_id, location_id, ghl_message_id, state, reported_status, last_error FROM outbox \
+                 WHERE report_after IS NOT NULL AND report_after <= $1 \
+                   AND state IN ('sent', 'delivered', 'read', 'failed', 'dead') \
+                   AND (reported_status IS NULL OR ", rank!("reported_status"), " < ", rank!("state"), ") \
+                 ORDER BY report_after LIMIT $2"
+            ))
+            .bind(now_ms())
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// GHL accepted `status`.
+    pub async fn reported(&self, outbox_id: i64, status: &str) -> Result<()> {
+        on_db!(self, pool => {
+            sqlx::query(concat!(
+                "UPDATE outbox SET reported_status = $2, report_after = NULL WHERE outbox_id = $1 \
+                 AND (reported_status IS NULL OR ", rank!("reported_status"), " < ", rank!("$2"), ")"
+            ))
+            .bind(outbox_id)
+            .bind(status)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Reporting failed: try again at `at` (a reason that heals), or never (`None`: GHL refused
+    /// the report itself).
+    pub async fn report_later(&self, outbox_id: i64, at: Option<i64>) -> Result<()> {
+        on_db!(self, pool => {
+            sqlx::query("UPDATE outbox SET report_after = $2 WHERE outbox_id = $1")
+                .bind(outbox_id)
+                .bind(at)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Outbound messages waiting, over all locations (the queue-depth gauge).
+    pub async fn outbound_pending(&self) -> Result<i64> {
+        Ok(on_db!(self, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'sending')")
+                .fetch_one(pool)
+                .await?
         }))
     }
 }

@@ -251,3 +251,73 @@ async fn kill_9_with_inbound_messages_in_flight_loses_and_duplicates_nothing() {
         assert_eq!(texts, sorted);
     }
 }
+
+#[tokio::test]
+async fn kill_9_with_outbound_messages_queued_sends_each_exactly_once_after_restart() {
+    let fake = FakeGhl::start().await;
+    // Paced sends, so the kill lands while some messages are sent and others are not.
+    let mut daemon = Daemon::start(
+        &fake,
+        &[("WAGHL_WEBHOOK_KEY", "crash-key"), ("WAGHL_SEND_GAP_MS", "250")],
+    )
+    .await;
+    daemon.install_and_pair(&fake, "locCrashOut", "+15550900002").await;
+    for i in 0..6 {
+        let body = json!({
+            "locationId": "locCrashOut", "messageId": format!("gc-{i}"), "contactId": "c", "type": "SMS",
+            "phone": format!("+1555092{}111", i % 2), "message": format!("reply {i}"),
+        });
+        let response = daemon
+            .client
+            .post(daemon.url("/webhooks/ghl/provider?key=crash-key"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let sent = |daemon: &Daemon| {
+        let daemon_url = daemon.url("/sim/locCrashOut/sent");
+        let client = daemon.client.clone();
+        async move {
+            let sent: Value = client
+                .get(daemon_url)
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            sent["sent"].as_array().unwrap().clone()
+        }
+    };
+    let started = Instant::now();
+    while sent(&daemon).await.len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(10), "nothing was sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    daemon.kill9();
+    daemon.restart().await;
+    let started = Instant::now();
+    while sent(&daemon).await.len() < 6 {
+        if started.elapsed() > Duration::from_secs(15) {
+            let list: Value = daemon
+                .get("/api/v1/locations/locCrashOut/messages")
+                .await
+                .json()
+                .await
+                .unwrap();
+            let location: Value = daemon.get("/api/v1/locations/locCrashOut").await.json().await.unwrap();
+            panic!("not everything was sent after the restart: {list} {location}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let sent = sent(&daemon).await;
+    let mut texts: Vec<&str> = sent.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts.len(), 6, "a message went out twice: {texts:?}");
+    texts.sort();
+    texts.dedup();
+    assert_eq!(texts.len(), 6);
+}

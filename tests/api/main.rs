@@ -3,6 +3,7 @@
 
 mod helpers;
 mod logs;
+mod outbound;
 
 mod crash;
 mod daemon;

@@ -26,6 +26,8 @@ on_both_backends!(
     sealed_tokens_never_reach_the_database_in_plaintext,
     a_reinstall_replaces_tokens_and_clears_the_error,
     a_wrong_secret_key_is_refused_at_open,
+    retention_purges_bodies_of_finished_messages_and_keeps_the_rows,
+    a_redelivered_inbound_message_is_stored_once,
 );
 
 async fn run<F, Fut>(backend: Backend, test: F)
@@ -174,4 +176,92 @@ async fn raw_database_bytes(db: &TestDb, store: &Store) -> Vec<u8> {
             rows.into_iter().flat_map(|(r,)| r.into_bytes()).collect()
         }
     }
+}
+
+fn inbound_message(id: &str) -> waghl::domain::InboundMessage {
+    waghl::domain::InboundMessage {
+        id: id.into(),
+        chat: "15550001111@s.whatsapp.net".into(),
+        sender: "15550001111@s.whatsapp.net".into(),
+        sender_phone: Some("+15550001111".into()),
+        push_name: None,
+        timestamp: waghl::time::now_ms(),
+        from_me: false,
+        is_group: false,
+        is_status: false,
+        reply_to: None,
+        content: waghl::domain::Content::Text {
+            text: "a private message".into(),
+        },
+    }
+}
+
+async fn install(store: &Store, location: &str) {
+    store
+        .upsert_location(NewLocation {
+            location_id: location,
+            company_id: None,
+            name: None,
+            tokens: &tokens("a", Some("r")),
+            source: TokenSource::Oauth,
+        })
+        .await
+        .unwrap();
+}
+
+async fn retention_purges_bodies_of_finished_messages_and_keeps_the_rows(_db: TestDb, store: Store) {
+    use waghl::store::{InboxOutcome, InboxStart};
+    install(&store, "locR").await;
+    for id in ["done", "waiting"] {
+        store
+            .insert_inbound("locR", &inbound_message(id), Some(b"media"), InboxStart::Pending)
+            .await
+            .unwrap();
+    }
+    let claimed = store.claim_inbox_batch(10, 60_000).await.unwrap();
+    assert_eq!(claimed.len(), 1, "one chat: only its head is claimed");
+    store
+        .finish_inbox(
+            claimed[0].inbox_id,
+            InboxOutcome::Relayed {
+                ghl_message_id: "g1",
+                contact_id: "c",
+                conversation_id: "v",
+            },
+        )
+        .await
+        .unwrap();
+    let purged = store.purge_bodies(waghl::time::now_ms() + 1).await.unwrap();
+    assert_eq!(purged, 1, "only the finished message");
+    let rows = store.list_messages("locR", None, i64::MAX, 10).await.unwrap();
+    assert_eq!(rows.len(), 2, "rows are never deleted");
+    assert!(store.inbound_body("locR", "done").await.unwrap().is_none());
+    assert!(store.inbound_body("locR", "waiting").await.unwrap().is_some());
+}
+
+async fn a_redelivered_inbound_message_is_stored_once(_db: TestDb, store: Store) {
+    use waghl::store::InboxStart;
+    install(&store, "locD").await;
+    let message = inbound_message("dup");
+    assert!(
+        store
+            .insert_inbound("locD", &message, None, InboxStart::Pending)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .insert_inbound("locD", &message, None, InboxStart::Pending)
+            .await
+            .unwrap()
+    );
+    // The same id from another sender is another message.
+    let mut other = message.clone();
+    other.sender = "15550002222@s.whatsapp.net".into();
+    assert!(
+        store
+            .insert_inbound("locD", &other, None, InboxStart::Pending)
+            .await
+            .unwrap()
+    );
 }

@@ -955,10 +955,10 @@ async fn upload_complete(State(shared): State<Arc<Shared>>, headers: HeaderMap, 
     .into_response()
 }
 
-async fn hosted_file(State(shared): State<Arc<Shared>>, Path((id, name)): Path<(String, String)>) -> Response {
+async fn hosted_file(State(shared): State<Arc<Shared>>, Path((id, _name)): Path<(String, String)>) -> Response {
     let world = shared.world();
-    let wanted = format!("/files/{id}/{name}");
-    match world.uploads.iter().find(|u| u.url.ends_with(&wanted)) {
+    let wanted = format!("/files/{id}/");
+    match world.uploads.iter().find(|u| u.url.contains(&wanted)) {
         Some(upload) => (
             [(header::CONTENT_TYPE, upload.content_type.clone())],
             upload.bytes.clone(),

@@ -1,0 +1,390 @@
+//! The outbound worker: outbox → WhatsApp → status back to GHL. One task sends (the oldest
+//! message of each chat, for locations whose WhatsApp is connected), applies WhatsApp's
+//! receipts, reports statuses to GHL, and fails messages that waited too long for WhatsApp.
+//!
+//! Exactly once: every part's WhatsApp id is committed before it is sent and sent with that
+//! id, so a crash mid-send resends the same id — the same message to WhatsApp — never a copy.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::fetch::Fetcher;
+use super::{RelaySettings, retry_at};
+use crate::crypto::random_hex;
+use crate::domain::phone::normalize;
+use crate::domain::{LocationId, OutboundRequest, plan_parts};
+use crate::ghl::types::{StatusError, StatusUpdate};
+use crate::ghl::{Action, GhlClient, GhlError};
+use crate::metrics::Metrics;
+use crate::sessions::Supervisor;
+use crate::store::{OutboxRow, StatusToReport, Store, status_rank};
+use crate::time::now_ms;
+use crate::wa::{ReceiptStatus, WaError, WaEvent, WaSession};
+
+pub struct OutboundRelay {
+    pub store: Store,
+    pub ghl: GhlClient,
+    pub sessions: Supervisor,
+    pub metrics: Arc<Metrics>,
+    pub settings: RelaySettings,
+    pub fetcher: Fetcher,
+    pub default_country: String,
+    /// Least gap between two sends of one WhatsApp session (jittered); zero: no pacing.
+    pub send_gap: Duration,
+    /// How long a message waits for WhatsApp to connect.
+    pub ttl: Duration,
+    /// When each location may send next; the lock is held across a send, so one session
+    /// sends one message at a time.
+    pacing: DashMap<String, Arc<tokio::sync::Mutex<Instant>>>,
+    /// GHL refused the `sent` status once: report `delivered` instead from then on.
+    sent_unsupported: std::sync::atomic::AtomicBool,
+}
+
+/// What became of one send attempt.
+enum Outcome {
+    Done,
+    /// WhatsApp is not connected: wait without counting an attempt.
+    Wait(String),
+    Retry(String),
+    Failed(String),
+}
+
+impl From<WaError> for Outcome {
+    fn from(e: WaError) -> Self {
+        match e {
+            WaError::NotConnected => Self::Wait(e.to_string()),
+            WaError::NotOnWhatsApp => Self::Failed("the number is not on WhatsApp".into()),
+            WaError::Rejected(_) => Self::Failed(e.to_string()),
+            WaError::Failed(_) => Self::Retry(e.to_string()),
+        }
+    }
+}
+
+impl OutboundRelay {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Store,
+        ghl: GhlClient,
+        sessions: Supervisor,
+        metrics: Arc<Metrics>,
+        settings: RelaySettings,
+        fetcher: Fetcher,
+        default_country: String,
+        send_gap: Duration,
+        ttl: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            ghl,
+            sessions,
+            metrics,
+            settings,
+            fetcher,
+            default_country,
+            send_gap,
+            ttl,
+            pacing: DashMap::new(),
+            sent_unsupported: Default::default(),
+        })
+    }
+
+    /// Runs until shutdown; rows in flight are finished first (within the shutdown deadline).
+    pub async fn run(
+        self: Arc<Self>,
+        ready: Arc<Notify>,
+        mut events: mpsc::UnboundedReceiver<(LocationId, WaEvent)>,
+        shutdown: CancellationToken,
+    ) {
+        let mut sending = JoinSet::new();
+        let mut reporting = JoinSet::new();
+        let mut reports_in_flight: HashSet<i64> = HashSet::new();
+        let capacity = self.settings.batch.max(1) as usize;
+        loop {
+            self.expire_waiting().await;
+            let free = capacity.saturating_sub(sending.len());
+            if free > 0 {
+                match self
+                    .store
+                    .claim_outbox_batch(free as i64, self.settings.claim_for.as_millis() as i64)
+                    .await
+                {
+                    Ok(rows) => {
+                        for row in rows {
+                            let relay = self.clone();
+                            sending.spawn(async move { relay.finish(row).await });
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "the outbound relay could not claim messages"),
+                }
+            }
+            match self.store.statuses_to_report(capacity as i64).await {
+                Ok(due) => {
+                    for report in due.into_iter().filter(|r| reports_in_flight.insert(r.outbox_id)) {
+                        let relay = self.clone();
+                        reporting.spawn(async move {
+                            let id = report.outbox_id;
+                            relay.report(report).await;
+                            id
+                        });
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "could not read the statuses to report"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(_) = sending.join_next(), if !sending.is_empty() => {}
+                Some(done) = reporting.join_next(), if !reporting.is_empty() => {
+                    if let Ok(id) = done {
+                        reports_in_flight.remove(&id);
+                    }
+                }
+                Some((location, event)) = events.recv() => self.apply_receipt(&location, event).await,
+                () = ready.notified() => {}
+                () = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
+        while sending.join_next().await.is_some() {}
+    }
+
+    async fn expire_waiting(&self) {
+        let before = now_ms() - self.ttl.as_millis() as i64;
+        match self.store.expire_outbound(before).await {
+            Ok(0) => {}
+            Ok(expired) => {
+                tracing::warn!(expired, "outbound messages waited too long for WhatsApp to connect");
+                for _ in 0..expired {
+                    self.metrics.count_relay("outbound", "failed");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not expire outbound messages"),
+        }
+        if let Ok(pending) = self.store.outbound_pending().await {
+            self.metrics.outbound_queue.set(pending);
+        }
+    }
+
+    async fn finish(&self, row: OutboxRow) {
+        let outcome = self.send(&row).await;
+        let store = &self.store;
+        let recorded = match outcome {
+            Outcome::Done => {
+                self.metrics.count_relay("outbound", "sent");
+                self.metrics
+                    .send_latency
+                    .observe((now_ms() - row.received_at).max(0) as f64 / 1000.0);
+                store.settle_outbound(row.outbox_id).await
+            }
+            Outcome::Wait(reason) => {
+                store
+                    .retry_outbound(
+                        row.outbox_id,
+                        now_ms() + self.settings.poll_interval.as_millis() as i64,
+                        &reason,
+                        false,
+                    )
+                    .await
+            }
+            Outcome::Retry(error) if now_ms() - row.retry_from > self.settings.retry_budget.as_millis() as i64 => {
+                self.metrics.count_relay("outbound", "dead");
+                store
+                    .fail_outbound(
+                        row.outbox_id,
+                        "dead",
+                        &format!("gave up after the retry budget: {error}"),
+                    )
+                    .await
+            }
+            Outcome::Retry(error) => {
+                store
+                    .retry_outbound(row.outbox_id, retry_at(&self.settings, row.attempts), &error, true)
+                    .await
+            }
+            Outcome::Failed(error) => {
+                self.metrics.count_relay("outbound", "failed");
+                tracing::warn!(location.id = %row.location_id, outbox.id = row.outbox_id, error = %error, "outbound message failed");
+                store.fail_outbound(row.outbox_id, "failed", &error).await
+            }
+        };
+        if let Err(e) = recorded {
+            tracing::error!(outbox.id = row.outbox_id, error = %e, "could not record a send outcome");
+        }
+    }
+
+    async fn send(&self, row: &OutboxRow) -> Outcome {
+        let Some(request) = row
+            .body
+            .as_deref()
+            .and_then(|b| serde_json::from_str::<OutboundRequest>(b).ok())
+        else {
+            return Outcome::Failed("the message body is gone (purged or unreadable)".into());
+        };
+        let Ok(location) = LocationId::parse(&row.location_id) else {
+            return Outcome::Failed("invalid location id".into());
+        };
+        let Some(session) = self.sessions.session(&location) else {
+            return Outcome::Wait("WhatsApp not connected".into());
+        };
+        let phone = match normalize(&row.to_phone, &self.default_country) {
+            Ok(phone) => phone,
+            Err(e) => return Outcome::Failed(e),
+        };
+        let jid = match session.on_whatsapp(&phone).await {
+            Ok(Some(jid)) => jid,
+            Ok(None) => return Outcome::Failed(format!("{phone} is not on WhatsApp")),
+            Err(e) => return e.into(),
+        };
+        let mut files = Vec::with_capacity(request.attachments.len());
+        for url in &request.attachments {
+            match self.fetcher.fetch(url).await {
+                Ok(file) => files.push(file),
+                Err(e) if e.retry => return Outcome::Retry(e.message),
+                Err(e) => return Outcome::Failed(e.message),
+            }
+        }
+        let parts = plan_parts(&request, files);
+        let committed = match self.store.outbound_parts(row.outbox_id).await {
+            Ok(committed) => committed,
+            Err(e) => return Outcome::Retry(format!("database: {e}")),
+        };
+        for (index, content) in parts.iter().enumerate() {
+            let id = match committed.get(index) {
+                // Sent before a crash or an earlier failure: never again.
+                Some(part) if status_rank(&part.status) >= status_rank("sent") => continue,
+                // Committed but maybe not sent: the same id again.
+                Some(part) => part.wa_message_id.clone(),
+                None => {
+                    let id = session.new_message_id();
+                    if let Err(e) = self.store.commit_part(row, &jid, index as i64, &id).await {
+                        return Outcome::Retry(format!("database: {e}"));
+                    }
+                    id
+                }
+            };
+            let reply_to = if index == 0 { request.reply_to.as_deref() } else { None };
+            if let Err(e) = self
+                .paced_send(&location, session.as_ref(), &jid, &id, content, reply_to)
+                .await
+            {
+                return e.into();
+            }
+            if let Err(e) = self.store.advance_part(&row.location_id, &id, "sent").await {
+                return Outcome::Retry(format!("database: {e}"));
+            }
+        }
+        Outcome::Done
+    }
+
+    /// Sends once the location's pacing allows; sends of one session never overlap.
+    async fn paced_send(
+        &self,
+        location: &LocationId,
+        session: &dyn WaSession,
+        jid: &str,
+        id: &str,
+        content: &crate::domain::OutgoingContent,
+        reply_to: Option<&str>,
+    ) -> Result<(), WaError> {
+        let gate = self
+            .pacing
+            .entry(location.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Instant::now())))
+            .clone();
+        let mut next = gate.lock().await;
+        tokio::time::sleep_until(*next).await;
+        let outcome = session.send(jid, id, content, reply_to).await;
+        if !self.send_gap.is_zero() {
+            // 70–130 % of the gap: an even rhythm is what bots look like.
+            let jitter = u8::from_str_radix(&random_hex(1), 16).unwrap_or(128) as f64 / 255.0;
+            *next = Instant::now() + self.send_gap.mul_f64(0.7 + 0.6 * jitter);
+        }
+        outcome
+    }
+
+    /// A receipt or server ack moves parts forward; the message follows its least advanced
+    /// part, and GHL is told on the next round.
+    async fn apply_receipt(&self, location: &LocationId, event: WaEvent) {
+        let (ids, status) = match event {
+            WaEvent::ServerAck { id } => (vec![id], "sent"),
+            WaEvent::Receipt { ids, status } => (
+                ids,
+                match status {
+                    ReceiptStatus::Delivered => "delivered",
+                    ReceiptStatus::Read => "read",
+                },
+            ),
+            _ => return,
+        };
+        for id in ids {
+            match self.store.advance_part(location.as_str(), &id, status).await {
+                Ok(Some(outbox_id)) => {
+                    if let Err(e) = self.store.settle_outbound(outbox_id).await {
+                        tracing::error!(outbox.id = outbox_id, error = %e, "could not apply a receipt");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(location.id = %location, error = %e, "could not apply a receipt"),
+            }
+        }
+    }
+
+    /// Tells GHL the message's status: `sent` (or `delivered` where GHL refuses `sent`),
+    /// `delivered`, `read`, or `failed` with the reason.
+    async fn report(&self, report: StatusToReport) {
+        let failed = matches!(report.state.as_str(), "failed" | "dead");
+        let mut status = if failed { "failed" } else { report.state.as_str() };
+        if status == "sent" && self.sent_unsupported.load(std::sync::atomic::Ordering::Relaxed) {
+            status = "delivered";
+        }
+        let reason = report.last_error.clone().unwrap_or_else(|| "not sent".into());
+        let update = StatusUpdate {
+            status,
+            error: failed.then(|| StatusError {
+                code: "whatsapp",
+                kind: "whatsapp_error",
+                message: &reason,
+            }),
+        };
+        let mut outcome = self
+            .ghl
+            .update_message_status(&report.location_id, &report.ghl_message_id, &update)
+            .await;
+        if status == "sent" && matches!(outcome, Err(GhlError::Rejected { status: 400 | 422, .. })) {
+            tracing::info!("GHL refuses the `sent` status; reporting `delivered` for sent messages");
+            self.sent_unsupported.store(true, std::sync::atomic::Ordering::Relaxed);
+            let fallback = StatusUpdate {
+                status: "delivered",
+                error: None,
+            };
+            outcome = self
+                .ghl
+                .update_message_status(&report.location_id, &report.ghl_message_id, &fallback)
+                .await;
+            status = "delivered";
+        }
+        let recorded = match outcome {
+            Ok(()) => {
+                let reported = if failed { report.state.as_str() } else { status };
+                self.store.reported(report.outbox_id, reported).await
+            }
+            Err(e) if e.action() == Action::GiveUp => {
+                tracing::warn!(outbox.id = report.outbox_id, error = %e, "GHL refused a status update");
+                self.store.report_later(report.outbox_id, None).await
+            }
+            Err(e) => {
+                let at = now_ms() + self.settings.retry_max.as_millis() as i64 / 4;
+                tracing::debug!(outbox.id = report.outbox_id, error = %e, "status update deferred");
+                self.store.report_later(report.outbox_id, Some(at)).await
+            }
+        };
+        if let Err(e) = recorded {
+            tracing::error!(outbox.id = report.outbox_id, error = %e, "could not record a status report");
+        }
+    }
+}
