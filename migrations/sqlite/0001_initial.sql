@@ -75,7 +75,8 @@ CREATE TABLE inbox (
     updated_at BIGINT NOT NULL,
     UNIQUE (location_id, chat, sender, wa_message_id)
 );
-CREATE INDEX inbox_queue ON inbox (state, location_id, chat, inbox_id);
+-- Finds each chat's oldest pending message (the only one that may be relayed).
+CREATE INDEX inbox_queue ON inbox (location_id, chat, inbox_id) WHERE state = 'pending';
 
 -- GHL -> WhatsApp. One row per GHL message; a GHL retry of the same messageId is a no-op.
 CREATE TABLE outbox (
@@ -98,7 +99,9 @@ CREATE TABLE outbox (
     updated_at BIGINT NOT NULL,
     UNIQUE (location_id, ghl_message_id)
 );
-CREATE INDEX outbox_queue ON outbox (state, location_id, to_phone, outbox_id);
+-- Finds each recipient's oldest unfinished message (the only one that may be sent).
+CREATE INDEX outbox_queue ON outbox (location_id, to_phone, outbox_id) WHERE state IN ('pending', 'sending');
+CREATE INDEX outbox_reports ON outbox (report_after) WHERE report_after IS NOT NULL;
 
 -- One row per WhatsApp message waghl relayed or sent: WhatsApp id <-> GHL id. A GHL message
 -- with attachments becomes several WhatsApp messages (parts).
@@ -117,6 +120,7 @@ CREATE TABLE message_map (
     UNIQUE (location_id, chat, wa_message_id)
 );
 CREATE INDEX message_map_ghl ON message_map (location_id, ghl_message_id);
+CREATE INDEX message_map_outbox ON message_map (outbox_id) WHERE outbox_id IS NOT NULL;
 
 -- GHL contact and conversation of each WhatsApp phone, per location.
 CREATE TABLE contacts_cache (

@@ -76,7 +76,14 @@ impl InboundRelay {
     pub async fn run(self, ready: Arc<Notify>, shutdown: CancellationToken) {
         let mut running = JoinSet::new();
         let capacity = self.settings.batch.max(1) as usize;
+        let mut gauge_due = tokio::time::Instant::now();
         loop {
+            if tokio::time::Instant::now() >= gauge_due {
+                if let Ok(pending) = self.store.inbound_pending().await {
+                    self.metrics.inbound_queue.set(pending);
+                }
+                gauge_due = tokio::time::Instant::now() + self.settings.poll_interval;
+            }
             let free = capacity.saturating_sub(running.len());
             if free > 0 {
                 match self.claim(free as i64).await {
@@ -101,11 +108,7 @@ impl InboundRelay {
 
     async fn claim(&self, limit: i64) -> Result<Vec<InboxRow>, crate::store::StoreError> {
         let claim_ms = self.settings.claim_for.as_millis() as i64;
-        let rows = self.store.claim_inbox_batch(limit, claim_ms).await?;
-        if let Ok(pending) = self.store.inbound_pending().await {
-            self.metrics.inbound_queue.set(pending);
-        }
-        Ok(rows)
+        self.store.claim_inbox_batch(limit, claim_ms).await
     }
 
     async fn finish(&self, row: InboxRow) {

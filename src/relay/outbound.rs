@@ -106,8 +106,12 @@ impl OutboundRelay {
         let mut reporting = JoinSet::new();
         let mut reports_in_flight: HashSet<i64> = HashSet::new();
         let capacity = self.settings.batch.max(1) as usize;
+        let mut housekeeping_due = Instant::now();
         loop {
-            self.expire_waiting().await;
+            if Instant::now() >= housekeeping_due {
+                self.expire_waiting().await;
+                housekeeping_due = Instant::now() + self.settings.poll_interval;
+            }
             let free = capacity.saturating_sub(sending.len());
             if free > 0 {
                 match self

@@ -104,10 +104,11 @@ impl Store {
             sqlx::query_as(
                 "UPDATE inbox SET claimed_until = $3 WHERE inbox_id IN ( \
                    SELECT h.inbox_id FROM inbox h \
-                   JOIN (SELECT location_id, chat, MIN(inbox_id) AS head FROM inbox WHERE state = 'pending' \
-                         GROUP BY location_id, chat) heads ON h.inbox_id = heads.head \
                    JOIN locations l ON l.location_id = h.location_id AND l.status = 'installed' \
-                   WHERE h.next_attempt_at <= $1 AND (h.claimed_until IS NULL OR h.claimed_until < $1) \
+                   WHERE h.state = 'pending' AND h.next_attempt_at <= $1 \
+                     AND (h.claimed_until IS NULL OR h.claimed_until < $1) \
+                     AND NOT EXISTS (SELECT 1 FROM inbox older WHERE older.location_id = h.location_id \
+                       AND older.chat = h.chat AND older.state = 'pending' AND older.inbox_id < h.inbox_id) \
                    ORDER BY h.inbox_id LIMIT $2) \
                  AND state = 'pending' AND (claimed_until IS NULL OR claimed_until < $1) \
                  RETURNING inbox_id, location_id, chat, wa_message_id, body, media_ref, attempts, received_at, retry_from, \

@@ -108,7 +108,7 @@ impl Store {
         Ok(on_db!(self, pool => {
             sqlx::query(
                 "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $3, retry_from = $3, \
-                   claimed_until = NULL, updated_at = $3 \
+                   claimed_until = NULL, updated_at = $3, reported_status = NULL, report_after = NULL \
                  WHERE location_id = $1 AND state = 'dead' AND ($2 IS NULL OR outbox_id = $2) AND body IS NOT NULL",
             )
             .bind(location_id)
@@ -152,12 +152,13 @@ impl Store {
             sqlx::query_as(
                 "UPDATE outbox SET claimed_until = $3 WHERE outbox_id IN ( \
                    SELECT h.outbox_id FROM outbox h \
-                   JOIN (SELECT location_id, to_phone, MIN(outbox_id) AS head FROM outbox \
-                         WHERE state IN ('pending', 'sending') GROUP BY location_id, to_phone) heads \
-                     ON h.outbox_id = heads.head \
                    JOIN locations l ON l.location_id = h.location_id AND l.status = 'installed' \
                    JOIN wa_sessions s ON s.location_id = h.location_id AND s.state = 'connected' \
-                   WHERE h.next_attempt_at <= $1 AND (h.claimed_until IS NULL OR h.claimed_until < $1) \
+                   WHERE h.state IN ('pending', 'sending') AND h.next_attempt_at <= $1 \
+                     AND (h.claimed_until IS NULL OR h.claimed_until < $1) \
+                     AND NOT EXISTS (SELECT 1 FROM outbox older WHERE older.location_id = h.location_id \
+                       AND older.to_phone = h.to_phone AND older.state IN ('pending', 'sending') \
+                       AND older.outbox_id < h.outbox_id) \
                    ORDER BY h.outbox_id LIMIT $2) \
                  AND state IN ('pending', 'sending') AND (claimed_until IS NULL OR claimed_until < $1) \
                  RETURNING outbox_id, location_id, ghl_message_id, to_phone, body, attempts, received_at, retry_from",
@@ -290,14 +291,14 @@ impl Store {
         Ok(())
     }
 
-    /// Messages that waited longer than the TTL for WhatsApp to connect (none of their parts
-    /// sent): failed. Returns how many.
+    /// Messages that waited longer than the TTL for WhatsApp to connect (never attempted, so
+    /// none of their parts sent): failed. Returns how many.
     pub async fn expire_outbound(&self, waiting_since_before: i64) -> Result<u64> {
         let now = now_ms();
         Ok(on_db!(self, pool => {
             sqlx::query(
                 "UPDATE outbox SET state = 'failed', last_error = 'WhatsApp not connected', updated_at = $2, \
-                   report_after = $2 WHERE state = 'pending' AND retry_from < $1 \
+                   report_after = $2 WHERE state = 'pending' AND attempts = 0 AND retry_from < $1 \
                    AND (claimed_until IS NULL OR claimed_until < $2)",
             )
             .bind(waiting_since_before)

@@ -43,12 +43,12 @@ pub struct SimWorld {
 
 type Held = (Box<InboundMessage>, Option<Vec<u8>>);
 
-/// What a simulated device keeps on disk, as whatsapp-rust keeps its keys.
+/// What a simulated device keeps on disk, as whatsapp-rust keeps its keys. What it sent is
+/// kept apart, one JSON line per message appended (see [`SimSession::record_sent`]).
 #[derive(Default, Serialize, Deserialize)]
 struct Persisted {
     phone: Option<String>,
     logged_out: bool,
-    sent: Vec<SentMessage>,
     /// LID (digits) → phone, as revealed by WhatsApp.
     lids: HashMap<String, String>,
 }
@@ -65,6 +65,9 @@ pub struct SentMessage {
     pub bytes: Option<usize>,
     pub file_name: Option<String>,
     pub reply_to: Option<String>,
+    /// When WhatsApp accepted it (unix ms).
+    #[serde(default)]
+    pub at: i64,
 }
 
 /// `POST /sim/{id}/inbound`: a message as WhatsApp would deliver it (ARCHITECTURE.md).
@@ -146,6 +149,7 @@ pub enum Delivery {
 struct SimSession {
     location: String,
     file: PathBuf,
+    sent_file: PathBuf,
     media_dir: PathBuf,
     time_scale: f64,
     /// Events in order, forwarded into waghl's bounded channel by one task; dropping the
@@ -159,6 +163,8 @@ struct SimSession {
 
 struct SimState {
     link: Link,
+    /// Ids of every message the bridge sent from this device (loaded from the sent log).
+    sent_ids: std::collections::HashSet<String>,
     qr: Option<String>,
     pair_code: Option<String>,
     persisted: Persisted,
@@ -206,7 +212,7 @@ impl SimWorld {
             state.link = Link::Connected;
             state.qr = None;
             state.pair_code = None;
-            // New keys; what the bridge sent before stays (it is the phones' history).
+            // New keys; the sent log stays (it is the phones' history).
             state.persisted.phone = Some(phone.clone());
             state.persisted.logged_out = false;
             state.persisted.lids.clear();
@@ -262,7 +268,7 @@ impl SimWorld {
     /// WhatsApp reports that the recipient's phone received or read a message.
     pub fn receipt(&self, location: &str, id: &str, status: ReceiptStatus) -> Result<(), SimError> {
         let session = self.session(location)?;
-        if !session.state().persisted.sent.iter().any(|m| m.id == id) {
+        if !session.state().sent_ids.contains(id) {
             return Err(SimError::Invalid(format!("no message {id} was sent")));
         }
         session.emit(WaEvent::Receipt {
@@ -334,7 +340,11 @@ impl SimWorld {
 
     /// What the bridge sent, oldest first; read from disk, so it survives restarts.
     pub fn sent(&self, location: &str) -> Vec<SentMessage> {
-        load(&self.file(location)).sent
+        load_sent(&self.sent_file(location))
+    }
+
+    fn sent_file(&self, location: &str) -> PathBuf {
+        self.dir.join(format!("{location}.sent.jsonl"))
     }
 }
 
@@ -345,6 +355,20 @@ impl SimSession {
 
     fn held(&self) -> MutexGuard<'_, Vec<Held>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends a sent message to the device's log.
+    fn record_sent(&self, message: &SentMessage) {
+        use std::io::Write as _;
+        let line = serde_json::to_string(message).expect("serialisable");
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.sent_file)
+            .and_then(|mut file| writeln!(file, "{line}"));
+        if let Err(e) = appended {
+            tracing::error!(location.id = %self.location, error = %e, "the simulated device could not log a sent message");
+        }
     }
 
     fn save(&self, persisted: &Persisted) {
@@ -490,9 +514,8 @@ impl WaSession for SimSession {
                     return Err(WaError::NotOnWhatsApp);
                 }
                 // A resend of the same id is the same message, as on a real phone.
-                if !state.persisted.sent.iter().any(|m| m.id == id) {
-                    state.persisted.sent.push(sent_record(id, &phone, content, reply_to));
-                    self.save(&state.persisted);
+                if state.sent_ids.insert(id.to_owned()) {
+                    self.record_sent(&sent_record(id, &phone, content, reply_to));
                 }
             }
             self.emit(WaEvent::ServerAck { id: id.to_owned() });
@@ -561,6 +584,11 @@ impl Transport for SimTransport {
             let world = &self.world;
             let file = world.file(location.as_str());
             let persisted = load(&file);
+            let sent_file = world.sent_file(location.as_str());
+            let sent_ids = load_sent(&sent_file).into_iter().map(|m| m.id).collect();
+            if let Some(dir) = sent_file.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
             let paired = persisted.phone.clone().filter(|_| !persisted.logged_out);
             let link = if paired.is_some() {
                 Link::Connecting
@@ -571,10 +599,12 @@ impl Transport for SimTransport {
                 location: location.to_string(),
                 media_dir: world.dir.join("media").join(location.as_str()),
                 file,
+                sent_file,
                 time_scale: world.time_scale,
                 events: Mutex::new(Some(forward_in_order(events))),
                 state: Mutex::new(SimState {
                     link,
+                    sent_ids,
                     qr: None,
                     pair_code: None,
                     persisted,
@@ -602,7 +632,7 @@ impl Transport for SimTransport {
         Box::pin(async move {
             let file = self.world.file(location.as_str());
             let mut persisted = load(&file);
-            // The keys go; what the phones received stays (it is their history, not ours).
+            // The keys go; the sent log stays (it is the phones' history, not ours).
             persisted.phone = None;
             persisted.logged_out = false;
             persisted.lids.clear();
@@ -624,6 +654,12 @@ fn forward_in_order(events: mpsc::Sender<WaEvent>) -> mpsc::UnboundedSender<WaEv
         }
     });
     queue
+}
+
+fn load_sent(file: &Path) -> Vec<SentMessage> {
+    std::fs::read_to_string(file)
+        .map(|text| text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        .unwrap_or_default()
 }
 
 fn load(file: &Path) -> Persisted {
@@ -680,6 +716,7 @@ fn sent_record(id: &str, phone: &str, content: &OutgoingContent, reply_to: Optio
         bytes: None,
         file_name: None,
         reply_to: reply_to.map(str::to_owned),
+        at: crate::time::now_ms(),
     };
     match content {
         OutgoingContent::Text(text) => record.text = Some(text.clone()),
