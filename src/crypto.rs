@@ -8,6 +8,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
 const FORMAT_V1: u8 = 1;
@@ -21,9 +22,11 @@ pub enum CryptoError {
     WrongKeyOrTampered,
 }
 
-/// The 32-byte key behind every sealed value.
+/// The 32-byte key behind every sealed value, and the keys derived from it.
 pub struct SecretKey {
     key: LessSafeKey,
+    /// Signs pairing links (HMAC-SHA256), derived so that it differs from the sealing key.
+    links: hmac::Key,
     rng: SystemRandom,
 }
 
@@ -38,8 +41,10 @@ impl SecretKey {
             return Err(CryptoError::BadKey);
         }
         let key = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| CryptoError::BadKey)?;
+        let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, bytes), b"waghl pairing links v1");
         Ok(Self {
             key: LessSafeKey::new(key),
+            links: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
             rng: SystemRandom::new(),
         })
     }
@@ -88,6 +93,23 @@ impl SecretKey {
         Ok(plaintext.to_vec())
     }
 
+    /// A signature of `message` for a link (hex).
+    pub fn sign_link(&self, message: &str) -> String {
+        hmac::sign(&self.links, message.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Checks a link signature in constant time.
+    pub fn verify_link(&self, message: &str, signature_hex: &str) -> bool {
+        let Some(tag) = decode_hex(signature_hex) else {
+            return false;
+        };
+        hmac::verify(&self.links, message.as_bytes(), &tag).is_ok()
+    }
+
     pub fn seal_str(&self, context: &str, plaintext: &str) -> Vec<u8> {
         self.seal(context, plaintext.as_bytes())
     }
@@ -95,6 +117,16 @@ impl SecretKey {
     pub fn open_str(&self, context: &str, sealed: &[u8]) -> Result<String, CryptoError> {
         String::from_utf8(self.open(context, sealed)?).map_err(|_| CryptoError::WrongKeyOrTampered)
     }
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
 }
 
 /// `bytes` random bytes as lowercase hex, for ids that must not be guessed or collide.
@@ -138,6 +170,16 @@ mod tests {
     fn keys_that_are_not_32_bytes_of_base64_are_refused() {
         assert!(SecretKey::from_base64("not base64!").is_err());
         assert!(SecretKey::from_base64("MDEyMzQ1Njc4OQ==").is_err());
+    }
+
+    #[test]
+    fn link_signatures_verify_only_for_the_same_message_and_key() {
+        let (a, b) = (key(), key());
+        let signature = a.sign_link("pair:loc1:1790000000");
+        assert!(a.verify_link("pair:loc1:1790000000", &signature));
+        assert!(!a.verify_link("pair:loc2:1790000000", &signature));
+        assert!(!b.verify_link("pair:loc1:1790000000", &signature));
+        assert!(!a.verify_link("pair:loc1:1790000000", "zz"));
     }
 
     #[test]

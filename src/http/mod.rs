@@ -8,6 +8,7 @@ mod health;
 mod messages;
 mod oauth;
 mod page;
+mod pairing;
 mod sessions;
 mod sim;
 mod webhooks;
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router())
         .merge(sessions::router())
         .merge(messages::router())
+        .merge(pairing::router())
         .merge(webhooks::router());
     if state.sim.is_some() {
         router = router.merge(sim::router());

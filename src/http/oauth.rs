@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::ApiError;
 use super::page::{escape, page};
+use super::pairing::pairing_link;
 use crate::ghl::GhlError;
 use crate::state::AppState;
 
@@ -55,15 +56,18 @@ async fn callback(State(state): State<AppState>, Query(query): Query<CallbackQue
         let label = name
             .as_deref()
             .map_or_else(|| escape(id), |n| format!("{} ({})", escape(n), escape(id)));
-        items.push_str(&format!("<li><strong>{label}</strong></li>"));
+        let (link, _) = pairing_link(&state, id, 7 * 24 * 3600);
+        items.push_str(&format!(
+            "<li><strong>{label}</strong> — <a href=\"{}\">link its WhatsApp</a></li>",
+            escape(&link)
+        ));
     }
     let body = format!(
         "<h1>WhatsApp bridge installed</h1>\
          <p>waghl is now connected to {count} GoHighLevel location{plural}:</p><ul>{items}</ul>\
-         <h2>Next: link a WhatsApp number</h2>\
-         <p>Ask your waghl administrator for the location's pairing link, open it, and scan the QR \
-         code with the phone (WhatsApp → Settings → Linked devices → Link a device). The \
-         administrator creates it with <code>POST /api/v1/locations/{{id}}/pairing-link</code>.</p>",
+         <p>Open a location's link (or send it to whoever holds the phone: it works for 7 days) \
+         and scan the QR code with WhatsApp → Settings → Linked devices → Link a device. \
+         Administrators can make new links with <code>POST /api/v1/locations/{{id}}/pairing-link</code>.</p>",
         count = installed.locations.len(),
         plural = if installed.locations.len() == 1 { "" } else { "s" },
     );

@@ -161,7 +161,8 @@ impl Store {
         on_db!(self, pool => pool.close().await);
     }
 
-    pub(crate) fn key(&self) -> &SecretKey {
+    /// The daemon's secret key (sealing, and the keys derived from it).
+    pub fn key(&self) -> &SecretKey {
         &self.key
     }
 }

@@ -4,6 +4,7 @@
 mod helpers;
 mod logs;
 mod outbound;
+mod pairing;
 
 mod crash;
 mod daemon;

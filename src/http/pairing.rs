@@ -1,0 +1,281 @@
+//! The pairing page: a signed, expiring link an agency hands to its client, who opens it and
+//! scans the QR code with the phone. The page is self-contained (no external script, font or
+//! style), renders the QR code on the server as SVG, and follows the session live by polling
+//! its state. It may restart pairing only for a session that is unpaired, logged out or out of
+//! codes; a connected session can only be reset through the admin API.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use qrcode::QrCode;
+use qrcode::render::svg;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::page::page;
+use super::{AdminAuth, ApiError, LocationPath, MaybeJson};
+use crate::domain::LocationId;
+use crate::sessions::{SessionState, StateView};
+use crate::state::AppState;
+use crate::time::{now_ms, rfc3339};
+use crate::wa::Pairing;
+
+const DEFAULT_TTL_SECONDS: i64 = 7 * 24 * 3600;
+const MAX_TTL_SECONDS: i64 = 90 * 24 * 3600;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/locations/{id}/pairing-link", post(create_link))
+        .route("/pair/{id}", get(pairing_page))
+        .route("/pair/{id}/state", get(pairing_state))
+        .route("/pair/{id}/restart", post(restart_pairing))
+}
+
+fn signed_message(location: &str, expires: i64) -> String {
+    format!("pair:{location}:{expires}")
+}
+
+/// A signed link to the location's pairing page, valid for `ttl_seconds`; and its expiry.
+pub fn pairing_link(state: &AppState, location: &str, ttl_seconds: i64) -> (String, i64) {
+    let expires = now_ms() / 1000 + ttl_seconds;
+    let signature = state.store.key().sign_link(&signed_message(location, expires));
+    let url = format!(
+        "{}/pair/{location}?exp={expires}&sig={signature}",
+        state.config.public_url
+    );
+    (url, expires)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LinkRequest {
+    ttl_seconds: Option<i64>,
+}
+
+async fn create_link(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    LocationPath(id): LocationPath,
+    MaybeJson(body): MaybeJson<LinkRequest>,
+) -> Result<Json<Value>, ApiError> {
+    if state.store.location(id.as_str()).await?.is_none() {
+        return Err(ApiError::not_found(format!("no location {id}")));
+    }
+    let ttl = body.and_then(|b| b.ttl_seconds).unwrap_or(DEFAULT_TTL_SECONDS);
+    if !(60..=MAX_TTL_SECONDS).contains(&ttl) {
+        return Err(ApiError::bad_request(
+            "invalid_ttl",
+            "ttl_seconds must be 60 to 7776000 (90 days)",
+        ));
+    }
+    let (url, expires) = pairing_link(&state, id.as_str(), ttl);
+    Ok(Json(json!({ "url": url, "expires_at": rfc3339(expires * 1000) })))
+}
+
+#[derive(Deserialize)]
+struct Signed {
+    exp: Option<i64>,
+    sig: Option<String>,
+}
+
+/// The location of a valid link; anything else is refused with 403 (a page for people, JSON
+/// for the page's own calls).
+fn verify(state: &AppState, raw_id: &str, signed: &Signed) -> Option<LocationId> {
+    let location = LocationId::parse(raw_id).ok()?;
+    let (expires, signature) = (signed.exp?, signed.sig.as_deref()?);
+    let valid = expires > now_ms() / 1000
+        && state
+            .store
+            .key()
+            .verify_link(&signed_message(location.as_str(), expires), signature);
+    valid.then_some(location)
+}
+
+fn forbidden_page() -> Response {
+    let body = "<h1>This link does not work</h1><p>The pairing link is wrong or has expired. \
+                Ask whoever sent it for a new one.</p>";
+    (
+        StatusCode::FORBIDDEN,
+        protected(Html(page("waghl — link expired", body))),
+    )
+        .into_response()
+}
+
+/// Headers for pages that carry a signed link: nothing external may load, the link must not
+/// leak through the Referer header, and nothing is cached.
+fn protected(html: Html<String>) -> impl IntoResponse {
+    (
+        [
+            (
+                CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 img-src data:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'",
+            ),
+            (REFERRER_POLICY, "no-referrer"),
+            (CACHE_CONTROL, "no-store"),
+        ],
+        html,
+    )
+}
+
+/// What the page shows, as JSON (the page polls it) and as the initial render.
+fn view_json(state: &AppState, location: &LocationId) -> Value {
+    let view = state.sessions.view(location).unwrap_or(StateView {
+        state: SessionState::Unpaired,
+        reason: None,
+        phone: None,
+        since: now_ms(),
+    });
+    let code = state.sessions.pairing_code(location);
+    let showing = view.state == SessionState::Pairing;
+    json!({
+        "state": view.state,
+        "reason": view.reason,
+        "phone": view.phone,
+        "qr_svg": code.qr.as_deref().filter(|_| showing).map(qr_svg),
+        "pairing_code": code.code.filter(|_| showing),
+        "can_restart": view.state.may_restart_pairing(view.reason.as_deref()),
+    })
+}
+
+fn qr_svg(code: &str) -> String {
+    match QrCode::new(code.as_bytes()) {
+        Ok(qr) => qr
+            .render::<svg::Color>()
+            .min_dimensions(300, 300)
+            .quiet_zone(true)
+            .build(),
+        Err(_) => String::new(),
+    }
+}
+
+async fn pairing_page(State(state): State<AppState>, Path(id): Path<String>, Query(signed): Query<Signed>) -> Response {
+    let Some(location) = verify(&state, &id, &signed) else {
+        return forbidden_page();
+    };
+    if state.store.location(location.as_str()).await.ok().flatten().is_none() {
+        return forbidden_page();
+    }
+    let initial = view_json(&state, &location);
+    let body = format!(
+        "<h1>Link WhatsApp</h1>\
+         <p id=\"status\" role=\"status\">Loading…</p>\
+         <div id=\"qr\" aria-label=\"QR code\"></div>\
+         <p id=\"code\" class=\"code\"></p>\
+         <button id=\"restart\" hidden>Show a new code</button>\
+         <ol id=\"steps\"><li>Open <strong>WhatsApp</strong> on the phone.</li>\
+         <li>Tap <strong>Settings</strong> (or ⋮) → <strong>Linked devices</strong> → <strong>Link a device</strong>.</li>\
+         <li>Point the phone at this code.</li></ol>\
+         <script>{script}</script>",
+        script = SCRIPT.replace("__INITIAL__", &initial.to_string().replace("</", "<\\/")),
+    );
+    protected(Html(page("waghl — link WhatsApp", &body))).into_response()
+}
+
+async fn pairing_state(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(signed): Query<Signed>,
+) -> Result<Json<Value>, ApiError> {
+    let location = verify(&state, &id, &signed)
+        .ok_or_else(|| ApiError::Forbidden("the pairing link is wrong or expired".into()))?;
+    Ok(Json(view_json(&state, &location)))
+}
+
+async fn restart_pairing(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(signed): Query<Signed>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let location = verify(&state, &id, &signed)
+        .ok_or_else(|| ApiError::Forbidden("the pairing link is wrong or expired".into()))?;
+    if state.store.location(location.as_str()).await?.is_none() {
+        return Err(ApiError::not_found(format!("no location {location}")));
+    }
+    let view = state.sessions.view(&location);
+    let allowed = view
+        .as_ref()
+        .is_none_or(|v| v.state.may_restart_pairing(v.reason.as_deref()));
+    if !allowed {
+        return Err(ApiError::Conflict {
+            code: "pairing_not_allowed",
+            message: "this WhatsApp is linked or linking; only an administrator can reset it".into(),
+        });
+    }
+    state
+        .sessions
+        .start_pairing(&location, Pairing::Qr)
+        .await
+        .map_err(|e| ApiError::Conflict {
+            code: "pairing_not_allowed",
+            message: e.to_string(),
+        })?;
+    Ok((StatusCode::ACCEPTED, Json(view_json(&state, &location))))
+}
+
+/// Renders the state and polls for changes; no dependency, works on old phones.
+const SCRIPT: &str = r#"
+const initial = __INITIAL__;
+const query = window.location.search;
+const $ = (id) => document.getElementById(id);
+const messages = {
+  connected: (s) => "✅ Connected as " + (s.phone || "your phone") + ". You can close this page.",
+  reconnecting: () => "Reconnecting to WhatsApp…",
+  logged_out: () => "Logged out — the phone removed this device. Scan again to link it.",
+  parked: (s) => "Stopped (" + (s.reason || "unknown") + "). Please contact your administrator.",
+  unpaired: () => "Not linked yet.",
+};
+function render(s) {
+  let text;
+  if (s.state === "pairing" && s.reason === "qr_exhausted") text = "Codes expired. Ask for a new code below.";
+  else if (s.state === "pairing" && s.pairing_code) text = "Enter this code on the phone: WhatsApp → Linked devices → Link with phone number.";
+  else if (s.state === "pairing" && s.qr_svg) text = "Scan this code with WhatsApp on your phone.";
+  else if (s.state === "pairing") text = "Preparing a code…";
+  else text = (messages[s.state] || (() => s.state))(s);
+  $("status").textContent = text;
+  $("qr").innerHTML = s.qr_svg || "";
+  $("code").textContent = s.pairing_code || "";
+  $("steps").hidden = !s.qr_svg;
+  const restart = $("restart");
+  restart.hidden = !s.can_restart;
+  restart.textContent = s.state === "unpaired" ? "Show a code" : "Show a new code";
+}
+async function refresh() {
+  try {
+    const response = await fetch(window.location.pathname + "/state" + query, { cache: "no-store" });
+    if (response.ok) render(await response.json());
+    else if (response.status === 403) $("status").textContent = "This link has expired. Ask for a new one.";
+  } catch (e) { /* offline for a moment: try again on the next tick */ }
+}
+$("restart").addEventListener("click", async () => {
+  $("restart").disabled = true;
+  await fetch(window.location.pathname + "/restart" + query, { method: "POST" });
+  $("restart").disabled = false;
+  refresh();
+});
+render(initial);
+setInterval(refresh, 1500);
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qr_codes_render_as_svg() {
+        let svg = qr_svg("2@abc,def,ghi");
+        assert!(svg.starts_with("<?xml") || svg.contains("<svg"), "{svg}");
+        assert!(svg.contains("width=\""));
+    }
+
+    #[test]
+    fn the_initial_state_cannot_close_the_script_element() {
+        let json = json!({ "reason": "</script><script>alert(1)" })
+            .to_string()
+            .replace("</", "<\\/");
+        assert!(!json.contains("</script>"));
+    }
+}
