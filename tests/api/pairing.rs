@@ -270,7 +270,12 @@ async fn in_a_real_browser_the_qr_decodes_to_the_current_code_and_the_page_turns
 
     let started = Instant::now();
     let decoded = loop {
-        if let Some(decoded) = decode_qr(&browser.screenshot().await) {
+        let screenshot = browser.screenshot().await;
+        // For a person to look at the page: WAGHL_TEST_SCREENSHOT=/tmp/pairing.png
+        if let Ok(path) = std::env::var("WAGHL_TEST_SCREENSHOT") {
+            std::fs::write(path, &screenshot).unwrap();
+        }
+        if let Some(decoded) = decode_qr(&screenshot) {
             break decoded;
         }
         assert!(
