@@ -102,10 +102,8 @@ async fn provider(State(state): State<AppState>, webhook: VerifiedWebhook) -> Re
         to_phone: &request.phone,
         body: &body,
     };
-    let queued = match refuse_unsendable(&state, &location_id, &request).await? {
-        None => state.store.enqueue_outbound(new).await?,
-        Some(reason) => state.store.enqueue_failed_outbound(new, reason).await?,
-    };
+    let failure = refuse_unsendable(&state, &location_id, &request).await?;
+    let queued = state.store.enqueue_outbound(new, failure).await?;
     state.sessions.outbound_ready().notify_one();
     if let Some(id) = &webhook.webhook_id {
         state.store.record_webhook(id).await?;

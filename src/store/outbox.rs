@@ -71,13 +71,19 @@ pub struct NewOutbound<'a> {
 
 impl Store {
     /// Queues a GHL message; `None` when that `messageId` was queued before (a GHL retry).
-    pub async fn enqueue_outbound(&self, new: NewOutbound<'_>) -> Result<Option<i64>> {
+    /// With `failure`, the message is recorded as failed at once (e.g. WhatsApp never paired)
+    /// and GHL is told why.
+    pub async fn enqueue_outbound(&self, new: NewOutbound<'_>, failure: Option<&str>) -> Result<Option<i64>> {
         let now = now_ms();
+        let (state, report_after) = match failure {
+            None => ("pending", None),
+            Some(_) => ("failed", Some(now)),
+        };
         Ok(on_db!(self, pool => {
             sqlx::query_scalar(
-                "INSERT INTO outbox (location_id, ghl_message_id, ghl_contact_id, to_phone, body, state, \
-                   attempts, next_attempt_at, retry_from, received_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6, $6) \
+                "INSERT INTO outbox (location_id, ghl_message_id, ghl_contact_id, to_phone, body, state, last_error, \
+                   attempts, next_attempt_at, retry_from, received_at, updated_at, report_after) \
+                 VALUES ($1, $2, $3, $4, $5, $7, $8, 0, $6, $6, $6, $6, $9) \
                  ON CONFLICT (location_id, ghl_message_id) DO NOTHING RETURNING outbox_id",
             )
             .bind(new.location_id)
@@ -86,6 +92,9 @@ impl Store {
             .bind(new.to_phone)
             .bind(new.body)
             .bind(now)
+            .bind(state)
+            .bind(failure)
+            .bind(report_after)
             .fetch_optional(pool)
             .await?
         }))
@@ -117,29 +126,6 @@ impl Store {
             .execute(pool)
             .await?
             .rows_affected()
-        }))
-    }
-
-    /// Queues a message that fails at once (e.g. WhatsApp never paired); `None` when that
-    /// `messageId` was queued before.
-    pub async fn enqueue_failed_outbound(&self, new: NewOutbound<'_>, error: &str) -> Result<Option<i64>> {
-        let now = now_ms();
-        Ok(on_db!(self, pool => {
-            sqlx::query_scalar(
-                "INSERT INTO outbox (location_id, ghl_message_id, ghl_contact_id, to_phone, body, state, last_error, \
-                   attempts, next_attempt_at, retry_from, received_at, updated_at, report_after) \
-                 VALUES ($1, $2, $3, $4, $5, 'failed', $7, 0, $6, $6, $6, $6, $6) \
-                 ON CONFLICT (location_id, ghl_message_id) DO NOTHING RETURNING outbox_id",
-            )
-            .bind(new.location_id)
-            .bind(new.ghl_message_id)
-            .bind(new.ghl_contact_id)
-            .bind(new.to_phone)
-            .bind(new.body)
-            .bind(now)
-            .bind(error)
-            .fetch_optional(pool)
-            .await?
         }))
     }
 
