@@ -347,3 +347,100 @@ async fn the_message_list_validates_its_filters_and_pages() {
     let response = b.app.admin_post("/api/v1/messages/in_999999/retry", &json!({})).await;
     assert_eq!(response.status(), 404);
 }
+
+#[tokio::test]
+async fn a_lid_only_sender_waits_with_its_chat_then_reaches_the_right_phone() {
+    let b = bench().await;
+    b.paired("locLid", "+15550100010").await;
+    let lid = "123456789012345";
+    b.inbound(
+        "locLid",
+        json!({ "from": "+15550900009", "lid": lid, "id": "L1", "text": "who am I?" }),
+    )
+    .await;
+    b.inbound(
+        "locLid",
+        json!({ "from": "+15550900009", "lid": lid, "id": "L2", "text": "still me" }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(b.fake.messages().is_empty(), "never a GHL contact whose phone is a LID");
+    let waiting = b.messages_api("locLid", "?state=pending").await;
+    let reasons: Vec<&str> = waiting["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["last_error"].as_str())
+        .collect();
+    assert!(reasons.iter().any(|r| r.contains(lid)), "{waiting}");
+
+    assert_eq!(
+        b.sim("locLid", "lid", json!({ "lid": lid, "phone": "+15550900009" }))
+            .await
+            .status(),
+        200
+    );
+    let messages = b.wait_for_ghl_messages(2).await;
+    assert_eq!(b.fake.contacts()[0].phone, "+15550900009");
+    let order: Vec<&str> = messages.iter().map(|m| m.body["altId"].as_str().unwrap()).collect();
+    assert_eq!(order, ["L1", "L2"]);
+}
+
+#[tokio::test]
+async fn a_lid_that_is_never_revealed_goes_dead_and_can_be_replayed_once_it_is() {
+    let b = sim_bench(&[FAST_RETRIES, &[("WAGHL_LID_WAIT_MS", "300")]].concat()).await;
+    b.paired("locLidDead", "+15550100011").await;
+    b.inbound(
+        "locLidDead",
+        json!({ "from": "+15550900010", "lid": "999", "id": "LD1", "text": "hidden" }),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let dead = b.messages_api("locLidDead", "?state=dead").await;
+        if let Some(message) = dead["messages"].as_array().unwrap().first() {
+            assert!(message["last_error"].as_str().unwrap().contains("LID 999"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never dead");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.sim("locLidDead", "lid", json!({ "lid": "999", "phone": "+15550900010" }))
+        .await;
+    b.app
+        .admin_post("/api/v1/locations/locLidDead/retry-dead", &json!({}))
+        .await;
+    let messages = b.wait_for_ghl_messages(1).await;
+    assert_eq!(messages[0].body["altId"], "LD1");
+}
+
+#[tokio::test]
+async fn locations_contacts_reactions_edits_deletes_and_replies_read_as_text_in_ghl() {
+    let b = bench().await;
+    b.paired("locKinds", "+15550100012").await;
+    let from = "+15550910001";
+    let messages = [
+        json!({ "from": from, "id": "K1", "text": "do you open at 9?" }),
+        json!({ "from": from, "id": "K2", "text": "ok thanks", "reply_to": "K1" }),
+        json!({ "from": from, "id": "K3", "location": { "lat": 40.7128, "lng": -74.006, "name": "Office" } }),
+        json!({ "from": from, "id": "K4", "contact": { "name": "Dr. Ana", "phones": ["+15551112222"] } }),
+        json!({ "from": from, "id": "K5", "reaction": { "id": "K1", "emoji": "👍" } }),
+        json!({ "from": from, "id": "K6", "edit": { "id": "K2", "text": "ok, thank you" } }),
+        json!({ "from": from, "id": "K7", "delete": { "id": "K3" } }),
+    ];
+    for message in messages {
+        b.inbound("locKinds", message).await;
+    }
+    let relayed = b.wait_for_ghl_messages(7).await;
+    let text = |i: usize| relayed[i].body["message"].as_str().unwrap().to_owned();
+    assert_eq!(text(1), "↩️ \"do you open at 9?\"\nok thanks");
+    assert!(
+        text(2).contains("Office") && text(2).contains("maps.google.com/?q=40.7128,-74.006"),
+        "{}",
+        text(2)
+    );
+    assert!(text(3).contains("Dr. Ana") && text(3).contains("+15551112222"));
+    assert!(text(4).contains("👍") && text(4).contains("K1"));
+    assert!(text(5).contains("K2") && text(5).contains("ok, thank you"));
+    assert!(text(6).contains("Deleted") && text(6).contains("K3"));
+}
