@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::convert::for_ghl;
 use super::{RelaySettings, retry_at};
 use crate::domain::jid::{Party, party_of};
 use crate::domain::render::{excerpt_of, file_name, ghl_text};
@@ -252,12 +253,15 @@ impl InboundRelay {
         let mut contact = self.contact_for(location, row, message, phone).await?;
         let attachments = match &message.content {
             Content::Media(media) => {
-                let bytes = self.download(location, row).await?;
-                let name = file_name(media.kind, &media.mime, media.file_name.as_deref(), &message.id);
+                let downloaded = self.download(location, row).await?;
+                let (bytes, content_type, converted) = for_ghl(media.kind, &media.mime, downloaded.to_vec());
+                // A converted file gets the new type's extension; WhatsApp's name is for the original.
+                let given = if converted { None } else { media.file_name.as_deref() };
+                let name = file_name(media.kind, &content_type, given, &message.id);
                 let file = Attachment {
                     file_name: &name,
-                    content_type: &media.mime,
-                    bytes,
+                    content_type: &content_type,
+                    bytes: bytes.into(),
                 };
                 let conversation = contact.ghl_conversation_id.as_deref().unwrap_or_default();
                 vec![

@@ -444,3 +444,43 @@ async fn locations_contacts_reactions_edits_deletes_and_replies_read_as_text_in_
     assert!(text(5).contains("K2") && text(5).contains("ok, thank you"));
     assert!(text(6).contains("Deleted") && text(6).contains("K3"));
 }
+
+#[tokio::test]
+async fn a_voice_note_reaches_ghl_as_a_wav_that_plays_as_long_and_a_sticker_as_a_png() {
+    let b = bench().await;
+    b.paired("locVoice", "+15550100013").await;
+    let ogg = include_bytes!("../fixtures/voice-note-2s.ogg");
+    let voice = media("voice", "audio/ogg; codecs=opus", ogg, None, None);
+    b.inbound(
+        "locVoice",
+        json!({ "from": "+15550920001", "id": "V1", "media": voice }),
+    )
+    .await;
+    let mut webp = Vec::new();
+    let pixels = vec![200u8; 32 * 32 * 4];
+    image_webp::WebPEncoder::new(&mut webp)
+        .encode(&pixels, 32, 32, image_webp::ColorType::Rgba8)
+        .unwrap();
+    let sticker = media("sticker", "image/webp", &webp, None, None);
+    b.inbound(
+        "locVoice",
+        json!({ "from": "+15550920001", "id": "S1", "media": sticker }),
+    )
+    .await;
+
+    let messages = b.wait_for_ghl_messages(2).await;
+    let uploads = b.fake.uploads();
+    let upload_of = |i: usize| {
+        let url = messages[i].body["attachments"][0].as_str().unwrap().to_owned();
+        uploads.iter().find(|u| u.url == url).unwrap().clone()
+    };
+    let wav = upload_of(0);
+    assert_eq!(wav.content_type, "audio/wav");
+    assert!(wav.file_name.ends_with(".wav"));
+    let rate = u32::from_le_bytes(wav.bytes[24..28].try_into().unwrap());
+    let seconds = (wav.bytes.len() - 44) as f64 / 2.0 / f64::from(rate);
+    assert!((seconds - 2.0).abs() < 0.05, "the voice note plays {seconds} s");
+    let png = upload_of(1);
+    assert_eq!(png.content_type, "image/png");
+    assert_eq!(&png.bytes[1..4], b"PNG");
+}
