@@ -5,7 +5,12 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-const DEFAULT_FILTER: &str = "info,whatsapp_rust=warn,wacore=warn,sqlx=warn,tower_http=info";
+/// whatsapp-rust logs through `log` under its crate names and under short custom targets
+/// (`Client/…`, `Bot/PairCode` — which prints pairing codes at info —, `AppState`, …); all
+/// are held at `warn` so that no personal data or pairing code reaches the log by default.
+const DEFAULT_FILTER: &str = "info,sqlx=warn,tower_http=info,whatsapp_rust=warn,wacore=warn,waproto=warn,\
+     Client=warn,Bot=warn,AppState=warn,usync=warn,Blocking=warn,UnifiedSession=warn,Chatstate=warn,\
+     ChatstateHandler=warn,blocklist=warn,TcToken=warn,PresenceHandler=warn,MessageQueue=warn,Mex=warn";
 
 /// Installs the global subscriber. Calling it again (as tests do) is harmless.
 pub fn init(format: LogFormat) {
