@@ -46,7 +46,7 @@ impl AppState {
             (config.wa_backend == WaBackend::Sim).then(|| SimWorld::new(&config.sessions_dir, config.sim_time_scale));
         let transport: Arc<dyn Transport> = match &sim {
             Some(world) => Arc::new(SimTransport::new(world.clone())),
-            None => Arc::new(crate::wa::Unavailable),
+            None => Arc::new(crate::wa::whatsapp::WhatsAppTransport::new(&config.sessions_dir)),
         };
         let sessions = Supervisor::new(
             transport,

@@ -25,6 +25,7 @@ pub fn router() -> Router<AppState> {
         .route("/sim/{id}/logout", post(logout))
         .route("/sim/{id}/ban", post(ban))
         .route("/sim/{id}/zombie", post(zombie))
+        .route("/sim/{id}/break", post(break_store))
         .route("/sim/{id}/lid", post(lid))
         .route("/sim/{id}/sent", get(sent))
 }
@@ -155,6 +156,12 @@ async fn ban(_: AdminAuth, State(state): State<AppState>, LocationPath(id): Loca
 /// Kills the socket without any event: the health check has to notice.
 async fn zombie(_: AdminAuth, State(state): State<AppState>, LocationPath(id): LocationPath) -> Reply {
     world(&state)?.kill_silently(id.as_str()).map_err(sim_error)?;
+    ok()
+}
+
+/// The device's key store becomes unreadable: every later start fails (a crash loop).
+async fn break_store(_: AdminAuth, State(state): State<AppState>, LocationPath(id): LocationPath) -> Reply {
+    world(&state)?.break_store(id.as_str());
     ok()
 }
 

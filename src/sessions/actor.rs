@@ -61,6 +61,7 @@ impl Actor<'_> {
         );
         health.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut failed_checks = 0;
+        let mut quiet_checks = 0;
         loop {
             tokio::select! {
                 biased;
@@ -95,8 +96,34 @@ impl Actor<'_> {
                     } else {
                         failed_checks = 0;
                     }
+                    self.check_reachable(&mut quiet_checks).await;
                 }
             }
+        }
+    }
+
+    /// A client still waiting for its first code after two health checks cannot reach
+    /// WhatsApp (no network, blocked): say so instead of showing "pairing" forever. The
+    /// transport keeps trying; the reason clears with the first code.
+    async fn check_reachable(&self, quiet_checks: &mut u32) {
+        let view = self.slot.view();
+        let code = self.slot.pairing_code();
+        let waiting = view.state == SessionState::Pairing
+            && view.reason.is_none()
+            && code.qr.is_none()
+            && code.code.is_none()
+            && self.session.link() != Link::Connected;
+        *quiet_checks = if waiting { *quiet_checks + 1 } else { 0 };
+        if *quiet_checks >= 2 {
+            self.shared
+                .transition(
+                    self.location,
+                    self.slot,
+                    SessionState::Pairing,
+                    Some(reasons::WA_UNREACHABLE),
+                    None,
+                )
+                .await;
         }
     }
 

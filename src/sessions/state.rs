@@ -68,6 +68,7 @@ pub mod reasons {
     pub const PHONE_IN_USE: &str = "phone_already_paired";
     pub const LEASE_HELD: &str = "lease_held_elsewhere";
     pub const RESTORING: &str = "restoring";
+    pub const WA_UNREACHABLE: &str = "wa_unreachable";
     pub const LEASE_LOST: &str = "lease_lost";
 }
 

@@ -106,6 +106,10 @@ impl Slot {
         };
     }
 
+    pub fn pairing_code(&self) -> PairingCode {
+        lock(&self.pairing).clone()
+    }
+
     fn runner(&self) -> Option<(CancellationToken, mpsc::Sender<Command>, watch::Receiver<bool>)> {
         lock(&self.runner)
             .as_ref()
@@ -311,7 +315,7 @@ impl Supervisor {
     }
 
     pub fn pairing_code(&self, location: &LocationId) -> PairingCode {
-        lock(&self.slot(location).pairing).clone()
+        self.slot(location).pairing_code()
     }
 
     /// The live client of a location, when it has one.

@@ -12,6 +12,7 @@
 //!   event (`LoggedOut`, `Parked`, `QrExhausted`), after `stop`, or when it fails for good.
 
 pub mod sim;
+pub mod whatsapp;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -188,27 +189,4 @@ pub trait Transport: Send + Sync {
     ) -> BoxFuture<'a, Result<Arc<dyn WaSession>, WaError>>;
     /// Deletes the location's device keys, so the next start pairs anew.
     fn wipe<'a>(&'a self, location: &'a LocationId) -> BoxFuture<'a, Result<(), WaError>>;
-}
-
-/// Stands in for the whatsapp-rust transport in builds that do not have it yet: every start
-/// fails with a clear reason, so sessions end up `parked` instead of pretending to connect.
-pub struct Unavailable;
-
-impl Transport for Unavailable {
-    fn start<'a>(
-        &'a self,
-        _location: &'a LocationId,
-        _pairing: Pairing,
-        _events: mpsc::Sender<WaEvent>,
-    ) -> BoxFuture<'a, Result<Arc<dyn WaSession>, WaError>> {
-        Box::pin(async {
-            Err(WaError::Failed(
-                "this build has no whatsapp-rust transport; set WAGHL_WA_BACKEND=sim".into(),
-            ))
-        })
-    }
-
-    fn wipe<'a>(&'a self, _location: &'a LocationId) -> BoxFuture<'a, Result<(), WaError>> {
-        Box::pin(async { Ok(()) })
-    }
 }

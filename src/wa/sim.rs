@@ -39,6 +39,8 @@ pub struct SimWorld {
     /// Messages WhatsApp holds for each location while its device is offline; they outlive a
     /// client (a restarted client receives them).
     held: Mutex<HashMap<String, Arc<Mutex<Vec<Held>>>>>,
+    /// Locations whose device store became unreadable: every start fails.
+    broken: Mutex<std::collections::HashSet<String>>,
 }
 
 type Held = (Box<InboundMessage>, Option<Vec<u8>>);
@@ -177,6 +179,7 @@ impl SimWorld {
             time_scale,
             sessions: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
+            broken: Mutex::default(),
         })
     }
 
@@ -322,6 +325,15 @@ impl SimWorld {
         let session = self.session(location)?;
         session.state().link = Link::Dead;
         Ok(())
+    }
+
+    /// The device's key store becomes unreadable: from now on every start of this location's
+    /// client fails, as a corrupted store would make it.
+    pub fn break_store(&self, location: &str) {
+        self.broken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(location.to_owned());
     }
 
     /// WhatsApp reveals the phone behind a LID.
@@ -582,6 +594,14 @@ impl Transport for SimTransport {
     ) -> BoxFuture<'a, Result<Arc<dyn WaSession>, WaError>> {
         Box::pin(async move {
             let world = &self.world;
+            if world
+                .broken
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(location.as_str())
+            {
+                return Err(WaError::Failed("the simulated device store is unreadable".into()));
+            }
             let file = world.file(location.as_str());
             let persisted = load(&file);
             let sent_file = world.sent_file(location.as_str());

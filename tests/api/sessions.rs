@@ -208,12 +208,38 @@ async fn a_ban_parks_the_session() {
 
 #[tokio::test]
 async fn a_client_that_keeps_failing_is_parked_as_a_crash_loop() {
-    // The default backend in a build without whatsapp-rust fails every start.
-    let b = sim_bench(&[("WAGHL_WA_BACKEND", "whatsapp"), ("WAGHL_CRASH_LOOP_RESTARTS", "3")]).await;
-    b.app.install(&b.fake, "locLoop").await;
-    b.start_pairing("locLoop").await;
+    let b = sim_bench(&[("WAGHL_CRASH_LOOP_RESTARTS", "3")]).await;
+    b.paired("locLoop", "+15550002233").await;
+    // The key store becomes unreadable, then the socket dies: every restart fails.
+    b.sim("locLoop", "break", json!({})).await;
+    b.sim("locLoop", "zombie", json!({})).await;
     b.app.wait_for_session("locLoop", "parked", Some("crash_loop")).await;
     assert_eq!(b.metric("waghl_session_restarts_total").await, 4.0);
+}
+
+/// The real whatsapp-rust transport with no network: the session reports that it is not
+/// connected, the daemon stays up, and it stops cleanly.
+#[tokio::test]
+async fn the_whatsapp_backend_without_network_stays_up_and_says_it_is_not_connected() {
+    let b = sim_bench(&[("WAGHL_WA_BACKEND", "whatsapp")]).await;
+    b.app.install(&b.fake, "locReal").await;
+    assert_eq!(b.start_pairing("locReal").await.status(), 202);
+    let session = b
+        .app
+        .wait_for_session("locReal", "pairing", Some("wa_unreachable"))
+        .await;
+    assert_eq!(session["qr"], Value::Null);
+    assert_eq!(b.app.get("/healthz").await.status(), 200);
+    // The client keeps trying by itself; waghl did not restart it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(b.metric("waghl_session_restarts_total").await, 0.0);
+    let started = std::time::Instant::now();
+    b.app.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
