@@ -159,6 +159,7 @@ impl Transport for WhatsAppTransport {
                 .map_err(|e| WaError::Failed(format!("could not build the WhatsApp client: {e}")))?;
             let client = bot.client();
             let _ = shared.client.set(Arc::downgrade(&client));
+            track(&client);
             let paired = client.pn().is_some();
             let code_phone = match (&pairing, paired) {
                 (Pairing::Code { phone }, false) => Some(phone.clone()),
@@ -215,6 +216,22 @@ impl Transport for WhatsAppTransport {
             Ok(())
         })
     }
+}
+
+/// Every client this process built, weakly: a client that outlives its stop (a leak, as the
+/// `wa-rs` fork has) shows up in [`live_clients`].
+static CLIENTS: std::sync::Mutex<Vec<std::sync::Weak<Client>>> = std::sync::Mutex::new(Vec::new());
+
+fn track(client: &Arc<Client>) {
+    let mut clients = CLIENTS.lock().unwrap_or_else(|p| p.into_inner());
+    clients.retain(|c| c.strong_count() > 0);
+    clients.push(Arc::downgrade(client));
+}
+
+/// How many whatsapp-rust clients are still alive in this process.
+pub fn live_clients() -> usize {
+    let clients = CLIENTS.lock().unwrap_or_else(|p| p.into_inner());
+    clients.iter().filter(|c| c.strong_count() > 0).count()
 }
 
 /// One location's running client, as waghl sees it.
