@@ -463,6 +463,8 @@ impl Supervisor {
                                 None,
                             )
                             .await;
+                        // A new runner waits for the lease and resumes from the stored keys.
+                        supervisor.spawn_runner(location, Pairing::Qr, Duration::ZERO);
                     }
                 }
             }
