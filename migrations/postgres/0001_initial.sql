@@ -120,7 +120,8 @@ CREATE TABLE message_map (
     UNIQUE (location_id, chat, wa_message_id)
 );
 CREATE INDEX message_map_ghl ON message_map (location_id, ghl_message_id);
-CREATE INDEX message_map_outbox ON message_map (outbox_id) WHERE outbox_id IS NOT NULL;
+-- One WhatsApp id per part of an outbound message: a second send of a part cannot be committed.
+CREATE UNIQUE INDEX message_map_outbox ON message_map (outbox_id, part_index) WHERE outbox_id IS NOT NULL;
 
 -- GHL contact and conversation of each WhatsApp phone, per location.
 CREATE TABLE contacts_cache (

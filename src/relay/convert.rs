@@ -8,6 +8,9 @@ use std::io::Cursor;
 
 use crate::domain::MediaKind;
 
+/// Largest sticker converted (pixels); a crafted WebP cannot make waghl allocate gigabytes.
+const MAX_PIXELS: u64 = 4096 * 4096;
+
 /// Output rate of converted voice notes: speech needs no more, and it keeps files small.
 const VOICE_RATE: u32 = 16_000;
 
@@ -74,6 +77,9 @@ fn wav(samples: &[i16], rate: u32) -> Vec<u8> {
 pub fn webp_to_png(webp: &[u8]) -> Result<Converted, String> {
     let mut decoder = image_webp::WebPDecoder::new(Cursor::new(webp)).map_err(|e| format!("not a WebP image: {e}"))?;
     let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) > MAX_PIXELS {
+        return Err(format!("the sticker is too large ({width}×{height})"));
+    }
     let alpha = decoder.has_alpha();
     let size = decoder.output_buffer_size().ok_or("the sticker is too large")?;
     let mut pixels = vec![0u8; size];

@@ -4,6 +4,7 @@
 //! Failures that heal are retried with backoff within the budget; the rest become `dead`
 //! with their reason, to be replayed from the admin API.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -76,6 +77,8 @@ impl InboundRelay {
     /// free. At shutdown the rows in flight are finished (within the shutdown deadline).
     pub async fn run(self, ready: Arc<Notify>, shutdown: CancellationToken) {
         let mut running = JoinSet::new();
+        // Rows being relayed: an expired claim must not start a second relay of one.
+        let mut in_flight: HashSet<i64> = HashSet::new();
         let capacity = self.settings.batch.max(1) as usize;
         let mut gauge_due = tokio::time::Instant::now();
         loop {
@@ -89,9 +92,13 @@ impl InboundRelay {
             if free > 0 {
                 match self.claim(free as i64).await {
                     Ok(rows) => {
-                        for row in rows {
+                        for row in rows.into_iter().filter(|r| in_flight.insert(r.inbox_id)) {
                             let relay = self.clone();
-                            running.spawn(async move { relay.finish(row).await });
+                            running.spawn(async move {
+                                let id = row.inbox_id;
+                                relay.finish(row).await;
+                                id
+                            });
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "the inbound relay could not claim messages"),
@@ -99,7 +106,11 @@ impl InboundRelay {
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                Some(_) = running.join_next(), if !running.is_empty() => {}
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Ok(id) = done {
+                        in_flight.remove(&id);
+                    }
+                }
                 () = ready.notified() => {}
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
             }
@@ -186,6 +197,26 @@ impl InboundRelay {
         else {
             return Outcome::Dead("the message body is gone (purged or unreadable)".into());
         };
+        // GHL accepted it before, but recording that failed: never add it twice.
+        match self
+            .store
+            .inbound_ghl_id(&row.location_id, &row.chat, &message.id)
+            .await
+        {
+            Ok(Some(ghl_message_id)) => {
+                if let (Some(contact), Some(conversation)) = (&row.ghl_contact_id, &row.ghl_conversation_id) {
+                    return Outcome::Relayed {
+                        ghl_message_id,
+                        contact: CachedContact {
+                            ghl_contact_id: contact.clone(),
+                            ghl_conversation_id: Some(conversation.clone()),
+                        },
+                    };
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return Outcome::Retry(format!("database: {e}")),
+        }
         if message.from_me {
             match self.store.is_own_send(&row.location_id, &message.id).await {
                 Ok(true) => return Outcome::Skipped("echo of a message waghl sent"),
@@ -254,7 +285,15 @@ impl InboundRelay {
         let attachments = match &message.content {
             Content::Media(media) => {
                 let downloaded = self.download(location, row).await?;
-                let (bytes, content_type, converted) = for_ghl(media.kind, &media.mime, downloaded.to_vec());
+                // Decoding audio and images is CPU work: off the async workers.
+                let (kind, mime) = (media.kind, media.mime.clone());
+                let (bytes, content_type, converted) =
+                    tokio::task::spawn_blocking(move || for_ghl(kind, &mime, downloaded.to_vec()))
+                        .await
+                        .map_err(|e| Failure {
+                            retry: true,
+                            message: format!("media conversion crashed: {e}"),
+                        })?;
                 // A converted file gets the new type's extension; WhatsApp's name is for the original.
                 let given = if converted { None } else { media.file_name.as_deref() };
                 let name = file_name(media.kind, &content_type, given, &message.id);

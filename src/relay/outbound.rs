@@ -103,6 +103,9 @@ impl OutboundRelay {
         shutdown: CancellationToken,
     ) {
         let mut sending = JoinSet::new();
+        // Rows being sent: a claim that expires while a row waits for its session's pacing must
+        // not start a second send of it.
+        let mut sends_in_flight: HashSet<i64> = HashSet::new();
         let mut reporting = JoinSet::new();
         let mut reports_in_flight: HashSet<i64> = HashSet::new();
         let capacity = self.settings.batch.max(1) as usize;
@@ -120,9 +123,13 @@ impl OutboundRelay {
                     .await
                 {
                     Ok(rows) => {
-                        for row in rows {
+                        for row in rows.into_iter().filter(|r| sends_in_flight.insert(r.outbox_id)) {
                             let relay = self.clone();
-                            sending.spawn(async move { relay.finish(row).await });
+                            sending.spawn(async move {
+                                let id = row.outbox_id;
+                                relay.finish(row).await;
+                                id
+                            });
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "the outbound relay could not claim messages"),
@@ -143,7 +150,11 @@ impl OutboundRelay {
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                Some(_) = sending.join_next(), if !sending.is_empty() => {}
+                Some(done) = sending.join_next(), if !sending.is_empty() => {
+                    if let Ok(id) = done {
+                        sends_in_flight.remove(&id);
+                    }
+                }
                 Some(done) = reporting.join_next(), if !reporting.is_empty() => {
                     if let Ok(id) = done {
                         reports_in_flight.remove(&id);
@@ -159,7 +170,8 @@ impl OutboundRelay {
 
     async fn expire_waiting(&self) {
         let before = now_ms() - self.ttl.as_millis() as i64;
-        match self.store.expire_outbound(before).await {
+        let budget = now_ms() - self.settings.retry_budget.as_millis() as i64;
+        match self.store.expire_outbound(before, budget).await {
             Ok(0) => {}
             Ok(expired) => {
                 tracing::warn!(expired, "outbound messages waited too long for WhatsApp to connect");
@@ -183,7 +195,7 @@ impl OutboundRelay {
                 self.metrics
                     .send_latency
                     .observe((now_ms() - row.received_at).max(0) as f64 / 1000.0);
-                store.settle_outbound(row.outbox_id).await
+                store.settle_outbound(row.outbox_id, true).await
             }
             Outcome::Wait(reason) => {
                 store
@@ -316,6 +328,10 @@ impl OutboundRelay {
     async fn apply_receipt(&self, location: &LocationId, event: WaEvent) {
         let (ids, status) = match event {
             WaEvent::ServerAck { id } => (vec![id], "sent"),
+            WaEvent::ServerRefused { id, code } => {
+                self.refused(location, &id, &code).await;
+                return;
+            }
             WaEvent::Receipt { ids, status } => (
                 ids,
                 match status {
@@ -328,13 +344,29 @@ impl OutboundRelay {
         for id in ids {
             match self.store.advance_part(location.as_str(), &id, status).await {
                 Ok(Some(outbox_id)) => {
-                    if let Err(e) = self.store.settle_outbound(outbox_id).await {
+                    if let Err(e) = self.store.settle_outbound(outbox_id, false).await {
                         tracing::error!(outbox.id = outbox_id, error = %e, "could not apply a receipt");
                     }
                 }
                 Ok(None) => {}
                 Err(e) => tracing::error!(location.id = %location, error = %e, "could not apply a receipt"),
             }
+        }
+    }
+
+    /// WhatsApp refused a part after its send returned: the part and its message fail.
+    async fn refused(&self, location: &LocationId, id: &str, code: &str) {
+        let reason = format!("WhatsApp refused the message (error {code})");
+        let outcome = match self.store.advance_part(location.as_str(), id, "failed").await {
+            Ok(Some(outbox_id)) => {
+                self.metrics.count_relay("outbound", "failed");
+                self.store.fail_outbound(outbox_id, "failed", &reason).await
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            tracing::error!(location.id = %location, error = %e, "could not record a refused send");
         }
     }
 

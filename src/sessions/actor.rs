@@ -102,6 +102,36 @@ impl Actor<'_> {
         }
     }
 
+    /// Stores an inbound message, retrying a passing database error a few times first: an
+    /// unconfirmed message is only redelivered by WhatsApp on a later connection.
+    async fn store_inbound(
+        &self,
+        message: &InboundMessage,
+        media_ref: Option<&[u8]>,
+        start: InboxStart,
+    ) -> Result<bool, crate::store::StoreError> {
+        let mut delay = std::time::Duration::from_millis(100);
+        for _ in 0..4 {
+            match self
+                .shared
+                .store
+                .insert_inbound(self.location.as_str(), message, media_ref, start)
+                .await
+            {
+                Ok(new) => return Ok(new),
+                Err(e) => {
+                    tracing::warn!(location.id = %self.location, error = %e, "storing an inbound message failed; retrying")
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        self.shared
+            .store
+            .insert_inbound(self.location.as_str(), message, media_ref, start)
+            .await
+    }
+
     /// A client still waiting for its first code after two health checks cannot reach
     /// WhatsApp (no network, blocked): say so instead of showing "pairing" forever. The
     /// transport keeps trying; the reason clears with the first code.
@@ -201,11 +231,7 @@ impl Actor<'_> {
                 stored,
             } => {
                 let start = inbox_start(&message);
-                match shared
-                    .store
-                    .insert_inbound(self.location.as_str(), &message, media_ref.as_deref(), start)
-                    .await
-                {
+                match self.store_inbound(&message, media_ref.as_deref(), start).await {
                     // Only now is WhatsApp told the message arrived.
                     Ok(new) => {
                         stored.confirm();
@@ -220,7 +246,7 @@ impl Actor<'_> {
                     }
                 }
             }
-            WaEvent::Receipt { .. } | WaEvent::ServerAck { .. } => {
+            WaEvent::Receipt { .. } | WaEvent::ServerAck { .. } | WaEvent::ServerRefused { .. } => {
                 shared.outbound_events(self.location, event).await;
             }
             WaEvent::LidMapping { .. } => shared.inbound_ready.notify_one(),

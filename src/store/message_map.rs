@@ -44,4 +44,20 @@ impl Store {
         });
         Ok(found.is_some())
     }
+
+    /// The GHL message an inbound WhatsApp message already became, if any.
+    pub async fn inbound_ghl_id(&self, location_id: &str, chat: &str, wa_message_id: &str) -> Result<Option<String>> {
+        let found: Option<Option<String>> = on_db!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT ghl_message_id FROM message_map WHERE location_id = $1 AND chat = $2 AND wa_message_id = $3 \
+                 AND direction = 'inbound'",
+            )
+            .bind(location_id)
+            .bind(chat)
+            .bind(wa_message_id)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(found.flatten())
+    }
 }

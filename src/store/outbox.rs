@@ -214,9 +214,10 @@ impl Store {
         Ok(outbox_id.flatten())
     }
 
-    /// Sets a message's state from its parts once all were sent: the least advanced part's
-    /// status. Never moves backwards, never leaves `failed`.
-    pub async fn settle_outbound(&self, outbox_id: i64) -> Result<()> {
+    /// Sets a message's state from its parts: the least advanced part's status. Never moves
+    /// backwards, never leaves `failed`. With `all_sent` false (a receipt, not the sender) a
+    /// message still being sent is left alone: its later parts are not committed yet.
+    pub async fn settle_outbound(&self, outbox_id: i64, all_sent: bool) -> Result<()> {
         let parts = self.outbound_parts(outbox_id).await?;
         let Some(least) = parts.iter().map(|p| p.status.as_str()).min_by_key(|s| status_rank(s)) else {
             return Ok(());
@@ -229,11 +230,12 @@ impl Store {
             sqlx::query(concat!(
                 "UPDATE outbox SET state = $2, sent_at = COALESCE(sent_at, $3), updated_at = $3, claimed_until = NULL, \
                    last_error = NULL, report_after = $3 WHERE outbox_id = $1 AND state <> 'failed' AND state <> 'dead' \
-                   AND ", rank!("state"), " < ", rank!("$2")
+                   AND ($4 OR state NOT IN ('pending', 'sending')) AND ", rank!("state"), " < ", rank!("$2")
             ))
             .bind(outbox_id)
             .bind(least)
             .bind(now)
+            .bind(all_sent)
             .execute(pool)
             .await?;
         });
@@ -277,12 +279,13 @@ impl Store {
         Ok(())
     }
 
-    /// Messages that waited longer than the TTL for WhatsApp to connect (never attempted, so
-    /// none of their parts sent): failed. Returns how many.
-    pub async fn expire_outbound(&self, waiting_since_before: i64) -> Result<u64> {
+    /// Messages that waited longer than the TTL for WhatsApp to connect without ever being
+    /// attempted: failed. Messages attempted before that are stuck past the retry budget (the
+    /// session went away meanwhile): dead, so they can be replayed. Returns how many.
+    pub async fn expire_outbound(&self, waiting_since_before: i64, budget_since_before: i64) -> Result<u64> {
         let now = now_ms();
         Ok(on_db!(self, pool => {
-            sqlx::query(
+            let failed = sqlx::query(
                 "UPDATE outbox SET state = 'failed', last_error = 'WhatsApp not connected', updated_at = $2, \
                    report_after = $2 WHERE state = 'pending' AND attempts = 0 AND retry_from < $1 \
                    AND (claimed_until IS NULL OR claimed_until < $2)",
@@ -291,7 +294,19 @@ impl Store {
             .bind(now)
             .execute(pool)
             .await?
-            .rows_affected()
+            .rows_affected();
+            let dead = sqlx::query(
+                "UPDATE outbox SET state = 'dead', \
+                   last_error = 'gave up after the retry budget: ' || COALESCE(last_error, 'WhatsApp not connected'), \
+                   updated_at = $2, report_after = $2 WHERE state IN ('pending', 'sending') AND attempts > 0 \
+                   AND retry_from < $1 AND (claimed_until IS NULL OR claimed_until < $2)",
+            )
+            .bind(budget_since_before)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            failed + dead
         }))
     }
 
@@ -316,8 +331,9 @@ impl Store {
     pub async fn reported(&self, outbox_id: i64, status: &str) -> Result<()> {
         on_db!(self, pool => {
             sqlx::query(concat!(
-                "UPDATE outbox SET reported_status = $2, report_after = NULL WHERE outbox_id = $1 \
-                 AND (reported_status IS NULL OR ", rank!("reported_status"), " < ", rank!("$2"), ")"
+                "UPDATE outbox SET reported_status = $2, \
+                   report_after = CASE WHEN ", rank!("state"), " > ", rank!("$2"), " THEN report_after ELSE NULL END \
+                 WHERE outbox_id = $1 AND (reported_status IS NULL OR ", rank!("reported_status"), " < ", rank!("$2"), ")"
             ))
             .bind(outbox_id)
             .bind(status)

@@ -133,6 +133,11 @@ pub enum WaEvent {
     ServerAck {
         id: String,
     },
+    /// WhatsApp's server refused a message waghl sent (its send had already returned).
+    ServerRefused {
+        id: String,
+        code: String,
+    },
     /// WhatsApp revealed the phone behind a LID.
     LidMapping {
         lid: String,

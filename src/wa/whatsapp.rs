@@ -636,9 +636,13 @@ impl Sink {
                 }
                 if let Some(code) = &ack.error {
                     tracing::warn!(location.id = %location, message.id = %ack.id, code = %code, "WhatsApp's server refused a message");
-                    return;
+                    WaEvent::ServerRefused {
+                        id: ack.id.clone(),
+                        code: code.to_string(),
+                    }
+                } else {
+                    WaEvent::ServerAck { id: ack.id.clone() }
                 }
-                WaEvent::ServerAck { id: ack.id.clone() }
             }
             Event::Messages(batch) => {
                 // Committed batches already reached waghl through the hook.
