@@ -219,6 +219,10 @@ impl Store {
     /// message still being sent is left alone: its later parts are not committed yet.
     pub async fn settle_outbound(&self, outbox_id: i64, all_sent: bool) -> Result<()> {
         let parts = self.outbound_parts(outbox_id).await?;
+        // A refused part fails the message on its own path, with its reason.
+        if parts.iter().any(|p| p.status == "failed") {
+            return Ok(());
+        }
         let Some(least) = parts.iter().map(|p| p.status.as_str()).min_by_key(|s| status_rank(s)) else {
             return Ok(());
         };

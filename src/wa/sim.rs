@@ -4,7 +4,8 @@
 //! pairing survives restarts (the "keys" are a file under `sessions/sim/`); a network drop
 //! heals by itself and messages sent meanwhile arrive afterwards; a logout or a ban is
 //! terminal; sends get server acks and later receipts, and a resend of the same id is not a
-//! second message; numbers ending in `0000` are not on WhatsApp; a socket can die silently
+//! second message; numbers ending in `0000` are not on WhatsApp and sends to numbers ending
+//! in `9999` are refused by the server after they returned; a socket can die silently
 //! (a zombie) for the health check to find.
 //!
 //! The control surface (`/sim/{id}/…`, see `http/sim.rs`) drives it as a phone and the
@@ -524,6 +525,16 @@ impl WaSession for SimSession {
                 }
                 if phone.ends_with("0000") {
                     return Err(WaError::NotOnWhatsApp);
+                }
+                // WhatsApp's server refuses after the send returned (a recipient that blocked
+                // this number): numbers ending in 9999 here.
+                if phone.ends_with("9999") {
+                    drop(state);
+                    self.emit(WaEvent::ServerRefused {
+                        id: id.to_owned(),
+                        code: "463".into(),
+                    });
+                    return Ok(());
                 }
                 // A resend of the same id is the same message, as on a real phone.
                 if state.sent_ids.insert(id.to_owned()) {

@@ -279,3 +279,15 @@ async fn replies_quote_the_original_whatsapp_message_and_sends_are_paced() {
     let texts: Vec<&str> = sent.iter().map(|s| s["text"].as_str().unwrap()).collect();
     assert_eq!(texts, ["p0", "p1", "p2"]);
 }
+
+#[tokio::test]
+async fn a_send_the_server_refuses_after_it_returned_fails_in_ghl() {
+    let b = bench(&[]).await;
+    b.paired("locRefused", "+15551000011").await;
+    b.provider_webhook(webhook("locRefused", "g-r", "+15552229999", "blocked me"))
+        .await;
+    let statuses = b.wait_for_status("g-r", "failed").await;
+    let failed = statuses.iter().find(|s| s["status"] == "failed").unwrap();
+    assert!(failed["error"]["message"].as_str().unwrap().contains("463"), "{failed}");
+    assert!(b.sent("locRefused").await.is_empty());
+}
