@@ -26,14 +26,53 @@ fn refuse(message: String) -> FetchError {
 
 /// A host that is an IP literal in a private, loopback or link-local range.
 fn is_private(host: &url::Host<&str>) -> bool {
-    let ip = match host {
-        url::Host::Ipv4(ip) => IpAddr::V4(*ip),
-        url::Host::Ipv6(ip) => IpAddr::V6(*ip),
-        url::Host::Domain(name) => return name.eq_ignore_ascii_case("localhost"),
-    };
+    match host {
+        url::Host::Ipv4(ip) => is_private_ip(IpAddr::V4(*ip)),
+        url::Host::Ipv6(ip) => is_private_ip(IpAddr::V6(*ip)),
+        url::Host::Domain(name) => name.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// Addresses an attachment URL must not reach: private, loopback, link-local, carrier-grade NAT,
+/// unspecified, and IPv4 mapped into IPv6.
+fn is_private_ip(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(ip) => ip.is_private() || ip.is_loopback() || ip.is_link_local() || ip.is_unspecified(),
-        IpAddr::V6(ip) => ip.is_loopback() || ip.is_unspecified() || (ip.segments()[0] & 0xfe00) == 0xfc00,
+        IpAddr::V4(ip) => {
+            ip.is_private()
+                || ip.is_loopback()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.octets()[0] == 0
+                || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(ip) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+                || ip.to_ipv4_mapped().is_some_and(|v4| is_private_ip(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// Resolves names like the system does, but never to an address [`is_private_ip`] refuses: a
+/// public name pointing into waghl's network is refused, at the first request and at every
+/// redirect.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| !is_private_ip(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("{host} resolves only to private addresses").into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 
@@ -49,7 +88,11 @@ impl Fetcher {
                 attempt.follow()
             }
         });
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if !allow_http {
+            builder = builder.dns_resolver(std::sync::Arc::new(PublicOnly));
+        }
+        let http = builder
             .redirect(policy)
             .timeout(Duration::from_secs(120))
             .connect_timeout(Duration::from_secs(10))
@@ -136,6 +179,35 @@ mod tests {
         assert!(err.message.contains("private"));
         let err = fetcher.fetch("https://10.1.2.3/a.png").await.unwrap_err();
         assert!(err.message.contains("private"));
+    }
+
+    #[tokio::test]
+    async fn names_that_resolve_only_to_private_addresses_are_refused() {
+        use reqwest::dns::Resolve as _;
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let err = PublicOnly.resolve(name).await.err().expect("localhost is private");
+        assert!(err.to_string().contains("private"), "{err}");
+    }
+
+    #[test]
+    fn private_ranges_are_recognised() {
+        for ip in [
+            "10.0.0.1",
+            "192.168.1.1",
+            "127.0.0.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "0.1.2.3",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_private_ip(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "100.128.0.1", "2606:4700::1111"] {
+            assert!(!is_private_ip(ip.parse().unwrap()), "{ip}");
+        }
     }
 
     #[test]
