@@ -282,40 +282,32 @@ impl InboundRelay {
         phone: &str,
     ) -> Result<Outcome, Failure> {
         let mut contact = self.contact_for(location, row, message, phone).await?;
+        let mut lost_media = None;
         let attachments = match &message.content {
-            Content::Media(media) => {
-                let downloaded = self.download(location, row).await?;
-                // Decoding audio and images is CPU work: off the async workers.
-                let (kind, mime) = (media.kind, media.mime.clone());
-                let (bytes, content_type, converted) =
-                    tokio::task::spawn_blocking(move || for_ghl(kind, &mime, downloaded.to_vec()))
-                        .await
-                        .map_err(|e| Failure {
-                            retry: true,
-                            message: format!("media conversion crashed: {e}"),
-                        })?;
-                // A converted file gets the new type's extension; WhatsApp's name is for the original.
-                let given = if converted { None } else { media.file_name.as_deref() };
-                let name = file_name(media.kind, &content_type, given, &message.id);
-                let file = Attachment {
-                    file_name: &name,
-                    content_type: &content_type,
-                    bytes: bytes.into(),
-                };
-                let conversation = contact.ghl_conversation_id.as_deref().unwrap_or_default();
-                vec![
-                    self.ghl
-                        .upload_attachment(location.as_str(), conversation, &contact.ghl_contact_id, file)
-                        .await?,
-                ]
-            }
+            Content::Media(media) => match self.download(location, row).await {
+                Ok(downloaded) => vec![self.upload(location, &contact, message, media, downloaded).await?],
+                // Gone for good (expired on WhatsApp's servers): the message still goes, saying so.
+                Err(Failure {
+                    retry: false,
+                    message: reason,
+                }) => {
+                    lost_media = Some(reason);
+                    Vec::new()
+                }
+                Err(failure) => return Err(failure),
+            },
             _ => Vec::new(),
         };
         let quoted = match &message.reply_to {
             Some(id) => self.quoted_text(location, id).await,
             None => None,
         };
-        let text = ghl_text(message, quoted.as_deref());
+        let mut text = ghl_text(message, quoted.as_deref());
+        if let Some(reason) = lost_media {
+            text = format!("[WhatsApp {} not available: {reason}]\n{text}", message.content.kind())
+                .trim_end()
+                .to_owned();
+        }
         let date = rfc3339(message.timestamp);
         let provider = self.ghl.config().conversation_provider_id.clone().unwrap_or_default();
         let mut refreshed = false;
@@ -360,6 +352,39 @@ impl InboundRelay {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Converts what GHL cannot show and uploads the file into the contact's conversation.
+    async fn upload(
+        &self,
+        location: &LocationId,
+        contact: &CachedContact,
+        message: &InboundMessage,
+        media: &crate::domain::Media,
+        downloaded: Bytes,
+    ) -> Result<String, Failure> {
+        // Decoding audio and images is CPU work: off the async workers.
+        let (kind, mime) = (media.kind, media.mime.clone());
+        let (bytes, content_type, converted) =
+            tokio::task::spawn_blocking(move || for_ghl(kind, &mime, downloaded.to_vec()))
+                .await
+                .map_err(|e| Failure {
+                    retry: true,
+                    message: format!("media conversion crashed: {e}"),
+                })?;
+        // A converted file gets the new type's extension; WhatsApp's name is for the original.
+        let given = if converted { None } else { media.file_name.as_deref() };
+        let name = file_name(media.kind, &content_type, given, &message.id);
+        let file = Attachment {
+            file_name: &name,
+            content_type: &content_type,
+            bytes: bytes.into(),
+        };
+        let conversation = contact.ghl_conversation_id.as_deref().unwrap_or_default();
+        Ok(self
+            .ghl
+            .upload_attachment(location.as_str(), conversation, &contact.ghl_contact_id, file)
+            .await?)
     }
 
     /// The row's contact and conversation: from the row (a retry), the cache, or GHL.
@@ -439,7 +464,7 @@ impl InboundRelay {
             message: "waiting for the WhatsApp session to download the media".into(),
         })?;
         session.download(media_ref).await.map(Bytes::from).map_err(|e| Failure {
-            retry: true,
+            retry: !matches!(e, crate::wa::WaError::Rejected(_)),
             message: format!("media download: {e}"),
         })
     }

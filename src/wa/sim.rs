@@ -561,7 +561,13 @@ impl WaSession for SimSession {
             let key = std::str::from_utf8(media_ref).map_err(|_| WaError::Failed("bad media reference".into()))?;
             tokio::fs::read(self.media_dir.join(sanitize(key)))
                 .await
-                .map_err(|e| WaError::Failed(format!("media download failed: {e}")))
+                .map_err(|e| match e.kind() {
+                    // Deleted media is what expired media looks like on WhatsApp's servers.
+                    std::io::ErrorKind::NotFound => {
+                        WaError::Rejected("the media expired on WhatsApp's servers (404)".into())
+                    }
+                    _ => WaError::Failed(format!("media download failed: {e}")),
+                })
         })
     }
 

@@ -343,13 +343,19 @@ impl WaSession for WhatsAppSession {
     fn download<'a>(&'a self, media_ref: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, WaError>> {
         Box::pin(async move {
             let message = whatsapp_rust::waproto::codec::message_decode(media_ref)
-                .map_err(|_| WaError::Failed("the media reference is unreadable".into()))?;
+                .map_err(|_| WaError::Rejected("the media reference is unreadable".into()))?;
             let target =
-                downloadable(&message).ok_or_else(|| WaError::Failed("the media reference names no media".into()))?;
-            self.client
-                .download(target)
-                .await
-                .map_err(|e| WaError::Failed(format!("media download failed: {e}")))
+                downloadable(&message).ok_or_else(|| WaError::Rejected("the media reference names no media".into()))?;
+            self.client.download(target).await.map_err(|e| {
+                let chain: &(dyn std::error::Error + Send + Sync + 'static) = e.as_ref();
+                match whatsapp_rust::ErrorChainExt::http_status(chain) {
+                    // Expired on WhatsApp's servers: waiting will not bring it back.
+                    Some(status @ (404 | 410)) => {
+                        WaError::Rejected(format!("the media expired on WhatsApp's servers ({status})"))
+                    }
+                    _ => WaError::Failed(format!("media download failed: {e}")),
+                }
+            })
         })
     }
 

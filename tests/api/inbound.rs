@@ -484,3 +484,34 @@ async fn a_voice_note_reaches_ghl_as_a_wav_that_plays_as_long_and_a_sticker_as_a
     assert_eq!(png.content_type, "image/png");
     assert_eq!(&png.bytes[1..4], b"PNG");
 }
+
+#[tokio::test]
+async fn media_that_expired_on_whatsapp_still_arrives_as_text_saying_so() {
+    let b = bench().await;
+    b.paired("locExpired", "+15550100014").await;
+    // GHL is down while the media expires on WhatsApp's servers.
+    b.fake.fail_next("/contacts/search/duplicate", 503, 100_000);
+    let photo = media("image", "image/jpeg", b"\xff\xd8old", Some("last year's photo"), None);
+    b.inbound(
+        "locExpired",
+        json!({ "from": "+15550930001", "id": "E1", "media": photo }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let media_dir = b.app.db.dir.path().join("sessions/sim/media/locExpired");
+    std::fs::remove_dir_all(&media_dir).unwrap();
+    b.fake.clear_faults();
+    let messages = b.wait_for_ghl_messages(1).await;
+    let text = messages[0].body["message"].as_str().unwrap();
+    assert!(
+        text.contains("image not available") && text.contains("expired"),
+        "{text}"
+    );
+    assert!(text.contains("last year's photo"));
+    assert!(
+        messages[0]
+            .body
+            .get("attachments")
+            .is_none_or(|a| a.as_array().is_none_or(Vec::is_empty))
+    );
+}
