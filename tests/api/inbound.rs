@@ -44,6 +44,17 @@ impl SimBench {
         }
     }
 
+    /// Why the pending messages of a location wait (those that say).
+    async fn waiting_reasons(&self, location: &str) -> Vec<String> {
+        let waiting = self.messages_api(location, "?state=pending").await;
+        waiting["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["last_error"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     async fn messages_api(&self, location: &str, query: &str) -> Value {
         self.app
             .admin_get(&format!("/api/v1/locations/{location}/messages{query}"))
@@ -178,17 +189,11 @@ async fn fifty_messages_during_a_ghl_outage_all_arrive_once_after_it() {
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(b.fake.messages().len(), 0);
-    let waiting = b.messages_api("locOutage", "?state=pending").await;
     // The head of each chat says why it waits; the rest queue behind it.
-    let reasons: Vec<&str> = waiting["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["last_error"].as_str())
-        .collect();
+    let reasons = b.waiting_reasons("locOutage").await;
     assert!(
         !reasons.is_empty() && reasons.iter().all(|r| r.contains("unavailable")),
-        "{waiting}"
+        "{reasons:?}"
     );
     b.fake.clear_faults();
     let messages = b.wait_for_ghl_messages(50).await;
@@ -365,14 +370,8 @@ async fn a_lid_only_sender_waits_with_its_chat_then_reaches_the_right_phone() {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(b.fake.messages().is_empty(), "never a GHL contact whose phone is a LID");
-    let waiting = b.messages_api("locLid", "?state=pending").await;
-    let reasons: Vec<&str> = waiting["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["last_error"].as_str())
-        .collect();
-    assert!(reasons.iter().any(|r| r.contains(lid)), "{waiting}");
+    let reasons = b.waiting_reasons("locLid").await;
+    assert!(reasons.iter().any(|r| r.contains(lid)), "{reasons:?}");
 
     assert_eq!(
         b.sim("locLid", "lid", json!({ "lid": lid, "phone": "+15550900009" }))
