@@ -28,6 +28,8 @@ pub fn router() -> Router<AppState> {
         .route("/sim/{id}/break", post(break_store))
         .route("/sim/{id}/lid", post(lid))
         .route("/sim/{id}/sent", get(sent))
+        // Media arrives base64-encoded in the JSON body: allow what WhatsApp allows (~100 MB).
+        .layer(axum::extract::DefaultBodyLimit::max(150 << 20))
 }
 
 fn world(state: &AppState) -> Result<Arc<SimWorld>, ApiError> {

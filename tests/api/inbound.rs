@@ -514,3 +514,21 @@ async fn media_that_expired_on_whatsapp_still_arrives_as_text_saying_so() {
             .is_none_or(|a| a.as_array().is_none_or(Vec::is_empty))
     );
 }
+
+#[tokio::test]
+async fn a_large_video_goes_through_ghls_large_file_upload() {
+    let b = bench().await;
+    b.paired("locLarge", "+15550100015").await;
+    let video = vec![7u8; 6 << 20];
+    let body =
+        json!({ "from": "+15550940001", "id": "BIG1", "media": media("video", "video/mp4", &video, None, None) });
+    b.inbound("locLarge", body).await;
+    let messages = b.wait_for_ghl_messages(1).await;
+    let url = messages[0].body["attachments"][0].as_str().unwrap();
+    let upload = b.fake.uploads().into_iter().find(|u| u.url == url).unwrap();
+    assert_eq!(upload.bytes.len(), 6 << 20);
+    assert_eq!(
+        b.fake.calls_to("/conversations/messages/upload/initiate")[0].json()["channel"],
+        "WHATSAPP"
+    );
+}
