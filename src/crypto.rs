@@ -129,6 +129,15 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// A random number in [0, 1), for jitter.
+pub fn random_fraction() -> f64 {
+    let mut buf = [0u8; 4];
+    SystemRandom::new()
+        .fill(&mut buf)
+        .expect("the operating system's random source failed");
+    f64::from(u32::from_le_bytes(buf)) / (f64::from(u32::MAX) + 1.0)
+}
+
 /// `bytes` random bytes as lowercase hex, for ids that must not be guessed or collide.
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];

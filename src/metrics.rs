@@ -244,12 +244,16 @@ impl Metrics {
     }
 
     pub fn count_relay(&self, direction: &str, outcome: &str) {
+        self.count_relays(direction, outcome, 1);
+    }
+
+    pub fn count_relays(&self, direction: &str, outcome: &str, count: u64) {
         self.relayed
             .get_or_create(&RelayLabels {
                 direction: direction.into(),
                 outcome: outcome.into(),
             })
-            .inc();
+            .inc_by(count);
     }
 
     /// The Prometheus text exposition of every metric.

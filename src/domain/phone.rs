@@ -82,6 +82,16 @@ pub fn calling_code(country: &str) -> Option<&'static str> {
         .map(|(_, code)| *code)
 }
 
+/// A number already written in E.164 (`+` and 7–15 digits, separators allowed), as `+digits`.
+pub fn parse_e164(phone: &str) -> Result<String, String> {
+    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+    if phone.trim().starts_with('+') && (7..=15).contains(&digits.len()) {
+        Ok(format!("+{digits}"))
+    } else {
+        Err(format!("{phone:?} is not an E.164 number (+ and 7–15 digits)"))
+    }
+}
+
 /// `+15551234567` from `+1 (555) 123-4567`, `0044 20…`, or a national number such as
 /// `(555) 123-4567` / `020 7946 0958` read in `default_country`.
 pub fn normalize(phone: &str, default_country: &str) -> Result<String, String> {

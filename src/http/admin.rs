@@ -9,7 +9,6 @@ use super::sessions::session_json;
 use super::{AdminAuth, ApiError, LocationPath};
 use crate::domain::LocationId;
 use crate::ghl::GhlError;
-use crate::sessions::{SessionState, StateView};
 use crate::state::AppState;
 use crate::store::{LocationRecord, LocationStatus, TokenOwner};
 use crate::time::rfc3339;
@@ -81,12 +80,7 @@ async fn location_json(state: &AppState, record: &LocationRecord) -> Result<Valu
     let id = record.location_id.as_str();
     let queues = state.store.queue_counts(id).await?;
     let location = LocationId::parse(id).map_err(|e| anyhow::anyhow!("stored location id: {e}"))?;
-    let view = state.sessions.view(&location).unwrap_or(StateView {
-        state: SessionState::Unpaired,
-        reason: None,
-        phone: None,
-        since: record.installed_at,
-    });
+    let view = state.sessions.view_or_unpaired(&location, record.installed_at);
     let session = session_json(state, &location, &view);
     Ok(json!({
         "id": id,

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::page::page;
 use super::{AdminAuth, ApiError, LocationPath, MaybeJson};
 use crate::domain::LocationId;
-use crate::sessions::{SessionState, StateView};
+use crate::sessions::SessionState;
 use crate::state::AppState;
 use crate::time::{now_ms, rfc3339};
 use crate::wa::Pairing;
@@ -123,12 +123,7 @@ fn protected(html: Html<String>) -> impl IntoResponse {
 
 /// What the page shows, as JSON (the page polls it) and as the initial render.
 fn view_json(state: &AppState, location: &LocationId) -> Value {
-    let view = state.sessions.view(location).unwrap_or(StateView {
-        state: SessionState::Unpaired,
-        reason: None,
-        phone: None,
-        since: now_ms(),
-    });
+    let view = state.sessions.view_or_unpaired(location, now_ms());
     let code = state.sessions.pairing_code(location);
     let showing = view.state == SessionState::Pairing;
     json!({

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::{AdminAuth, ApiError, LocationPath, MaybeJson};
 use crate::domain::LocationId;
+use crate::domain::phone::parse_e164;
 use crate::sessions::{SessionError, StateView};
 use crate::state::AppState;
 use crate::time::rfc3339;
@@ -49,7 +50,9 @@ async fn start_pairing(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     known_location(&state, &id).await?;
     let pairing = match body.and_then(|b| b.phone) {
-        Some(phone) => Pairing::Code { phone: e164(&phone)? },
+        Some(phone) => Pairing::Code {
+            phone: parse_e164(&phone).map_err(|e| ApiError::bad_request("invalid_phone", e))?,
+        },
         None => Pairing::Qr,
     };
     let view = state
@@ -102,17 +105,5 @@ fn session_error(e: SessionError) -> ApiError {
             message: e.to_string(),
         },
         SessionError::Store(e) => e.into(),
-    }
-}
-
-fn e164(phone: &str) -> Result<String, ApiError> {
-    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
-    if phone.trim().starts_with('+') && (7..=15).contains(&digits.len()) {
-        Ok(format!("+{digits}"))
-    } else {
-        Err(ApiError::bad_request(
-            "invalid_phone",
-            "phone must be E.164: + and 7–15 digits",
-        ))
     }
 }

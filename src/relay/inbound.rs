@@ -341,13 +341,7 @@ impl InboundRelay {
                     tracing::info!(location.id = %location, error = %e, "GHL refused cached ids; resolving them again");
                     self.store.forget_contact(location.as_str(), phone).await?;
                     contact = self.resolve_contact(location, message, phone).await?;
-                    self.store
-                        .remember_inbox_ids(
-                            row.inbox_id,
-                            &contact.ghl_contact_id,
-                            contact.ghl_conversation_id.as_deref().unwrap_or_default(),
-                        )
-                        .await?;
+                    self.store.remember_inbox_ids(row.inbox_id, &contact).await?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -405,13 +399,7 @@ impl InboundRelay {
             Some(cached) if cached.ghl_conversation_id.is_some() => cached,
             _ => self.resolve_contact(location, message, phone).await?,
         };
-        self.store
-            .remember_inbox_ids(
-                row.inbox_id,
-                &contact.ghl_contact_id,
-                contact.ghl_conversation_id.as_deref().unwrap_or_default(),
-            )
-            .await?;
+        self.store.remember_inbox_ids(row.inbox_id, &contact).await?;
         Ok(contact)
     }
 

@@ -8,7 +8,7 @@ pub mod outbound;
 
 use std::time::Duration;
 
-use crate::crypto::random_hex;
+use crate::crypto::random_fraction;
 use crate::time::now_ms;
 
 #[derive(Clone, Debug)]
@@ -67,6 +67,5 @@ pub fn retry_at(settings: &RelaySettings, attempts: i64) -> i64 {
         .retry_base
         .saturating_mul(1u32 << exponent)
         .min(settings.retry_max);
-    let jitter = u16::from_str_radix(&random_hex(2), 16).unwrap_or(0) as f64 / 65_536.0;
-    now_ms() + delay.mul_f64(0.5 + jitter / 2.0).as_millis() as i64
+    now_ms() + delay.mul_f64(0.5 + random_fraction() / 2.0).as_millis() as i64
 }

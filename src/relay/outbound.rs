@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::fetch::Fetcher;
 use super::{RelaySettings, retry_at};
-use crate::crypto::random_hex;
+use crate::crypto::random_fraction;
 use crate::domain::phone::normalize;
 use crate::domain::{LocationId, OutboundRequest, plan_parts};
 use crate::ghl::types::{StatusError, StatusUpdate};
@@ -175,9 +175,7 @@ impl OutboundRelay {
             Ok(0) => {}
             Ok(expired) => {
                 tracing::warn!(expired, "outbound messages waited too long for WhatsApp to connect");
-                for _ in 0..expired {
-                    self.metrics.count_relay("outbound", "failed");
-                }
+                self.metrics.count_relays("outbound", "failed", expired);
             }
             Err(e) => tracing::error!(error = %e, "could not expire outbound messages"),
         }
@@ -317,8 +315,7 @@ impl OutboundRelay {
         let outcome = session.send(jid, id, content, reply_to).await;
         if !self.send_gap.is_zero() {
             // 70–130 % of the gap: an even rhythm is what bots look like.
-            let jitter = u8::from_str_radix(&random_hex(1), 16).unwrap_or(128) as f64 / 255.0;
-            *next = Instant::now() + self.send_gap.mul_f64(0.7 + 0.6 * jitter);
+            *next = Instant::now() + self.send_gap.mul_f64(0.7 + 0.6 * random_fraction());
         }
         outcome
     }

@@ -247,7 +247,7 @@ impl Actor<'_> {
                 }
             }
             WaEvent::Receipt { .. } | WaEvent::ServerAck { .. } | WaEvent::ServerRefused { .. } => {
-                shared.outbound_events(self.location, event).await;
+                shared.outbound_events(self.location, event);
             }
             WaEvent::LidMapping { .. } => shared.inbound_ready.notify_one(),
         }

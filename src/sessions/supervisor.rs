@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use super::actor::{Actor, Command, Exit};
 use super::policy::{Decision, PolicySettings, RestartPolicy};
 use super::state::{SessionState, StateView, reasons};
-use crate::crypto::random_hex;
+use crate::crypto::random_fraction;
 use crate::domain::LocationId;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -176,7 +176,7 @@ impl Shared {
         }
     }
 
-    pub async fn outbound_events(&self, location: &LocationId, event: WaEvent) {
+    pub fn outbound_events(&self, location: &LocationId, event: WaEvent) {
         if let Some(sink) = lock(&self.outbound).as_ref() {
             let _ = sink.send((location.clone(), event));
         }
@@ -298,6 +298,17 @@ impl Supervisor {
 
     pub fn view(&self, location: &LocationId) -> Option<StateView> {
         lock(&self.shared.registry).get(location).map(|slot| slot.view())
+    }
+
+    /// The view of a location, or a fresh `unpaired` one since `since` when it never had a
+    /// session.
+    pub fn view_or_unpaired(&self, location: &LocationId, since: i64) -> StateView {
+        self.view(location).unwrap_or(StateView {
+            state: SessionState::Unpaired,
+            reason: None,
+            phone: None,
+            since,
+        })
     }
 
     pub fn views(&self) -> Vec<(LocationId, StateView)> {
@@ -470,12 +481,6 @@ impl Supervisor {
             }
         });
     }
-}
-
-/// A number in [0, 1) for jitter.
-fn random_fraction() -> f64 {
-    let hex = random_hex(4);
-    u32::from_str_radix(&hex, 16).unwrap_or(0) as f64 / (u32::MAX as f64 + 1.0)
 }
 
 /// Owns one location's client from start to its final exit.

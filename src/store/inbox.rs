@@ -181,11 +181,12 @@ impl Store {
     }
 
     /// Remembers the GHL ids resolved for a row, so a retry does not resolve them again.
-    pub async fn remember_inbox_ids(&self, inbox_id: i64, contact_id: &str, conversation_id: &str) -> Result<()> {
+    pub async fn remember_inbox_ids(&self, inbox_id: i64, contact: &super::CachedContact) -> Result<()> {
+        let conversation_id = contact.ghl_conversation_id.as_deref().unwrap_or_default();
         on_db!(self, pool => {
             sqlx::query("UPDATE inbox SET ghl_contact_id = $2, ghl_conversation_id = $3 WHERE inbox_id = $1")
                 .bind(inbox_id)
-                .bind(contact_id)
+                .bind(&contact.ghl_contact_id)
                 .bind(conversation_id)
                 .execute(pool)
                 .await?;

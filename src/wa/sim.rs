@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{BoxFuture, Link, Pairing, ParkReason, ReceiptStatus, Stored, Transport, WaError, WaEvent, WaSession};
 use crate::crypto::random_hex;
+use crate::domain::jid::phone_of;
+use crate::domain::phone::parse_e164;
 use crate::domain::{Content, InboundMessage, LocationId, Media, MediaKind, OutgoingContent};
 
 /// WhatsApp's QR schedule: the first code lives 60 s, then five more live 20 s each.
@@ -506,7 +508,7 @@ impl WaSession for SimSession {
     }
 
     fn new_message_id(&self) -> String {
-        format!("3EB0{}", random_hex(8).to_uppercase())
+        message_id()
     }
 
     fn send<'a>(
@@ -517,7 +519,7 @@ impl WaSession for SimSession {
         reply_to: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), WaError>> {
         Box::pin(async move {
-            let phone = jid_phone(to);
+            let phone = phone_of(to).unwrap_or_else(|| to.to_owned());
             {
                 let mut state = self.state();
                 if state.link != Link::Connected {
@@ -728,18 +730,12 @@ fn sanitize(text: &str) -> String {
 
 /// `+15551234567` from a phone as the control API receives it.
 fn e164(phone: &str) -> Result<String, SimError> {
-    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
-    if !phone.trim().starts_with('+') || !(7..=15).contains(&digits.len()) {
-        return Err(SimError::Invalid(format!(
-            "{phone:?} is not an E.164 number (+ and 7–15 digits)"
-        )));
-    }
-    Ok(format!("+{digits}"))
+    parse_e164(phone).map_err(SimError::Invalid)
 }
 
-fn jid_phone(jid: &str) -> String {
-    let user = jid.split('@').next().unwrap_or(jid);
-    format!("+{}", user.trim_start_matches('+'))
+/// A new message id in WhatsApp Web's format.
+fn message_id() -> String {
+    format!("3EB0{}", random_hex(8).to_uppercase())
 }
 
 fn sent_record(id: &str, phone: &str, content: &OutgoingContent, reply_to: Option<&str>) -> SentMessage {
@@ -837,9 +833,7 @@ fn build_message(request: SimInbound) -> Result<(Box<InboundMessage>, Option<Vec
         return Err(SimError::Invalid("give text, media, or another message kind".into()));
     };
     let message = InboundMessage {
-        id: request
-            .id
-            .unwrap_or_else(|| format!("3EB0{}", random_hex(8).to_uppercase())),
+        id: request.id.unwrap_or_else(message_id),
         is_group: request.group.is_some(),
         is_status: request.status,
         chat,

@@ -276,31 +276,15 @@ async fn kill_9_with_outbound_messages_queued_sends_each_exactly_once_after_rest
             .unwrap();
         assert_eq!(response.status(), 200);
     }
-    let sent = |daemon: &Daemon| {
-        let daemon_url = daemon.url("/sim/locCrashOut/sent");
-        let client = daemon.client.clone();
-        async move {
-            let sent: Value = client
-                .get(daemon_url)
-                .bearer_auth(ADMIN_TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            sent["sent"].as_array().unwrap().clone()
-        }
-    };
     let started = Instant::now();
-    while sent(&daemon).await.len() < 2 {
+    while sent_by(&daemon).await.len() < 2 {
         assert!(started.elapsed() < Duration::from_secs(10), "nothing was sent");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     daemon.kill9();
     daemon.restart().await;
     let started = Instant::now();
-    while sent(&daemon).await.len() < 6 {
+    while sent_by(&daemon).await.len() < 6 {
         if started.elapsed() > Duration::from_secs(15) {
             let list: Value = daemon
                 .get("/api/v1/locations/locCrashOut/messages")
@@ -314,10 +298,16 @@ async fn kill_9_with_outbound_messages_queued_sends_each_exactly_once_after_rest
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let sent = sent(&daemon).await;
+    let sent = sent_by(&daemon).await;
     let mut texts: Vec<&str> = sent.iter().map(|m| m["text"].as_str().unwrap()).collect();
     assert_eq!(texts.len(), 6, "a message went out twice: {texts:?}");
     texts.sort();
     texts.dedup();
     assert_eq!(texts.len(), 6);
+}
+
+/// What the daemon's simulated WhatsApp sent for `locCrashOut`.
+async fn sent_by(daemon: &Daemon) -> Vec<Value> {
+    let sent: Value = daemon.get("/sim/locCrashOut/sent").await.json().await.unwrap();
+    sent["sent"].as_array().unwrap().clone()
 }

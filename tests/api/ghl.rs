@@ -8,7 +8,7 @@ use waghl::ghl::types::{StatusUpdate, UpsertContact};
 use waghl::ghl::{Attachment, GhlError};
 use waghl::store::TokenOwner;
 
-use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, error_code, spawn_app, spawn_app_with_ghl};
+use crate::helpers::{Backend, TestApp, error_code, spawn_app, spawn_app_with_ghl};
 use crate::logs;
 
 async fn app_with(backend: Backend, fake: &FakeGhl, extra: &[(&str, &str)]) -> Option<TestApp> {
@@ -318,14 +318,12 @@ async fn a_refused_refresh_marks_the_location_reauth_required_and_stops_calls() 
     fake.revoke_refresh_tokens("locRevoked");
     expire_tokens(&app, &fake, "locRevoked").await;
 
-    let response = app
-        .client
-        .post(app.url("/api/v1/locations/locRevoked/test"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
+    let body: serde_json::Value = app
+        .admin_post("/api/v1/locations/locRevoked/test", &serde_json::json!({}))
+        .await
+        .json()
         .await
         .unwrap();
-    let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["ok"], false);
     assert_eq!(body["error"]["code"], "ghl_reauth_required");
     assert_eq!(body["location"]["status"], "reauth_required");
@@ -474,12 +472,8 @@ async fn the_admin_locations_api_needs_the_token_and_validates_ids() {
     assert_eq!(error_code(response).await, "invalid_location_id");
 
     let ok: serde_json::Value = app
-        .client
-        .post(app.url("/api/v1/locations/locA/test"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
+        .admin_post("/api/v1/locations/locA/test", &serde_json::json!({}))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -46,9 +46,10 @@ async fn a_signed_link_shows_the_qr_code_and_a_tampered_or_expired_one_is_refuse
     assert_eq!(page.headers()["referrer-policy"], "no-referrer");
     let html = page.text().await.unwrap();
     assert!(html.contains("<svg") && html.contains("Linked devices"), "{html}");
+    // Self-contained: nothing is loaded from anywhere.
     assert!(
-        !html.contains("http://") || !html.contains("<script src"),
-        "no external script"
+        !html.contains(" src=") && !html.contains("<link") && !html.contains("@import"),
+        "the page loads something external"
     );
 
     let tampered = link.replace("sig=", "sig=00");
@@ -87,7 +88,7 @@ async fn the_page_restarts_pairing_only_when_the_session_is_not_linked() {
     assert_eq!(state["can_restart"], true);
     let response = b.app.client.post(&restart_url).send().await.unwrap();
     assert_eq!(response.status(), 202);
-    let code = b.wait_for_qr("locRestart").await;
+    b.wait_for_qr("locRestart").await;
     b.sim("locRestart", "scan", json!({ "phone": "+15551200001" })).await;
     b.app.wait_for_session("locRestart", "connected", None).await;
 
@@ -102,7 +103,6 @@ async fn the_page_restarts_pairing_only_when_the_session_is_not_linked() {
         "a connected session cannot be reset from the page"
     );
     b.app.wait_for_session("locRestart", "connected", None).await;
-    assert!(!code.is_empty());
 }
 
 #[tokio::test]
@@ -117,8 +117,8 @@ async fn the_install_page_links_to_pairing() {
         .await
         .unwrap();
     let start = html.find("/pair/locLinked?exp=").expect("a pairing link");
-    let link = &html[..start + 200];
-    assert!(link.contains("sig="));
+    let link = &html[start..html[start..].find('"').map_or(html.len(), |end| start + end)];
+    assert!(link.contains("&amp;sig=") || link.contains("&sig="), "{link}");
 }
 
 /// Chromium through chromedriver (WebDriver over HTTP), as a person would use the page.
