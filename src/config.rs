@@ -352,6 +352,8 @@ impl Config {
                         .map(|h| h.trim().to_owned())
                 })
                 .filter(|h| !h.is_empty())
+                // `#` separates the instance from the nonce in claim holders.
+                .map(|h| h.replace('#', "-"))
                 .unwrap_or_else(|| "waghl".into()),
             relay,
             outbound_ttl: millis("WAGHL_OUTBOUND_TTL_MS", get("WAGHL_OUTBOUND_TTL_MS"), 24 * 3_600_000)?,

@@ -59,6 +59,12 @@ pub struct RelayLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    /// session | inbound_relay | outbound_send | outbound_report
+    pub task: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -87,6 +93,10 @@ pub struct Metrics {
     pub relay_latency: Histogram,
     /// Outbound: webhook received → WhatsApp accepted the send.
     pub send_latency: Histogram,
+    pub task_panics: Family<TaskLabels, Counter>,
+    /// Uncertain inbound posts looked up in GHL: `found` (settled without posting) or
+    /// `not_found` (posted).
+    pub inbound_reconciled: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -188,7 +198,22 @@ impl Metrics {
             "Time from GHL's webhook to WhatsApp accepting the send",
             send_latency.clone(),
         );
+        let task_panics = Family::<TaskLabels, Counter>::default();
+        registry.register(
+            "waghl_task_panics",
+            "Panics caught in a session runner or a relay task (then restarted or retried), by task",
+            task_panics.clone(),
+        );
+        let inbound_reconciled = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "waghl_inbound_reconciled",
+            "Inbound messages whose earlier post had no known outcome, looked up in GHL before posting: \
+             found (not posted again) or not_found (posted)",
+            inbound_reconciled.clone(),
+        );
         Self {
+            task_panics,
+            inbound_reconciled,
             relayed,
             inbound_queue,
             outbound_queue,
@@ -238,6 +263,18 @@ impl Metrics {
         self.inbound_received
             .get_or_create(&InboundLabels {
                 kind: kind.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn count_panic(&self, task: &str) {
+        self.task_panics.get_or_create(&TaskLabels { task: task.into() }).inc();
+    }
+
+    pub fn count_reconciled(&self, outcome: &str) {
+        self.inbound_reconciled
+            .get_or_create(&OutcomeLabels {
                 outcome: outcome.into(),
             })
             .inc();

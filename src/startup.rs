@@ -68,6 +68,16 @@ impl Application {
             }
         });
 
+        // Claims of this instance's earlier lives are dead: release them before the relays
+        // start, so a restart after kill -9 resumes at once instead of after `claim_for`.
+        let (inbox, outbox) = state
+            .store
+            .release_claims_of_earlier_lives(&state.incarnation)
+            .await
+            .context("releasing the queue claims of an earlier run")?;
+        if inbox + outbox > 0 {
+            tracing::info!(inbox, outbox, "released the claims of an earlier run of this instance");
+        }
         crate::maintenance::spawn(&state);
         let restored = state
             .sessions

@@ -7,6 +7,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Secret, WaBackend};
+use crate::crypto::random_hex;
+use crate::domain::Incarnation;
 use crate::ghl::GhlClient;
 use crate::ghl::webhook::WebhookVerifier;
 use crate::metrics::Metrics;
@@ -33,6 +35,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Background tasks, awaited (under a deadline) before the database is closed.
     pub tasks: TaskTracker,
+    /// This process's life (instance and a nonce drawn at start), named in queue claims.
+    pub incarnation: Incarnation,
     /// Set once start-up finished; `/readyz` answers 503 before that.
     started: Arc<AtomicBool>,
 }
@@ -56,6 +60,7 @@ impl AppState {
             config.instance_id.clone(),
             shutdown.child_token(),
         );
+        let incarnation = Incarnation::new(&config.instance_id, &random_hex(8));
         Self {
             sessions,
             sim,
@@ -67,6 +72,7 @@ impl AppState {
             admin_token,
             shutdown,
             tasks: TaskTracker::new(),
+            incarnation,
             started: Arc::new(AtomicBool::new(false)),
         }
     }

@@ -43,6 +43,41 @@ impl AsRef<str> for LocationId {
     }
 }
 
+/// One life of a waghl process: the instance (stable across restarts, `WAGHL_INSTANCE_ID`) and
+/// a nonce drawn at start. Queue claims name it, so a restarted instance can tell the claims of
+/// its own earlier lives (dead: released at once) from those of live processes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incarnation {
+    /// `instance#nonce`, as stored in `claimed_by`.
+    full: String,
+    /// Length of the `instance#` prefix.
+    prefix_len: usize,
+}
+
+impl Incarnation {
+    pub fn new(instance: &str, nonce: &str) -> Self {
+        Self {
+            full: format!("{instance}#{nonce}"),
+            prefix_len: instance.len() + 1,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+
+    /// `instance#`: what every incarnation of this instance starts with.
+    pub fn instance_prefix(&self) -> &str {
+        &self.full[..self.prefix_len]
+    }
+}
+
+impl fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.full)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +91,14 @@ mod tests {
         for bad in ["", "../etc", "a b", "x/y", &"a".repeat(65)] {
             assert!(LocationId::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn an_incarnation_names_its_instance_as_a_prefix() {
+        let me = Incarnation::new("host-a", "1f2e");
+        assert_eq!(me.as_str(), "host-a#1f2e");
+        assert_eq!(me.instance_prefix(), "host-a#");
+        // An instance whose name extends ours is another instance, not an earlier life.
+        assert!(!Incarnation::new("host-ab", "1").as_str().starts_with("host-a#"));
     }
 }

@@ -8,6 +8,6 @@ mod outbound;
 pub mod phone;
 pub mod render;
 
-pub use ids::{InvalidId, LocationId};
+pub use ids::{Incarnation, InvalidId, LocationId};
 pub use message::{Content, InboundMessage, Media, MediaKind, OutgoingContent};
 pub use outbound::{Fetched, OutboundRequest, plan_parts};

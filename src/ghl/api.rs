@@ -2,11 +2,12 @@
 
 use axum::body::Bytes;
 
+use super::types::MessagePage;
 use super::types::{
-    AddMessage, AddedMessage, ConversationSearch, CreatedConversation, DuplicateSearch, StatusUpdate, UploadTicket,
-    UploadedFiles, UpsertContact, UpsertContactResponse,
+    AddMessage, AddedMessage, ConversationMessages, ConversationSearch, CreatedConversation, DuplicateSearch,
+    StatusUpdate, UploadTicket, UploadedFiles, UpsertContact, UpsertContactResponse,
 };
-use super::{GhlClient, GhlError, Result};
+use super::{GhlClient, GhlError, Result, Retries};
 use crate::store::TokenOwner;
 
 /// Files up to this size go through the one-request multipart upload; larger ones through the
@@ -94,9 +95,12 @@ impl GhlClient {
     /// custom provider (inbound, or outbound for messages typed on the phone).
     pub async fn add_message(&self, location_id: &str, body: &AddMessage<'_>) -> Result<AddedMessage> {
         let url = self.url("/conversations/messages/inbound");
-        self.call(
+        // Never repeated blindly: a post whose answer was lost may have added the message, so
+        // the caller looks it up in the conversation before posting again.
+        self.call_with(
             "messages_add",
             Some(TokenOwner::Location(location_id)),
+            Retries::UnlessMaybeDone,
             |http, token| http.post(&url).bearer_auth(token).json(body),
         )
         .await
@@ -109,6 +113,33 @@ impl GhlClient {
             },
             other => other,
         })
+    }
+
+    /// `GET /conversations/{conversationId}/messages`: a page of the conversation, newest
+    /// first, starting after `after` (the previous page's `lastMessageId`).
+    pub async fn conversation_messages(
+        &self,
+        location_id: &str,
+        conversation_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<MessagePage> {
+        let url = self.url(&format!("/conversations/{conversation_id}/messages"));
+        let limit = limit.to_string();
+        let page: ConversationMessages = self
+            .call(
+                "messages_list",
+                Some(TokenOwner::Location(location_id)),
+                |http, token| {
+                    let request = http.get(&url).bearer_auth(token).query(&[("limit", limit.as_str())]);
+                    match after {
+                        Some(id) => request.query(&[("lastMessageId", id)]),
+                        None => request,
+                    }
+                },
+            )
+            .await?;
+        Ok(page.into_page())
     }
 
     /// `PUT /conversations/messages/{id}/status`. Right after GHL sent a message to the

@@ -47,6 +47,17 @@ struct Inner {
     metrics: Arc<Metrics>,
 }
 
+/// Which failed attempts a call repeats by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retries {
+    /// 429, 5xx, timeouts and network errors, with backoff.
+    All,
+    /// None: a refresh that timed out may have spent the rotating refresh token.
+    None,
+    /// Only answers that say GHL did nothing (429); a timeout or 5xx may have done the work.
+    UnlessMaybeDone,
+}
+
 /// How one attempt at a call ended, before the retry policy decides.
 enum Attempt {
     Ok(Bytes),
@@ -118,7 +129,7 @@ impl GhlClient {
         owner: Option<TokenOwner<'_>>,
         build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     ) -> Result<T> {
-        self.call_with(operation, owner, true, build).await
+        self.call_with(operation, owner, Retries::All, build).await
     }
 
     /// [`GhlClient::call`] without retries, for a call whose repetition could do harm: a
@@ -129,19 +140,21 @@ impl GhlClient {
         owner: Option<TokenOwner<'_>>,
         build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     ) -> Result<T> {
-        self.call_with(operation, owner, false, build).await
+        self.call_with(operation, owner, Retries::None, build).await
     }
 
     async fn call_with<T: DeserializeOwned>(
         &self,
         operation: &'static str,
         owner: Option<TokenOwner<'_>>,
-        retry: bool,
+        retries: Retries,
         build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     ) -> Result<T> {
         self.ensure_configured()?;
         let inner = &self.inner;
-        let mut delays = self.backoff().take(if retry { usize::MAX } else { 0 });
+        let mut delays = self
+            .backoff()
+            .take(if retries == Retries::None { 0 } else { usize::MAX });
         let mut refreshed = false;
         loop {
             let authed = match owner {
@@ -177,6 +190,9 @@ impl GhlClient {
                         Some(owner) => inner.limiter.pause(owner.id(), delay),
                         None => tokio::time::sleep(delay).await,
                     }
+                }
+                Attempt::Transient(message) if retries == Retries::UnlessMaybeDone => {
+                    return Err(GhlError::Unavailable(message));
                 }
                 Attempt::Transient(message) => match delays.next() {
                     Some(delay) => tokio::time::sleep(delay).await,

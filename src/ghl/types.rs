@@ -120,7 +120,7 @@ impl CreatedConversation {
     }
 }
 
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Inbound,
@@ -155,6 +155,51 @@ pub struct AddedMessage {
     pub message_id: String,
     #[serde(default)]
     pub conversation_id: Option<String>,
+}
+
+/// `GET /conversations/{conversationId}/messages`: one page, newest first. The spec's shape
+/// has the page at the top level; real answers have been reported wrapped in `messages`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ConversationMessages {
+    Wrapped { messages: MessagePage },
+    Page(MessagePage),
+}
+
+impl ConversationMessages {
+    pub fn into_page(self) -> MessagePage {
+        match self {
+            Self::Wrapped { messages } | Self::Page(messages) => messages,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagePage {
+    #[serde(default)]
+    pub last_message_id: Option<String>,
+    #[serde(default)]
+    pub next_page: bool,
+    pub messages: Vec<ConversationMessage>,
+}
+
+/// A message of a conversation, with the fields reconciliation reads (`GetMessageResponseDto`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationMessage {
+    pub id: String,
+    #[serde(default)]
+    pub direction: Option<Direction>,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub date_added: Option<String>,
+    #[serde(default)]
+    pub attachments: Vec<String>,
+    /// Not in GHL's spec; used when an answer carries it.
+    #[serde(default)]
+    pub alt_id: Option<String>,
 }
 
 /// `PUT /conversations/messages/{id}/status` body (§6).

@@ -87,7 +87,8 @@ async fn list_sessions(_: AdminAuth, State(state): State<AppState>) -> Json<Valu
     Json(json!({ "sessions": sessions }))
 }
 
-async fn known_location(state: &AppState, id: &LocationId) -> Result<(), ApiError> {
+/// 404 for a location waghl does not know.
+pub(super) async fn known_location(state: &AppState, id: &LocationId) -> Result<(), ApiError> {
     match state.store.location(id.as_str()).await? {
         Some(_) => Ok(()),
         None => Err(ApiError::not_found(format!("no location {id}"))),

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::{AdminAuth, ApiError, AppJson, LocationPath, MaybeJson};
 use crate::state::AppState;
 use crate::wa::ReceiptStatus;
-use crate::wa::sim::{Delivery, SimError, SimInbound, SimWorld};
+use crate::wa::sim::{Delivery, PanicAt, SimError, SimInbound, SimWorld};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -26,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .route("/sim/{id}/ban", post(ban))
         .route("/sim/{id}/zombie", post(zombie))
         .route("/sim/{id}/break", post(break_store))
+        .route("/sim/{id}/panic", post(arm_panic))
         .route("/sim/{id}/lid", post(lid))
         .route("/sim/{id}/sent", get(sent))
         // Media arrives base64-encoded in the JSON body: allow what WhatsApp allows (~100 MB).
@@ -90,6 +91,7 @@ async fn inbound(
     LocationPath(id): LocationPath,
     AppJson(body): AppJson<SimInbound>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    super::sessions::known_location(&state, &id).await?;
     match world(&state)?.inbound(id.as_str(), body).await.map_err(sim_error)? {
         Delivery::Stored(id) => Ok((StatusCode::OK, Json(json!({ "id": id })))),
         Delivery::Queued(id) => Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "queued": true })))),
@@ -162,6 +164,23 @@ async fn zombie(_: AdminAuth, State(state): State<AppState>, LocationPath(id): L
 }
 
 /// The device's key store becomes unreadable: every later start fails (a crash loop).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArmPanic {
+    at: PanicAt,
+}
+
+/// Test hook: the next call of a client method panics inside waghl's task that makes it.
+async fn arm_panic(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    LocationPath(id): LocationPath,
+    AppJson(body): AppJson<ArmPanic>,
+) -> Reply {
+    world(&state)?.arm_panic(id.as_str(), body.at);
+    ok()
+}
+
 async fn break_store(_: AdminAuth, State(state): State<AppState>, LocationPath(id): LocationPath) -> Reply {
     world(&state)?.break_store(id.as_str());
     ok()

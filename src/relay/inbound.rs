@@ -4,24 +4,24 @@
 //! Failures that heal are retried with backoff within the budget; the rest become `dead`
 //! with their reason, to be replayed from the admin API.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::convert::for_ghl;
+use super::reconcile::{Posted, find_post};
+use super::workers::{Joined, Renewal, Workers};
 use super::{RelaySettings, retry_at};
 use crate::domain::jid::{Party, party_of};
 use crate::domain::render::{excerpt_of, file_name, ghl_text};
-use crate::domain::{Content, InboundMessage, LocationId};
+use crate::domain::{Content, InboundMessage, Incarnation, LocationId};
 use crate::ghl::types::{AddMessage, Direction, UpsertContact};
 use crate::ghl::{Action, Attachment, GhlClient, GhlError};
 use crate::metrics::Metrics;
 use crate::sessions::Supervisor;
-use crate::store::{CachedContact, InboxOutcome, InboxRow, Store};
+use crate::store::{CachedContact, InboxOutcome, InboxRow, Queue, Store};
 use crate::time::{now_ms, rfc3339};
 
 /// What the inbound worker needs; cheap to clone (each field is shared).
@@ -32,6 +32,8 @@ pub struct InboundRelay {
     pub sessions: Supervisor,
     pub metrics: Arc<Metrics>,
     pub settings: RelaySettings,
+    /// This process's life, named in the claims it takes.
+    pub holder: Incarnation,
 }
 
 /// What became of one row (owned, unlike the store's borrowed outcome).
@@ -76,9 +78,12 @@ impl InboundRelay {
     /// GHL call never holds up the others, because new heads are claimed as soon as a slot is
     /// free. At shutdown the rows in flight are finished (within the shutdown deadline).
     pub async fn run(self, ready: Arc<Notify>, shutdown: CancellationToken) {
-        let mut running = JoinSet::new();
-        // Rows being relayed: an expired claim must not start a second relay of one.
-        let mut in_flight: HashSet<i64> = HashSet::new();
+        let mut workers = Workers::new(Some(Renewal {
+            store: self.store.clone(),
+            queue: Queue::Inbox,
+            holder: self.holder.clone(),
+            claim_for: self.settings.claim_for,
+        }));
         let capacity = self.settings.batch.max(1) as usize;
         let mut gauge_due = tokio::time::Instant::now();
         loop {
@@ -88,17 +93,13 @@ impl InboundRelay {
                 }
                 gauge_due = tokio::time::Instant::now() + self.settings.poll_interval;
             }
-            let free = capacity.saturating_sub(running.len());
+            let free = capacity.saturating_sub(workers.len());
             if free > 0 {
                 match self.claim(free as i64).await {
                     Ok(rows) => {
-                        for row in rows.into_iter().filter(|r| in_flight.insert(r.inbox_id)) {
+                        for row in rows {
                             let relay = self.clone();
-                            running.spawn(async move {
-                                let id = row.inbox_id;
-                                relay.finish(row).await;
-                                id
-                            });
+                            workers.start(row.inbox_id, async move { relay.finish(row).await });
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "the inbound relay could not claim messages"),
@@ -106,21 +107,22 @@ impl InboundRelay {
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                Some(done) = running.join_next(), if !running.is_empty() => {
-                    if let Ok(id) = done {
-                        in_flight.remove(&id);
+                Some(joined) = workers.next(), if !workers.is_empty() => {
+                    if let Joined::Panicked(row) = joined {
+                        super::after_panic(&self.store, &self.metrics, &self.settings, Queue::Inbox, &self.holder, row).await;
                     }
                 }
                 () = ready.notified() => {}
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
             }
         }
-        while running.join_next().await.is_some() {}
+        workers.drain().await;
     }
 
-    async fn claim(&self, limit: i64) -> Result<Vec<InboxRow>, crate::store::StoreError> {
+    /// Claims up to `limit` chat heads for this incarnation.
+    pub async fn claim(&self, limit: i64) -> Result<Vec<InboxRow>, crate::store::StoreError> {
         let claim_ms = self.settings.claim_for.as_millis() as i64;
-        self.store.claim_inbox_batch(limit, claim_ms).await
+        self.store.claim_inbox_batch(limit, claim_ms, &self.holder).await
     }
 
     async fn finish(&self, row: InboxRow) {
@@ -282,6 +284,31 @@ impl InboundRelay {
         phone: &str,
     ) -> Result<Outcome, Failure> {
         let mut contact = self.contact_for(location, row, message, phone).await?;
+        let quoted = match &message.reply_to {
+            Some(id) => self.quoted_text(location, id).await,
+            None => None,
+        };
+        let mut text = ghl_text(message, quoted.as_deref());
+        let direction = if message.from_me {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        };
+        if row.posting_at.is_some() {
+            let posted = Posted {
+                direction,
+                date_ms: message.timestamp,
+                text: &text,
+                media: matches!(message.content, Content::Media(_)),
+                alt_id: &message.id,
+            };
+            if let Some(ghl_message_id) = self.reconcile(location, &contact, &posted).await? {
+                return Ok(Outcome::Relayed {
+                    ghl_message_id,
+                    contact,
+                });
+            }
+        }
         let mut lost_media = None;
         let attachments = match &message.content {
             Content::Media(media) => match self.download(location, row).await {
@@ -298,11 +325,6 @@ impl InboundRelay {
             },
             _ => Vec::new(),
         };
-        let quoted = match &message.reply_to {
-            Some(id) => self.quoted_text(location, id).await,
-            None => None,
-        };
-        let mut text = ghl_text(message, quoted.as_deref());
         if let Some(reason) = lost_media {
             text = format!("[WhatsApp {} not available: {reason}]\n{text}", message.content.kind())
                 .trim_end()
@@ -320,14 +342,24 @@ impl InboundRelay {
                 message: &text,
                 attachments: &attachments,
                 alt_id: &message.id,
-                direction: if message.from_me {
-                    Direction::Outbound
-                } else {
-                    Direction::Inbound
-                },
+                direction,
                 date: &date,
             };
-            match self.ghl.add_message(location.as_str(), &body).await {
+            // Recorded first: if the outcome of the post is never learnt (a crash, a lost
+            // answer), the next attempt looks for the message in GHL before posting again.
+            if !self.store.mark_inbox_posting(row.inbox_id, &self.holder).await? {
+                return Err(Failure {
+                    retry: true,
+                    message: "another worker took this message over".into(),
+                });
+            }
+            let added = self.ghl.add_message(location.as_str(), &body).await;
+            if let Err(e) = &added
+                && !may_have_added(e)
+            {
+                self.store.clear_inbox_posting(row.inbox_id).await?;
+            }
+            match added {
                 Ok(added) => {
                     return Ok(Outcome::Relayed {
                         ghl_message_id: added.message_id,
@@ -344,6 +376,39 @@ impl InboundRelay {
                     self.store.remember_inbox_ids(row.inbox_id, &contact).await?;
                 }
                 Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Looks for an uncertain post in the conversation. A lookup GHL cannot answer now keeps
+    /// the row waiting (it never posts blind); one GHL refuses outright (e.g. the install lacks
+    /// the `conversations/message.readonly` scope) lets the post go ahead, logged: a possible
+    /// duplicate is better than a lost message.
+    async fn reconcile(
+        &self,
+        location: &LocationId,
+        contact: &CachedContact,
+        posted: &Posted<'_>,
+    ) -> Result<Option<String>, Failure> {
+        let conversation = contact.ghl_conversation_id.as_deref().unwrap_or_default();
+        match find_post(&self.ghl, &self.store, location.as_str(), conversation, posted).await {
+            Ok(Some(id)) => {
+                self.metrics.count_reconciled("found");
+                tracing::info!(location.id = %location, "an uncertain post was found in GHL; not posting it again");
+                Ok(Some(id))
+            }
+            Ok(None) => {
+                self.metrics.count_reconciled("not_found");
+                Ok(None)
+            }
+            Err(e) if e.action() == Action::RetryLater => Err(Failure {
+                retry: true,
+                message: format!("looking for an earlier attempt in GHL before posting again: {e}"),
+            }),
+            Err(e) => {
+                self.metrics.count_reconciled("unverifiable");
+                tracing::warn!(location.id = %location, error = %e, "GHL refused the lookup of an uncertain post; posting it");
+                Ok(None)
             }
         }
     }
@@ -464,4 +529,10 @@ impl InboundRelay {
         let text = ghl_text(&quoted, None);
         (!text.is_empty()).then(|| excerpt_of(&text))
     }
+}
+
+/// A failed post that may have added the message all the same: its answer was lost (timeout,
+/// network, 5xx), or GHL answered success with a body waghl could not read.
+fn may_have_added(e: &GhlError) -> bool {
+    matches!(e, GhlError::Unavailable(_) | GhlError::Rejected { status: 200, .. })
 }

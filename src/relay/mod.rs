@@ -5,10 +5,15 @@ mod convert;
 mod fetch;
 pub mod inbound;
 pub mod outbound;
+mod reconcile;
+mod workers;
 
 use std::time::Duration;
 
 use crate::crypto::random_fraction;
+use crate::domain::Incarnation;
+use crate::metrics::Metrics;
+use crate::store::{Queue, Store};
 use crate::time::now_ms;
 
 #[derive(Clone, Debug)]
@@ -36,6 +41,7 @@ pub fn spawn(state: &crate::state::AppState) {
         sessions: state.sessions.clone(),
         metrics: state.metrics.clone(),
         settings: state.config.relay.clone(),
+        holder: state.incarnation.clone(),
     };
     state
         .tasks
@@ -51,6 +57,7 @@ pub fn spawn(state: &crate::state::AppState) {
         config.default_country.clone(),
         config.send_gap,
         config.outbound_ttl,
+        state.incarnation.clone(),
     );
     state.tasks.spawn(outbound.run(
         state.sessions.outbound_ready(),
@@ -68,4 +75,27 @@ pub fn retry_at(settings: &RelaySettings, attempts: i64) -> i64 {
         .saturating_mul(1u32 << exponent)
         .min(settings.retry_max);
     now_ms() + delay.mul_f64(0.5 + random_fraction() / 2.0).as_millis() as i64
+}
+
+/// A relay task panicked on `row`: count it, log it, and put the row back in its queue (after
+/// the longest retry delay, or `dead` once its retry budget is spent), so its chat goes on.
+async fn after_panic(
+    store: &Store,
+    metrics: &Metrics,
+    settings: &RelaySettings,
+    queue: Queue,
+    holder: &Incarnation,
+    row: i64,
+) {
+    let task = match queue {
+        Queue::Inbox => "inbound_relay",
+        Queue::Outbox => "outbound_send",
+    };
+    metrics.count_panic(task);
+    tracing::error!(task, row, "a relay task panicked; the message will be retried");
+    let at = now_ms() + settings.retry_max.as_millis() as i64;
+    let budget_start = now_ms() - settings.retry_budget.as_millis() as i64;
+    if let Err(e) = store.release_after_panic(queue, row, holder, at, budget_start).await {
+        tracing::error!(task, row, error = %e, "could not release the row of a panicked task");
+    }
 }

@@ -5,26 +5,25 @@
 //! Exactly once: every part's WhatsApp id is committed before it is sent and sent with that
 //! id, so a crash mid-send resends the same id — the same message to WhatsApp — never a copy.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::sync::{Notify, mpsc};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::fetch::Fetcher;
+use super::workers::{Joined, Renewal, Workers};
 use super::{RelaySettings, retry_at};
 use crate::crypto::random_fraction;
 use crate::domain::phone::normalize;
-use crate::domain::{LocationId, OutboundRequest, plan_parts};
+use crate::domain::{Incarnation, LocationId, OutboundRequest, plan_parts};
 use crate::ghl::types::{StatusError, StatusUpdate};
 use crate::ghl::{Action, GhlClient, GhlError};
 use crate::metrics::Metrics;
 use crate::sessions::Supervisor;
-use crate::store::{OutboxRow, StatusToReport, Store, status_rank};
+use crate::store::{OutboxRow, Queue, StatusToReport, Store, status_rank};
 use crate::time::now_ms;
 use crate::wa::{ReceiptStatus, WaError, WaEvent, WaSession};
 
@@ -40,6 +39,8 @@ pub struct OutboundRelay {
     pub send_gap: Duration,
     /// How long a message waits for WhatsApp to connect.
     pub ttl: Duration,
+    /// This process's life, named in the claims it takes.
+    pub holder: Incarnation,
     /// When each location may send next; the lock is held across a send, so one session
     /// sends one message at a time.
     pacing: DashMap<String, Arc<tokio::sync::Mutex<Instant>>>,
@@ -79,6 +80,7 @@ impl OutboundRelay {
         default_country: String,
         send_gap: Duration,
         ttl: Duration,
+        holder: Incarnation,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -90,6 +92,7 @@ impl OutboundRelay {
             default_country,
             send_gap,
             ttl,
+            holder,
             pacing: DashMap::new(),
             sent_unsupported: Default::default(),
         })
@@ -102,12 +105,15 @@ impl OutboundRelay {
         mut events: mpsc::UnboundedReceiver<(LocationId, WaEvent)>,
         shutdown: CancellationToken,
     ) {
-        let mut sending = JoinSet::new();
-        // Rows being sent: a claim that expires while a row waits for its session's pacing must
-        // not start a second send of it.
-        let mut sends_in_flight: HashSet<i64> = HashSet::new();
-        let mut reporting = JoinSet::new();
-        let mut reports_in_flight: HashSet<i64> = HashSet::new();
+        // A claim that expires while a row waits for its session's pacing must not start a
+        // second send of it: `Workers` runs each row once at a time and renews its claim.
+        let mut sending = Workers::new(Some(Renewal {
+            store: self.store.clone(),
+            queue: Queue::Outbox,
+            holder: self.holder.clone(),
+            claim_for: self.settings.claim_for,
+        }));
+        let mut reporting = Workers::new(None);
         let capacity = self.settings.batch.max(1) as usize;
         let mut housekeeping_due = Instant::now();
         loop {
@@ -117,19 +123,11 @@ impl OutboundRelay {
             }
             let free = capacity.saturating_sub(sending.len());
             if free > 0 {
-                match self
-                    .store
-                    .claim_outbox_batch(free as i64, self.settings.claim_for.as_millis() as i64)
-                    .await
-                {
+                match self.claim(free as i64).await {
                     Ok(rows) => {
-                        for row in rows.into_iter().filter(|r| sends_in_flight.insert(r.outbox_id)) {
+                        for row in rows {
                             let relay = self.clone();
-                            sending.spawn(async move {
-                                let id = row.outbox_id;
-                                relay.finish(row).await;
-                                id
-                            });
+                            sending.start(row.outbox_id, async move { relay.finish(row).await });
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "the outbound relay could not claim messages"),
@@ -137,27 +135,25 @@ impl OutboundRelay {
             }
             match self.store.statuses_to_report(capacity as i64).await {
                 Ok(due) => {
-                    for report in due.into_iter().filter(|r| reports_in_flight.insert(r.outbox_id)) {
+                    for report in due {
                         let relay = self.clone();
-                        reporting.spawn(async move {
-                            let id = report.outbox_id;
-                            relay.report(report).await;
-                            id
-                        });
+                        reporting.start(report.outbox_id, async move { relay.report(report).await });
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "could not read the statuses to report"),
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                Some(done) = sending.join_next(), if !sending.is_empty() => {
-                    if let Ok(id) = done {
-                        sends_in_flight.remove(&id);
+                Some(joined) = sending.next(), if !sending.is_empty() => {
+                    if let Joined::Panicked(row) = joined {
+                        super::after_panic(&self.store, &self.metrics, &self.settings, Queue::Outbox, &self.holder, row).await;
                     }
                 }
-                Some(done) = reporting.join_next(), if !reporting.is_empty() => {
-                    if let Ok(id) = done {
-                        reports_in_flight.remove(&id);
+                Some(joined) = reporting.next(), if !reporting.is_empty() => {
+                    if let Joined::Panicked(row) = joined {
+                        // The report stays due and is tried again on a later round.
+                        self.metrics.count_panic("outbound_report");
+                        tracing::error!(outbox.id = row, "a status report panicked");
                     }
                 }
                 Some((location, event)) = events.recv() => self.apply_receipt(&location, event).await,
@@ -165,7 +161,13 @@ impl OutboundRelay {
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
             }
         }
-        while sending.join_next().await.is_some() {}
+        sending.drain().await;
+    }
+
+    /// Claims up to `limit` chat heads for this incarnation.
+    pub async fn claim(&self, limit: i64) -> Result<Vec<OutboxRow>, crate::store::StoreError> {
+        let claim_ms = self.settings.claim_for.as_millis() as i64;
+        self.store.claim_outbox_batch(limit, claim_ms, &self.holder).await
     }
 
     async fn expire_waiting(&self) {

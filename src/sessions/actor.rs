@@ -40,6 +40,8 @@ pub(super) enum Exit {
     Ended,
     /// The health check found the client dead while it claimed to run.
     Zombie,
+    /// The client's task panicked (caught by the runner).
+    Panicked,
 }
 
 pub(super) struct Actor<'a> {
@@ -138,8 +140,8 @@ impl Actor<'_> {
     async fn check_reachable(&self, quiet_checks: &mut u32) {
         let view = self.slot.view();
         let code = self.slot.pairing_code();
-        let waiting = view.state == SessionState::Pairing
-            && view.reason.is_none()
+        let waiting = view.is_pairing()
+            && view.reason.as_deref().is_none_or(|r| r == reasons::PAIRING_STARTING)
             && code.qr.is_none()
             && code.code.is_none()
             && self.session.link() != Link::Connected;

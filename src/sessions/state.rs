@@ -50,7 +50,8 @@ impl SessionState {
     /// States from which the pairing page may start pairing again.
     pub fn may_restart_pairing(self, reason: Option<&str>) -> bool {
         match self {
-            Self::Unpaired | Self::LoggedOut => true,
+            Self::Unpaired => reason != Some(reasons::PAIRING_STARTING),
+            Self::LoggedOut => true,
             Self::Pairing => reason == Some(reasons::QR_EXHAUSTED),
             _ => false,
         }
@@ -70,6 +71,8 @@ pub mod reasons {
     pub const RESTORING: &str = "restoring";
     pub const WA_UNREACHABLE: &str = "wa_unreachable";
     pub const LEASE_LOST: &str = "lease_lost";
+    /// A client was started to pair and has no code to show yet (`unpaired`).
+    pub const PAIRING_STARTING: &str = "pairing_starting";
 }
 
 /// A session as the admin API and the pairing page show it.
@@ -80,4 +83,12 @@ pub struct StateView {
     pub phone: Option<String>,
     /// Unix ms when the state (or its reason) last changed.
     pub since: i64,
+}
+
+impl StateView {
+    /// Pairing, or started to pair and waiting for its first code.
+    pub fn is_pairing(&self) -> bool {
+        self.state == SessionState::Pairing
+            || (self.state == SessionState::Unpaired && self.reason.as_deref() == Some(reasons::PAIRING_STARTING))
+    }
 }

@@ -8,9 +8,11 @@
 //! row while its client lives, so an overlapping deploy waits instead of connecting twice.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,6 +29,9 @@ use crate::wa::{Pairing, Transport, WaError, WaEvent, WaSession};
 
 /// How long a logout waits for WhatsApp to confirm the unlinking.
 const LOGOUT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long starting a pairing waits for the first code, to answer with it.
+const PAIRING_CODE_WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Debug)]
 pub struct SessionSettings {
@@ -351,10 +356,26 @@ impl Supervisor {
         }
         self.shared.metrics.pairing_attempts.inc();
         slot.show_code(None, None, None);
+        // `pairing` means a code is there to scan (the client's first code makes it so); until
+        // then the session is unpaired and says why.
         self.shared
-            .transition(location, &slot, SessionState::Pairing, None, None)
+            .transition(
+                location,
+                &slot,
+                SessionState::Unpaired,
+                Some(reasons::PAIRING_STARTING),
+                None,
+            )
             .await;
+        let mut view = slot.view.subscribe();
         self.spawn_runner(location.clone(), pairing, Duration::ZERO);
+        // Answer with the code when it comes quickly (it normally does); a client that cannot
+        // reach WhatsApp gets the `pairing_starting` view and the state follows later.
+        let _ = tokio::time::timeout(
+            PAIRING_CODE_WAIT,
+            view.wait_for(|v| v.reason.as_deref() != Some(reasons::PAIRING_STARTING)),
+        )
+        .await;
         Ok(slot.view())
     }
 
@@ -417,10 +438,30 @@ impl Supervisor {
             stop,
             commands,
         };
+        let shared = self.shared.clone();
         self.runners.spawn(async move {
-            tokio::select! {
-                () = runner.stop.cancelled() => {}
-                () = tokio::time::sleep(delay) => runner.run(pairing).await,
+            let (location, slot) = (runner.location.clone(), runner.slot.clone());
+            let stop = runner.stop.clone();
+            let run = async move {
+                tokio::select! {
+                    () = runner.stop.cancelled() => {}
+                    () = tokio::time::sleep(delay) => runner.run(pairing).await,
+                }
+            };
+            // The client's own panics are restarted inside `run`; one outside it (lease or
+            // state bookkeeping) parks the session visibly instead of leaving a dead slot.
+            if AssertUnwindSafe(run).catch_unwind().await.is_err() {
+                shared.metrics.count_panic("session");
+                tracing::error!(location.id = %location, "the session runner panicked; parking the session");
+                let orphan = lock(&slot.session).take();
+                if let Some(session) = orphan {
+                    session.stop().await;
+                }
+                if !stop.is_cancelled() {
+                    shared
+                        .transition(&location, &slot, SessionState::Parked, Some(reasons::CRASH_LOOP), None)
+                        .await;
+                }
             }
             let _ = done_tx.send(true);
         });
@@ -500,7 +541,24 @@ impl Runner {
                 self.release().await;
                 return;
             }
-            let exit = self.run_client(&pairing, &mut policy).await;
+            // A panic anywhere in the client's life (its start, the actor, an event) ends this
+            // client like a crash: seen, counted, cleaned up and restarted through the policy,
+            // so a panic loop parks the session as `crash_loop` instead of killing it silently.
+            let exit = match AssertUnwindSafe(self.run_client(&pairing, &mut policy))
+                .catch_unwind()
+                .await
+            {
+                Ok(exit) => exit,
+                Err(_) => {
+                    self.shared.metrics.count_panic("session");
+                    tracing::error!(location.id = %self.location, "the WhatsApp client's task panicked; restarting it");
+                    let orphan = lock(&self.slot.session).take();
+                    if let Some(session) = orphan {
+                        session.stop().await;
+                    }
+                    Exit::Panicked
+                }
+            };
             if self.stop.is_cancelled() && exit != Exit::LoggedOutOnRequest {
                 self.release().await;
                 return;
@@ -547,7 +605,7 @@ impl Runner {
                         )
                         .await;
                 }
-                Exit::Ended | Exit::Zombie => {
+                Exit::Ended | Exit::Zombie | Exit::Panicked => {
                     shared.metrics.restarts.inc();
                     match policy.on_exit(tokio::time::Instant::now(), random_fraction()) {
                         Decision::Park => {
@@ -561,9 +619,10 @@ impl Runner {
                             } else {
                                 reasons::RESTARTING
                             };
-                            let state = match slot.view().state {
-                                SessionState::Pairing => SessionState::Pairing,
-                                _ => SessionState::Reconnecting,
+                            let state = if slot.view().is_pairing() {
+                                SessionState::Pairing
+                            } else {
+                                SessionState::Reconnecting
                             };
                             shared.transition(location, slot, state, Some(reason), None).await;
                             tracing::info!(location.id = %location, ?delay, ?exit, "restarting the WhatsApp client");
@@ -603,7 +662,7 @@ impl Runner {
                 Ok(false) if !waiting => {
                     waiting = true;
                     tracing::warn!(location.id = %self.location, "another instance holds this session; waiting for its lease");
-                    if self.slot.view().state != SessionState::Pairing {
+                    if !self.slot.view().is_pairing() {
                         self.shared
                             .transition(
                                 &self.location,

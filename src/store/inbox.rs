@@ -2,7 +2,7 @@
 //! arrived; its key `(location_id, chat, sender, wa_message_id)` makes a redelivery a no-op.
 
 use super::{Result, Store, on_db};
-use crate::domain::InboundMessage;
+use crate::domain::{InboundMessage, Incarnation};
 use crate::time::now_ms;
 
 /// The inbox state a message starts in.
@@ -71,6 +71,8 @@ pub struct InboxRow {
     pub retry_from: i64,
     pub ghl_contact_id: Option<String>,
     pub ghl_conversation_id: Option<String>,
+    /// Set when an earlier attempt handed the message to GHL without learning the outcome.
+    pub posting_at: Option<i64>,
 }
 
 /// What became of a relay attempt.
@@ -98,11 +100,11 @@ impl Store {
     /// Claims up to `limit` rows for `claim_ms`: only the oldest pending row of each chat (first
     /// in, first out per chat), only when it is due and unclaimed, and only for installed
     /// locations. A chat whose head waits blocks nothing else.
-    pub async fn claim_inbox_batch(&self, limit: i64, claim_ms: i64) -> Result<Vec<InboxRow>> {
+    pub async fn claim_inbox_batch(&self, limit: i64, claim_ms: i64, holder: &Incarnation) -> Result<Vec<InboxRow>> {
         let now = now_ms();
         Ok(on_db!(self, pool => {
             sqlx::query_as(
-                "UPDATE inbox SET claimed_until = $3 WHERE inbox_id IN ( \
+                "UPDATE inbox SET claimed_until = $3, claimed_by = $4 WHERE inbox_id IN ( \
                    SELECT h.inbox_id FROM inbox h \
                    JOIN locations l ON l.location_id = h.location_id AND l.status = 'installed' \
                    WHERE h.state = 'pending' AND h.next_attempt_at <= $1 \
@@ -112,11 +114,12 @@ impl Store {
                    ORDER BY h.inbox_id LIMIT $2) \
                  AND state = 'pending' AND (claimed_until IS NULL OR claimed_until < $1) \
                  RETURNING inbox_id, location_id, chat, wa_message_id, body, media_ref, attempts, received_at, retry_from, \
-                   ghl_contact_id, ghl_conversation_id",
+                   ghl_contact_id, ghl_conversation_id, posting_at",
             )
             .bind(now)
             .bind(limit)
             .bind(now + claim_ms)
+            .bind(holder.as_str())
             .fetch_all(pool)
             .await?
         }))
@@ -130,7 +133,7 @@ impl Store {
                 InboxOutcome::Relayed { ghl_message_id, contact_id, conversation_id } => {
                     sqlx::query(
                         "UPDATE inbox SET state = 'relayed', ghl_message_id = $2, ghl_contact_id = $3, \
-                           ghl_conversation_id = $4, relayed_at = $5, updated_at = $5, claimed_until = NULL, \
+                           ghl_conversation_id = $4, relayed_at = $5, updated_at = $5, claimed_until = NULL, claimed_by = NULL, posting_at = NULL, \
                            last_error = NULL, attempts = attempts + 1 WHERE inbox_id = $1",
                     )
                     .bind(inbox_id)
@@ -144,7 +147,7 @@ impl Store {
                 InboxOutcome::Retry { at, error } => {
                     sqlx::query(
                         "UPDATE inbox SET next_attempt_at = $2, last_error = $3, attempts = attempts + 1, \
-                           claimed_until = NULL, updated_at = $4 WHERE inbox_id = $1",
+                           claimed_until = NULL, claimed_by = NULL, updated_at = $4 WHERE inbox_id = $1",
                     )
                     .bind(inbox_id)
                     .bind(at)
@@ -155,7 +158,7 @@ impl Store {
                 }
                 InboxOutcome::Skipped { reason } => {
                     sqlx::query(
-                        "UPDATE inbox SET state = 'skipped', last_error = $2, claimed_until = NULL, updated_at = $3 \
+                        "UPDATE inbox SET state = 'skipped', last_error = $2, claimed_until = NULL, claimed_by = NULL, updated_at = $3 \
                          WHERE inbox_id = $1",
                     )
                     .bind(inbox_id)
@@ -167,7 +170,7 @@ impl Store {
                 InboxOutcome::Dead { error } => {
                     sqlx::query(
                         "UPDATE inbox SET state = 'dead', last_error = $2, attempts = attempts + 1, \
-                           claimed_until = NULL, updated_at = $3 WHERE inbox_id = $1",
+                           claimed_until = NULL, claimed_by = NULL, updated_at = $3 WHERE inbox_id = $1",
                     )
                     .bind(inbox_id)
                     .bind(error)
@@ -176,6 +179,34 @@ impl Store {
                     .await?;
                 }
             }
+        });
+        Ok(())
+    }
+
+    /// Records that the message is about to be handed to GHL, while `holder` still holds the
+    /// row's claim; false when it does not (the claim was lost: do not post).
+    pub async fn mark_inbox_posting(&self, inbox_id: i64, holder: &Incarnation) -> Result<bool> {
+        let marked = on_db!(self, pool => {
+            sqlx::query(
+                "UPDATE inbox SET posting_at = $3 WHERE inbox_id = $1 AND claimed_by = $2 AND state = 'pending'",
+            )
+            .bind(inbox_id)
+            .bind(holder.as_str())
+            .bind(now_ms())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(marked == 1)
+    }
+
+    /// GHL answered that it did not add the message: the row is certain again.
+    pub async fn clear_inbox_posting(&self, inbox_id: i64) -> Result<()> {
+        on_db!(self, pool => {
+            sqlx::query("UPDATE inbox SET posting_at = NULL WHERE inbox_id = $1")
+                .bind(inbox_id)
+                .execute(pool)
+                .await?;
         });
         Ok(())
     }
@@ -201,7 +232,7 @@ impl Store {
         Ok(on_db!(self, pool => {
             sqlx::query(
                 "UPDATE inbox SET state = 'pending', attempts = 0, next_attempt_at = $3, retry_from = $3, \
-                   claimed_until = NULL, updated_at = $3 \
+                   claimed_until = NULL, claimed_by = NULL, updated_at = $3 \
                  WHERE location_id = $1 AND state = 'dead' AND ($2 IS NULL OR inbox_id = $2) AND body IS NOT NULL",
             )
             .bind(location_id)

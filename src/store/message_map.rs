@@ -61,3 +61,18 @@ impl Store {
         Ok(found.flatten())
     }
 }
+
+impl Store {
+    /// Whether a GHL message id is recorded for one of this location's messages already (a
+    /// reconciliation must not claim a message that belongs to another row).
+    pub async fn ghl_message_recorded(&self, location_id: &str, ghl_message_id: &str) -> Result<bool> {
+        let found: i64 = on_db!(self, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM message_map WHERE location_id = $1 AND ghl_message_id = $2")
+                .bind(location_id)
+                .bind(ghl_message_id)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(found > 0)
+    }
+}

@@ -6,6 +6,7 @@
 //! locks, `BEGIN IMMEDIATE`). Times are unix milliseconds. Secrets are sealed here, on the way
 //! in, so nothing else can write one in plaintext.
 
+mod claims;
 mod contacts;
 mod credentials;
 mod inbox;
@@ -29,6 +30,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use crate::config::DatabaseUrl;
 use crate::crypto::{CryptoError, SecretKey};
 
+pub use claims::Queue;
 pub use contacts::CachedContact;
 pub use credentials::{Credentials, GhlTokens, TokenLock, TokenOwner};
 pub use inbox::{InboxOutcome, InboxRow, InboxStart};

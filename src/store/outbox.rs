@@ -1,6 +1,7 @@
 //! The outbound queue (GHL → WhatsApp): one row per GHL message, keyed by GHL's `messageId`.
 
 use super::{Result, Store, on_db};
+use crate::domain::Incarnation;
 use crate::time::now_ms;
 
 /// Progress of an outbound message (or of one of its parts), in the order it can only
@@ -117,7 +118,7 @@ impl Store {
         Ok(on_db!(self, pool => {
             sqlx::query(
                 "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $3, retry_from = $3, \
-                   claimed_until = NULL, updated_at = $3, reported_status = NULL, report_after = NULL \
+                   claimed_until = NULL, claimed_by = NULL, updated_at = $3, reported_status = NULL, report_after = NULL \
                  WHERE location_id = $1 AND state = 'dead' AND ($2 IS NULL OR outbox_id = $2) AND body IS NOT NULL",
             )
             .bind(location_id)
@@ -132,11 +133,11 @@ impl Store {
     /// Claims up to `limit` rows: the oldest unfinished message of each chat (first in, first
     /// out per recipient), when due and unclaimed, for installed locations whose WhatsApp is
     /// connected. A message interrupted mid-send (`sending`) is resumed first.
-    pub async fn claim_outbox_batch(&self, limit: i64, claim_ms: i64) -> Result<Vec<OutboxRow>> {
+    pub async fn claim_outbox_batch(&self, limit: i64, claim_ms: i64, holder: &Incarnation) -> Result<Vec<OutboxRow>> {
         let now = now_ms();
         Ok(on_db!(self, pool => {
             sqlx::query_as(
-                "UPDATE outbox SET claimed_until = $3 WHERE outbox_id IN ( \
+                "UPDATE outbox SET claimed_until = $3, claimed_by = $4 WHERE outbox_id IN ( \
                    SELECT h.outbox_id FROM outbox h \
                    JOIN locations l ON l.location_id = h.location_id AND l.status = 'installed' \
                    JOIN wa_sessions s ON s.location_id = h.location_id AND s.state = 'connected' \
@@ -152,6 +153,7 @@ impl Store {
             .bind(now)
             .bind(limit)
             .bind(now + claim_ms)
+            .bind(holder.as_str())
             .fetch_all(pool)
             .await?
         }))
@@ -232,7 +234,7 @@ impl Store {
         let now = now_ms();
         on_db!(self, pool => {
             sqlx::query(concat!(
-                "UPDATE outbox SET state = $2, sent_at = COALESCE(sent_at, $3), updated_at = $3, claimed_until = NULL, \
+                "UPDATE outbox SET state = $2, sent_at = COALESCE(sent_at, $3), updated_at = $3, claimed_until = NULL, claimed_by = NULL, \
                    last_error = NULL, report_after = $3 WHERE outbox_id = $1 AND state <> 'failed' AND state <> 'dead' \
                    AND ($4 OR state NOT IN ('pending', 'sending')) AND ", rank!("state"), " < ", rank!("$2")
             ))
@@ -251,7 +253,7 @@ impl Store {
         let now = now_ms();
         on_db!(self, pool => {
             sqlx::query(
-                "UPDATE outbox SET state = $2, last_error = $3, attempts = attempts + 1, claimed_until = NULL, \
+                "UPDATE outbox SET state = $2, last_error = $3, attempts = attempts + 1, claimed_until = NULL, claimed_by = NULL, \
                    updated_at = $4, report_after = $4 WHERE outbox_id = $1",
             )
             .bind(outbox_id)
@@ -270,7 +272,7 @@ impl Store {
         on_db!(self, pool => {
             sqlx::query(
                 "UPDATE outbox SET next_attempt_at = $2, last_error = $3, attempts = attempts + $4, \
-                   claimed_until = NULL, updated_at = $5 WHERE outbox_id = $1",
+                   claimed_until = NULL, claimed_by = NULL, updated_at = $5 WHERE outbox_id = $1",
             )
             .bind(outbox_id)
             .bind(at)

@@ -44,6 +44,21 @@ pub struct SimWorld {
     held: Mutex<HashMap<String, Arc<Mutex<Vec<Held>>>>>,
     /// Locations whose device store became unreadable: every start fails.
     broken: Mutex<std::collections::HashSet<String>>,
+    /// Armed by `POST /sim/{id}/panic`: the next call of that method of that location's client
+    /// panics, so tests can prove a panic in waghl's tasks is caught (sim only).
+    panics: Arc<Mutex<std::collections::HashSet<(String, PanicAt)>>>,
+}
+
+/// The client method that panics when called next (`POST /sim/{id}/panic`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PanicAt {
+    /// The session actor's health check asks for the link state.
+    Link,
+    /// The outbound relay resolves a recipient.
+    OnWhatsapp,
+    /// The inbound relay downloads media.
+    Download,
 }
 
 type Held = (Box<InboundMessage>, Option<Vec<u8>>);
@@ -164,6 +179,7 @@ struct SimSession {
     held: Arc<Mutex<Vec<Held>>>,
     /// Stops the session's background tasks (QR rotation, reconnects).
     cancel: CancellationToken,
+    panics: Arc<Mutex<std::collections::HashSet<(String, PanicAt)>>>,
 }
 
 struct SimState {
@@ -183,6 +199,7 @@ impl SimWorld {
             sessions: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             broken: Mutex::default(),
+            panics: Arc::default(),
         })
     }
 
@@ -337,6 +354,14 @@ impl SimWorld {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(location.to_owned());
+    }
+
+    /// The next call of `at` on this location's client panics.
+    pub fn arm_panic(&self, location: &str, at: PanicAt) {
+        self.panics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((location.to_owned(), at));
     }
 
     /// WhatsApp reveals the phone behind a LID.
@@ -502,8 +527,23 @@ impl SimSession {
     }
 }
 
+impl SimSession {
+    /// Panics when a test armed a panic at `at` for this location (and disarms it).
+    fn panic_if_armed(&self, at: PanicAt) {
+        let armed = self
+            .panics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(self.location.clone(), at));
+        if armed {
+            panic!("simulated panic in {at:?} (POST /sim/{{id}}/panic)");
+        }
+    }
+}
+
 impl WaSession for SimSession {
     fn link(&self) -> Link {
+        self.panic_if_armed(PanicAt::Link);
         self.state().link
     }
 
@@ -550,6 +590,7 @@ impl WaSession for SimSession {
 
     fn on_whatsapp<'a>(&'a self, phone: &'a str) -> BoxFuture<'a, Result<Option<String>, WaError>> {
         Box::pin(async move {
+            self.panic_if_armed(PanicAt::OnWhatsapp);
             if self.state().link != Link::Connected {
                 return Err(WaError::NotConnected);
             }
@@ -560,6 +601,7 @@ impl WaSession for SimSession {
 
     fn download<'a>(&'a self, media_ref: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, WaError>> {
         Box::pin(async move {
+            self.panic_if_armed(PanicAt::Download);
             let key = std::str::from_utf8(media_ref).map_err(|_| WaError::Failed("bad media reference".into()))?;
             tokio::fs::read(self.media_dir.join(sanitize(key)))
                 .await
@@ -650,6 +692,7 @@ impl Transport for SimTransport {
                 }),
                 held: world.held_for(location.as_str()),
                 cancel: CancellationToken::new(),
+                panics: world.panics.clone(),
             });
             if let Some(previous) = world.sessions().insert(location.to_string(), session.clone()) {
                 previous.end();

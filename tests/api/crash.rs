@@ -125,6 +125,15 @@ impl Daemon {
             .unwrap()
     }
 
+    /// The samples of a metric, e.g. `waghl_x_total{outcome="found"} 3`, one per line.
+    pub async fn metric(&self, name: &str) -> String {
+        let text = self.get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub async fn wait_for_state(&self, location: &str, state: &str) {
         let started = Instant::now();
         loop {

@@ -5,6 +5,7 @@ mod helpers;
 mod logs;
 mod outbound;
 mod pairing;
+mod recovery;
 
 mod crash;
 mod daemon;

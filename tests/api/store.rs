@@ -218,7 +218,10 @@ async fn retention_purges_bodies_of_finished_messages_and_keeps_the_rows(_db: Te
             .await
             .unwrap();
     }
-    let claimed = store.claim_inbox_batch(10, 60_000).await.unwrap();
+    let claimed = store
+        .claim_inbox_batch(10, 60_000, &waghl::domain::Incarnation::new("test", "1"))
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1, "one chat: only its head is claimed");
     store
         .finish_inbox(

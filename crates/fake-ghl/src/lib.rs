@@ -25,6 +25,8 @@ use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+mod messages;
+
 /// How the fake is set up. `Default` is GHL's documented behaviour.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -78,6 +80,8 @@ pub struct AddedMessage {
     pub location_id: String,
     pub message_id: String,
     pub body: Value,
+    /// `dateAdded` (unix ms): the request's `date` when it sent one, else when it arrived.
+    pub date_added_ms: i64,
 }
 
 /// A file received through an upload endpoint.
@@ -142,6 +146,8 @@ struct World {
     pending_uploads: HashMap<String, (String, String, String)>,
     faults: VecDeque<(String, Fault)>,
     latency: Duration,
+    /// Applied after the request was handled: GHL did the work, the answer comes late.
+    reply_latency: Duration,
     windows: HashMap<Resource, VecDeque<Instant>>,
     rate_limited: usize,
     rate_limit: usize,
@@ -303,6 +309,12 @@ impl FakeGhl {
         self.world().latency = latency;
     }
 
+    /// Every answer is delayed by this much *after* the request was carried out, so a caller
+    /// that gives up (or dies) meanwhile never learns that GHL did the work.
+    pub fn set_reply_latency(&self, latency: Duration) {
+        self.world().reply_latency = latency;
+    }
+
     /// Changes the per-resource request limit (e.g. raised for benchmarks).
     pub fn set_rate_limit(&self, limit: usize) {
         self.world().rate_limit = limit;
@@ -398,6 +410,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/conversations/search", get(search_conversations))
         .route("/conversations/", post(create_conversation))
         .route("/conversations/messages/inbound", post(add_inbound))
+        .route("/conversations/{id}/messages", get(messages::list))
         .route("/conversations/messages/{id}/status", put(update_status))
         .route("/conversations/messages/upload", post(upload))
         .route("/conversations/messages/upload/initiate", post(upload_initiate))
@@ -430,7 +443,7 @@ async fn record_and_inject(State(shared): State<Arc<Shared>>, req: Request, next
         status: 0,
         at: std::time::Instant::now(),
     };
-    let (latency, fault) = {
+    let (latency, reply_latency, fault) = {
         let mut world = shared.world();
         let position = world
             .faults
@@ -438,6 +451,7 @@ async fn record_and_inject(State(shared): State<Arc<Shared>>, req: Request, next
             .position(|(prefix, _)| call.path.starts_with(prefix.as_str()));
         (
             world.latency,
+            world.reply_latency,
             position.and_then(|i| world.faults.remove(i)).map(|(_, f)| f),
         )
     };
@@ -456,6 +470,9 @@ async fn record_and_inject(State(shared): State<Arc<Shared>>, req: Request, next
     };
     call.status = response.status().as_u16();
     shared.world().calls.push(call);
+    if !reply_latency.is_zero() {
+        tokio::time::sleep(reply_latency).await;
+    }
     response
 }
 
@@ -800,10 +817,18 @@ async fn add_inbound(State(shared): State<Arc<Shared>>, headers: HeaderMap, body
         return error(422, "type must be a valid enum value");
     }
     let id = ghl_id(&mut world, "ms");
+    let date_added_ms = match body["date"].as_str() {
+        Some(date) => match messages::parse_date(date) {
+            Some(ms) => ms,
+            None => return error(422, "date must be a valid ISO 8601 date string"),
+        },
+        None => messages::now_ms(),
+    };
     world.messages.push(AddedMessage {
         location_id: location,
         message_id: id.clone(),
         body: body.clone(),
+        date_added_ms,
     });
     axum::Json(json!({
         "success": true, "conversationId": conversation, "messageId": id,

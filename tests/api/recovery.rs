@@ -1,0 +1,194 @@
+//! Recovery after kill -9 with both queues busy: the restarted daemon resumes at once (its
+//! earlier life's claims are released, not waited out), and every message reaches its side
+//! exactly once — inbound posts whose outcome the dead process never learnt are found in GHL
+//! instead of posted again.
+//!
+//! `WAGHL_CRASH_RUNS` (default 2) sets how many kill moments each backend is tried with.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use fake_ghl::{FakeGhl, Options};
+use serde_json::{Value, json};
+
+use crate::crash::Daemon;
+use crate::helpers::{Backend, TestDb};
+
+const CHATS: usize = 10;
+const PER_DIRECTION: usize = 200;
+
+#[tokio::test]
+async fn kill_9_at_random_moments_on_sqlite_relays_everything_exactly_once_and_resumes_at_once() {
+    for run in 0..runs() {
+        kill_9_mid_flight(Backend::Sqlite, run).await;
+    }
+}
+
+#[tokio::test]
+async fn kill_9_at_random_moments_on_postgres_relays_everything_exactly_once_and_resumes_at_once() {
+    for run in 0..runs() {
+        kill_9_mid_flight(Backend::Postgres, run).await;
+    }
+}
+
+fn runs() -> usize {
+    std::env::var("WAGHL_CRASH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(2)
+}
+
+async fn kill_9_mid_flight(backend: Backend, run: usize) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    // GHL's real limit, in a 1 s window instead of 10 s.
+    let fake = FakeGhl::start_with(Options {
+        rate_window: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
+    let location = format!("locKill{run}");
+    let mut daemon = Daemon::start(
+        &fake,
+        &[
+            ("DATABASE_URL", db.url.as_str()),
+            ("WAGHL_WEBHOOK_KEY", "kill-key"),
+            ("WAGHL_GHL_RATE_WINDOW_MS", "1000"),
+            // Claims as long as in production: a restart must not wait them out.
+            ("WAGHL_RELAY_CLAIM_MS", "300000"),
+        ],
+    )
+    .await;
+    daemon.install_and_pair(&fake, &location, "+15550910000").await;
+
+    // GHL answers late (after doing the work): a kill lands among posts GHL already holds.
+    fake.set_reply_latency(Duration::from_millis(150));
+    let client = reqwest::Client::new();
+    let webhook_url = daemon.url("/webhooks/ghl/provider?key=kill-key");
+    for i in 0..PER_DIRECTION {
+        let body = json!({
+            "locationId": location, "messageId": format!("out-{i}"), "contactId": "c", "type": "SMS",
+            "phone": phone(i), "message": format!("reply {i}"),
+        });
+        let response = client.post(&webhook_url).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    for i in 0..PER_DIRECTION {
+        let body = json!({ "from": phone(i), "id": format!("IN{i:04}"), "text": format!("hello {i}") });
+        assert_eq!(
+            daemon.post(&format!("/sim/{location}/inbound"), body).await.status(),
+            200
+        );
+    }
+    // A random moment while both queues drain.
+    let moment = Duration::from_millis(200 + random_below(1500));
+    tokio::time::sleep(moment).await;
+    daemon.kill9();
+    let in_ghl_at_kill = fake.messages().len();
+    let sent_at_kill = sent(&daemon, &location).await.len();
+    fake.set_reply_latency(Duration::ZERO);
+
+    daemon.restart().await;
+    let ready = Instant::now();
+    let first_after_restart = wait_until(Duration::from_secs(10), || fake.messages().len() > in_ghl_at_kill)
+        .await
+        .map(|_| ready.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fake.messages().len() < PER_DIRECTION || sent(&daemon, &location).await.len() < PER_DIRECTION {
+        assert!(
+            Instant::now() < deadline,
+            "run {run}: GHL holds {} inbound, WhatsApp sent {}",
+            fake.messages().len(),
+            sent(&daemon, &location).await.len()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Anything still to come (a duplicate) has had time to arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let inbound = count_by(
+        fake.messages()
+            .iter()
+            .map(|m| m.body["altId"].as_str().unwrap().to_owned()),
+    );
+    let outbound = count_by(
+        sent(&daemon, &location)
+            .await
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_owned()),
+    );
+    let reconciled = daemon.metric("waghl_inbound_reconciled_total").await;
+    println!(
+        "{backend:?} run {run}: kill at {moment:?} ({in_ghl_at_kill} in GHL, {sent_at_kill} sent); first relay {:?} \
+         after ready; inbound {} unique / {} duplicated; outbound {} unique / {} duplicated; reconciled {reconciled}",
+        first_after_restart,
+        inbound.len(),
+        duplicates(&inbound),
+        outbound.len(),
+        duplicates(&outbound),
+    );
+    assert_eq!(
+        (inbound.len(), duplicates(&inbound)),
+        (PER_DIRECTION, 0),
+        "inbound lost or duplicated"
+    );
+    assert_eq!(
+        (outbound.len(), duplicates(&outbound)),
+        (PER_DIRECTION, 0),
+        "outbound lost or duplicated"
+    );
+    if in_ghl_at_kill < PER_DIRECTION {
+        let waited = first_after_restart.expect("nothing was relayed after the restart");
+        assert!(
+            waited < Duration::from_secs(2),
+            "the relay resumed {waited:?} after ready"
+        );
+    }
+    assert_per_chat_order(&fake);
+}
+
+fn phone(i: usize) -> String {
+    format!("+1555093{:04}", i % CHATS)
+}
+
+/// Per chat, GHL received the messages in the order WhatsApp delivered them.
+fn assert_per_chat_order(fake: &FakeGhl) {
+    let mut last: HashMap<usize, usize> = HashMap::new();
+    for message in fake.messages() {
+        let n: usize = message.body["altId"].as_str().unwrap()[2..].parse().unwrap();
+        if let Some(previous) = last.insert(n % CHATS, n) {
+            assert!(previous < n, "chat {}: {n} after {previous}", n % CHATS);
+        }
+    }
+}
+
+async fn sent(daemon: &Daemon, location: &str) -> Vec<Value> {
+    let sent: Value = daemon.get(&format!("/sim/{location}/sent")).await.json().await.unwrap();
+    sent["sent"].as_array().unwrap().clone()
+}
+
+fn count_by(keys: impl Iterator<Item = String>) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for key in keys {
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn duplicates(counts: &HashMap<String, usize>) -> usize {
+    counts.values().map(|n| n - 1).sum()
+}
+
+async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<()> {
+    let started = Instant::now();
+    while !done() {
+        if started.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Some(())
+}
+
+fn random_below(bound: u64) -> u64 {
+    (waghl::crypto::random_fraction() * bound as f64) as u64
+}
