@@ -14,4 +14,5 @@ mod health;
 mod inbound;
 mod sessions;
 mod store;
+mod supervision;
 mod webhooks;

@@ -53,15 +53,17 @@ async fn kill_9_mid_flight(backend: Backend, run: usize) {
             ("DATABASE_URL", db.url.as_str()),
             ("WAGHL_WEBHOOK_KEY", "kill-key"),
             ("WAGHL_GHL_RATE_WINDOW_MS", "1000"),
+            // Paced so that sends are still going when the kill lands.
+            ("WAGHL_SEND_GAP_MS", "40"),
             // Claims as long as in production: a restart must not wait them out.
             ("WAGHL_RELAY_CLAIM_MS", "300000"),
         ],
     )
     .await;
-    daemon.install_and_pair(&fake, &location, "+15550910000").await;
+    daemon.install_and_pair(&fake, &location, "+15550910001").await;
 
     // GHL answers late (after doing the work): a kill lands among posts GHL already holds.
-    fake.set_reply_latency(Duration::from_millis(150));
+    fake.set_reply_latency(Duration::from_millis(400));
     let client = reqwest::Client::new();
     let webhook_url = daemon.url("/webhooks/ghl/provider?key=kill-key");
     for i in 0..PER_DIRECTION {
@@ -71,8 +73,6 @@ async fn kill_9_mid_flight(backend: Backend, run: usize) {
         });
         let response = client.post(&webhook_url).json(&body).send().await.unwrap();
         assert_eq!(response.status(), 200);
-    }
-    for i in 0..PER_DIRECTION {
         let body = json!({ "from": phone(i), "id": format!("IN{i:04}"), "text": format!("hello {i}") });
         assert_eq!(
             daemon.post(&format!("/sim/{location}/inbound"), body).await.status(),
@@ -80,11 +80,11 @@ async fn kill_9_mid_flight(backend: Backend, run: usize) {
         );
     }
     // A random moment while both queues drain.
-    let moment = Duration::from_millis(200 + random_below(1500));
+    let moment = Duration::from_millis(100 + random_below(2500));
     tokio::time::sleep(moment).await;
+    let sent_at_kill = sent(&daemon, &location).await.len();
     daemon.kill9();
     let in_ghl_at_kill = fake.messages().len();
-    let sent_at_kill = sent(&daemon, &location).await.len();
     fake.set_reply_latency(Duration::ZERO);
 
     daemon.restart().await;
@@ -147,7 +147,7 @@ async fn kill_9_mid_flight(backend: Backend, run: usize) {
 }
 
 fn phone(i: usize) -> String {
-    format!("+1555093{:04}", i % CHATS)
+    format!("+1555093{:04}", 1 + i % CHATS)
 }
 
 /// Per chat, GHL received the messages in the order WhatsApp delivered them.
