@@ -262,3 +262,23 @@ impl ErrorBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conversation_page_reads_in_the_spec_shape_and_wrapped_in_messages() {
+        let message = r#"{"id":"m1","type":22,"messageType":"TYPE_CUSTOM_PROVIDER_SMS","direction":"inbound",
+            "body":"hi","dateAdded":"2024-03-27T18:13:49.000Z","contentType":"text/plain"}"#;
+        let spec = format!(r#"{{"lastMessageId":"m1","nextPage":false,"messages":[{message}]}}"#);
+        let wrapped = format!(r#"{{"messages":{spec}}}"#);
+        for text in [spec, wrapped] {
+            let page = serde_json::from_str::<ConversationMessages>(&text).unwrap().into_page();
+            assert_eq!(page.messages.len(), 1, "{text}");
+            assert_eq!(page.messages[0].direction, Some(Direction::Inbound));
+            assert_eq!(page.messages[0].body.as_deref(), Some("hi"));
+            assert!(page.messages[0].attachments.is_empty());
+        }
+    }
+}

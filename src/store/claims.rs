@@ -18,28 +18,24 @@ impl Store {
     /// Releases the claims held by earlier incarnations of this instance (and claims that name
     /// no holder, taken before holders were recorded). Returns how many rows, per queue.
     pub async fn release_claims_of_earlier_lives(&self, me: &Incarnation) -> Result<(u64, u64)> {
-        let prefix = me.instance_prefix();
-        Ok(on_db!(self, pool => {
-            let inbox = sqlx::query(
-                "UPDATE inbox SET claimed_until = NULL, claimed_by = NULL WHERE claimed_until IS NOT NULL \
-                   AND (claimed_by IS NULL OR (claimed_by <> $1 AND substr(claimed_by, 1, length($2)) = $2))",
-            )
-            .bind(me.as_str())
-            .bind(prefix)
-            .execute(pool)
-            .await?
-            .rows_affected();
-            let outbox = sqlx::query(
-                "UPDATE outbox SET claimed_until = NULL, claimed_by = NULL WHERE claimed_until IS NOT NULL \
-                   AND (claimed_by IS NULL OR (claimed_by <> $1 AND substr(claimed_by, 1, length($2)) = $2))",
-            )
-            .bind(me.as_str())
-            .bind(prefix)
-            .execute(pool)
-            .await?
-            .rows_affected();
-            (inbox, outbox)
-        }))
+        const RELEASE: [&str; 2] = [
+            "UPDATE inbox SET claimed_until = NULL, claimed_by = NULL WHERE claimed_until IS NOT NULL \
+               AND (claimed_by IS NULL OR (claimed_by <> $1 AND substr(claimed_by, 1, length($2)) = $2))",
+            "UPDATE outbox SET claimed_until = NULL, claimed_by = NULL WHERE claimed_until IS NOT NULL \
+               AND (claimed_by IS NULL OR (claimed_by <> $1 AND substr(claimed_by, 1, length($2)) = $2))",
+        ];
+        let mut released = [0; 2];
+        for (count, sql) in released.iter_mut().zip(RELEASE) {
+            *count = on_db!(self, pool => {
+                sqlx::query(sql)
+                    .bind(me.as_str())
+                    .bind(me.instance_prefix())
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            });
+        }
+        Ok((released[0], released[1]))
     }
 
     /// Extends a claim this incarnation holds until `until` (unix ms); false when it no longer
