@@ -171,8 +171,8 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     pub sessions_dir: PathBuf,
     pub wa_backend: WaBackend,
-    /// ISO 3166 country used for phone numbers written without `+`.
-    pub default_country: String,
+    /// The country whose numbering plan reads phone numbers written without a country code.
+    pub default_country: crate::domain::phone::Region,
     /// Least gap between two sends of one WhatsApp session (jittered); zero turns pacing off.
     pub send_gap: Duration,
     /// Message bodies are purged after this many days; ids and states stay.
@@ -254,13 +254,14 @@ impl Config {
             Some("sim") => WaBackend::Sim,
             Some(_) => return Err(bad("WAGHL_WA_BACKEND", "expected `whatsapp` or `sim`")),
         };
-        let default_country = get("WAGHL_DEFAULT_COUNTRY").unwrap_or_else(|| "US".into());
-        if crate::domain::phone::calling_code(&default_country).is_none() {
-            return Err(bad(
-                "WAGHL_DEFAULT_COUNTRY",
-                "expected a two-letter ISO 3166 country code waghl knows, e.g. US, GB, BR, MX, IN",
-            ));
-        }
+        let default_country =
+            crate::domain::phone::Region::parse(&get("WAGHL_DEFAULT_COUNTRY").unwrap_or_else(|| "US".into()))
+                .ok_or_else(|| {
+                    bad(
+                        "WAGHL_DEFAULT_COUNTRY",
+                        "expected a two-letter ISO 3166 country code, e.g. US, GB, BR, MX, IN",
+                    )
+                })?;
         let ghl = GhlConfig {
             client_id: get("GHL_CLIENT_ID"),
             client_secret: get("GHL_CLIENT_SECRET").map(Secret::new),
@@ -339,7 +340,7 @@ impl Config {
             admin_token,
             sessions_dir: get("WAGHL_SESSIONS_DIR").unwrap_or_else(|| "sessions".into()).into(),
             wa_backend,
-            default_country: default_country.to_ascii_uppercase(),
+            default_country,
             send_gap: millis("WAGHL_SEND_GAP_MS", get("WAGHL_SEND_GAP_MS"), 1_500)?,
             retention_days: number("WAGHL_RETENTION_DAYS", get("WAGHL_RETENTION_DAYS"), 30)?,
             ghl,

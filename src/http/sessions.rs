@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{AdminAuth, ApiError, LocationPath, MaybeJson};
 use crate::domain::LocationId;
-use crate::domain::phone::parse_e164;
+use crate::domain::phone::Phone;
 use crate::sessions::{SessionError, StateView};
 use crate::state::AppState;
 use crate::time::rfc3339;
@@ -51,7 +51,9 @@ async fn start_pairing(
     known_location(&state, &id).await?;
     let pairing = match body.and_then(|b| b.phone) {
         Some(phone) => Pairing::Code {
-            phone: parse_e164(&phone).map_err(|e| ApiError::bad_request("invalid_phone", e))?,
+            phone: Phone::parse_international(&phone)
+                .map_err(|e| ApiError::bad_request("invalid_phone", e.to_string()))?
+                .into_string(),
         },
         None => Pairing::Qr,
     };

@@ -48,7 +48,7 @@ pub fn spawn(state: &crate::state::AppState) {
         state.metrics.clone(),
         config.relay.clone(),
         fetch::Fetcher::new(config.attachment_max_bytes, config.allow_http_attachments),
-        config.default_country.clone(),
+        config.default_country,
         config.send_gap,
         config.outbound_ttl,
     );

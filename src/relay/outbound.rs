@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::fetch::Fetcher;
 use super::{RelaySettings, retry_at};
 use crate::crypto::random_fraction;
-use crate::domain::phone::normalize;
+use crate::domain::phone::{Phone, Region};
 use crate::domain::{LocationId, OutboundRequest, plan_parts};
 use crate::ghl::types::{StatusError, StatusUpdate};
 use crate::ghl::{Action, GhlClient, GhlError};
@@ -35,7 +35,7 @@ pub struct OutboundRelay {
     pub metrics: Arc<Metrics>,
     pub settings: RelaySettings,
     pub fetcher: Fetcher,
-    pub default_country: String,
+    pub default_country: Region,
     /// Least gap between two sends of one WhatsApp session (jittered); zero: no pacing.
     pub send_gap: Duration,
     /// How long a message waits for WhatsApp to connect.
@@ -76,7 +76,7 @@ impl OutboundRelay {
         metrics: Arc<Metrics>,
         settings: RelaySettings,
         fetcher: Fetcher,
-        default_country: String,
+        default_country: Region,
         send_gap: Duration,
         ttl: Duration,
     ) -> Arc<Self> {
@@ -245,11 +245,11 @@ impl OutboundRelay {
         let Some(session) = self.sessions.session(&location) else {
             return Outcome::Wait("WhatsApp not connected".into());
         };
-        let phone = match normalize(&row.to_phone, &self.default_country) {
+        let phone = match Phone::parse(&row.to_phone, self.default_country) {
             Ok(phone) => phone,
-            Err(e) => return Outcome::Failed(e),
+            Err(e) => return Outcome::Failed(e.to_string()),
         };
-        let jid = match session.on_whatsapp(&phone).await {
+        let jid = match session.on_whatsapp(phone.as_str()).await {
             Ok(Some(jid)) => jid,
             Ok(None) => return Outcome::Failed(format!("{phone} is not on WhatsApp")),
             Err(e) => return e.into(),

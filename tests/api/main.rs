@@ -5,6 +5,7 @@ mod helpers;
 mod logs;
 mod outbound;
 mod pairing;
+mod phones;
 
 mod crash;
 mod daemon;
