@@ -187,7 +187,9 @@ pub struct Config {
     pub outbound_ttl: Duration,
     /// Largest attachment fetched for an outbound message.
     pub attachment_max_bytes: usize,
-    /// Fetch attachments over plain http too (tests); https only otherwise.
+    /// Downloads of an attachment before its message fails (retried with the message backoff).
+    pub attachment_attempts: u32,
+    /// Fetch attachments over plain http and from loopback too (tests); https only otherwise.
     pub allow_http_attachments: bool,
     /// Scales the simulated transport's QR schedule (1.0 = WhatsApp's own timings).
     pub sim_time_scale: f64,
@@ -361,6 +363,7 @@ impl Config {
                 get("WAGHL_ATTACHMENT_MAX_BYTES"),
                 64 << 20,
             )?,
+            attachment_attempts: number("WAGHL_ATTACHMENT_ATTEMPTS", get("WAGHL_ATTACHMENT_ATTEMPTS"), 5)?,
             allow_http_attachments: match get("WAGHL_ALLOW_HTTP_ATTACHMENTS").as_deref() {
                 None | Some("false") | Some("0") => false,
                 Some("true") | Some("1") => true,

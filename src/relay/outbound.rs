@@ -256,7 +256,7 @@ impl OutboundRelay {
         };
         let mut files = Vec::with_capacity(request.attachments.len());
         for url in &request.attachments {
-            match self.fetcher.fetch(url).await {
+            match self.fetcher.fetch(url, row.attempts).await {
                 Ok(file) => files.push(file),
                 Err(e) if e.retry => return Outcome::Retry(e.message),
                 Err(e) => return Outcome::Failed(e.message),

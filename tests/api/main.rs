@@ -1,6 +1,7 @@
 //! The one integration-test binary: every test starts real parts (SQLite or PostgreSQL, the
 //! HTTP server on a loopback port, the fake GHL) and checks what a client would observe.
 
+mod attachments;
 mod helpers;
 mod logs;
 mod outbound;
