@@ -10,6 +10,6 @@ pub mod phone;
 pub mod render;
 
 pub use clip::{Clipped, clip};
-pub use ids::{InvalidId, LocationId};
+pub use ids::{InvalidId, LocationId, is_id};
 pub use message::{Content, InboundMessage, Media, MediaKind, OutgoingContent};
 pub use outbound::{Fetched, OutboundRequest, plan_parts};

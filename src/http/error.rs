@@ -91,9 +91,20 @@ impl IntoResponse for ApiError {
         if let Self::Internal(e) = &self {
             tracing::error!(error.cause_chain = ?e, error.message = %e, "request failed");
         }
-        let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        let body = json!({ "error": { "code": self.code(), "message": shortened(self.to_string()) } });
         (self.status(), Json(body)).into_response()
     }
+}
+
+/// Messages quote what was wrong (serde quotes a mistyped value whole): a 900 KB value is
+/// not sent back.
+fn shortened(mut message: String) -> String {
+    const MAX_CHARS: usize = 300;
+    if let Some((cut, _)) = message.char_indices().nth(MAX_CHARS) {
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
 }
 
 impl From<StoreError> for ApiError {

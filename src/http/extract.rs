@@ -1,9 +1,12 @@
-//! Extractors that turn every bad request into an [`ApiError`]: JSON bodies, path ids and the
-//! admin bearer token.
+//! Extractors that turn every bad request into an [`ApiError`]: JSON bodies, query strings,
+//! path ids and the admin bearer token. axum's own rejections answer plain text; none of them
+//! is used directly by a handler.
 
 use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
+use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
@@ -53,15 +56,71 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let declared = req.headers().contains_key(CONTENT_TYPE);
+        if declared {
+            require_json(req.headers())?;
+        }
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(bytes_rejection)?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(None));
         }
+        if !declared {
+            return Err(unsupported());
+        }
         serde_json::from_slice(&bytes)
             .map(|value| Self(Some(value)))
             .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
+    }
+}
+
+/// 415 unless the body is declared JSON (`application/json` or `application/…+json`): a form
+/// or a text body is never read as JSON.
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let mime = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let json = mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"));
+    if json { Ok(()) } else { Err(unsupported()) }
+}
+
+fn unsupported() -> ApiError {
+    ApiError::UnsupportedMediaType("expected `Content-Type: application/json`".into())
+}
+
+/// `axum::extract::Query`, but a malformed value, a duplicated key or an unknown shape answers
+/// 400 `invalid_query` in our JSON error.
+pub struct AppQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for AppQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| Self(q.0))
+            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+    }
+}
+
+/// A path parameter as text, percent-decoded; one that is not UTF-8 answers 400 `invalid_path`.
+pub struct AppPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for AppPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|p| Self(p.0))
+            .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
     }
 }
 
@@ -81,9 +140,7 @@ impl<S: Send + Sync> FromRequestParts<S> for LocationPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+        let AppPath(raw) = AppPath::from_request_parts(parts, state).await?;
         LocationId::parse(&raw)
             .map(Self)
             .map_err(|e| ApiError::bad_request("invalid_location_id", e.to_string()))

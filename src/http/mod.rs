@@ -23,8 +23,9 @@ use axum::response::Response;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
-pub use extract::{AdminAuth, AppJson, LocationPath, MaybeJson};
+pub use extract::{AdminAuth, AppJson, AppPath, AppQuery, LocationPath, MaybeJson};
 
+use crate::domain::clip;
 use crate::metrics::{HttpLabels, RouteLabels};
 use crate::state::AppState;
 
@@ -63,11 +64,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn unknown_route(method: Method, uri: Uri) -> ApiError {
-    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+    ApiError::not_found(format!("no route for {method} {}", clip(uri.path())))
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", clip(uri.path())))
 }
 
 async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {

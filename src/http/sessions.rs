@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::{AdminAuth, ApiError, LocationPath, MaybeJson};
 use crate::domain::LocationId;
 use crate::domain::phone::Phone;
-use crate::sessions::{SessionError, StateView};
+use crate::sessions::{SessionError, SessionState, StateView};
 use crate::state::AppState;
 use crate::time::rfc3339;
 use crate::wa::Pairing;
@@ -21,9 +21,14 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/sessions", get(list_sessions))
 }
 
-/// The `session` block of a location (ARCHITECTURE.md), with the code to scan while pairing.
+/// The `session` block of a location (ARCHITECTURE.md), with the code to scan while pairing
+/// (and only then: a logged-out session's last code is gone).
 pub fn session_json(state: &AppState, location: &LocationId, view: &StateView) -> Value {
-    let code = state.sessions.pairing_code(location);
+    let code = if view.state == SessionState::Pairing {
+        state.sessions.pairing_code(location)
+    } else {
+        Default::default()
+    };
     json!({
         "state": view.state,
         "reason": view.reason,

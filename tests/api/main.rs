@@ -3,6 +3,7 @@
 
 mod attachments;
 mod helpers;
+mod hostile;
 mod logs;
 mod outbound;
 mod pairing;

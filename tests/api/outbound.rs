@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::sessions::{SimBench, sim_bench};
 
-const KEY: &str = "outbound-test-key";
+pub const KEY: &str = "outbound-test-key";
 
 const SETTINGS: &[(&str, &str)] = &[
     ("WAGHL_WEBHOOK_KEY", KEY),
