@@ -195,6 +195,8 @@ pub struct Config {
     pub sim_time_scale: f64,
     pub log_format: LogFormat,
     pub body_limit_bytes: usize,
+    /// Timeouts and the connection cap that keep slow or idle clients from holding the daemon.
+    pub server: crate::http::ServerSettings,
     /// How long a shutdown may take to drain requests and background tasks.
     pub shutdown_timeout: Duration,
 }
@@ -333,6 +335,22 @@ impl Config {
             Some("json") => LogFormat::Json,
             Some(_) => return Err(bad("WAGHL_LOG_FORMAT", "expected `pretty` or `json`")),
         };
+        let server = crate::http::ServerSettings {
+            header_timeout: millis(
+                "WAGHL_HTTP_HEADER_TIMEOUT_MS",
+                get("WAGHL_HTTP_HEADER_TIMEOUT_MS"),
+                10_000,
+            )?,
+            body_timeout: millis("WAGHL_HTTP_BODY_TIMEOUT_MS", get("WAGHL_HTTP_BODY_TIMEOUT_MS"), 30_000)?,
+            idle_timeout: millis("WAGHL_HTTP_IDLE_TIMEOUT_MS", get("WAGHL_HTTP_IDLE_TIMEOUT_MS"), 30_000)?,
+            max_connections: number("WAGHL_HTTP_MAX_CONNECTIONS", get("WAGHL_HTTP_MAX_CONNECTIONS"), 512)?,
+        };
+        if server.header_timeout.is_zero() || server.body_timeout.is_zero() || server.idle_timeout.is_zero() {
+            return Err(bad("WAGHL_HTTP_HEADER_TIMEOUT_MS", "HTTP timeouts must be above zero"));
+        }
+        if server.max_connections == 0 {
+            return Err(bad("WAGHL_HTTP_MAX_CONNECTIONS", "expected at least 1"));
+        }
         Ok(Self {
             listen,
             database_url,
@@ -372,6 +390,7 @@ impl Config {
             sim_time_scale,
             log_format,
             body_limit_bytes: number("WAGHL_BODY_LIMIT_BYTES", get("WAGHL_BODY_LIMIT_BYTES"), 1 << 20)?,
+            server,
             shutdown_timeout: millis("WAGHL_SHUTDOWN_TIMEOUT_MS", get("WAGHL_SHUTDOWN_TIMEOUT_MS"), 8_000)?,
         })
     }

@@ -124,13 +124,19 @@ impl<S: Send + Sync> FromRequestParts<S> for AppPath {
     }
 }
 
-/// A body that could not be read: too large (413) or cut short (400).
+/// A body that could not be read: too large (413), too slow (408) or cut short (400).
 pub fn bytes_rejection(rejection: BytesRejection) -> ApiError {
     if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge
-    } else {
-        ApiError::bad_request("unreadable_body", rejection.body_text())
+        return ApiError::PayloadTooLarge;
     }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+    while let Some(e) = cause {
+        if e.is::<super::server::BodyTimeout>() {
+            return ApiError::RequestTimeout;
+        }
+        cause = e.source();
+    }
+    ApiError::bad_request("unreadable_body", rejection.body_text())
 }
 
 /// The `{id}` of a location route, checked before any lookup.

@@ -16,4 +16,5 @@ mod health;
 mod inbound;
 mod sessions;
 mod store;
+mod timeouts;
 mod webhooks;
