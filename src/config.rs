@@ -195,7 +195,9 @@ pub struct Config {
     pub sim_time_scale: f64,
     pub log_format: LogFormat,
     pub body_limit_bytes: usize,
-    /// Timeouts and the connection cap that keep slow or idle clients from holding the daemon.
+    /// Timeouts and the connection cap that keep slow or idle clients from holding the daemon:
+    /// `WAGHL_HTTP_HEADER_TIMEOUT_MS`, `WAGHL_HTTP_BODY_TIMEOUT_MS`, `WAGHL_HTTP_IDLE_TIMEOUT_MS`,
+    /// `WAGHL_HTTP_MAX_CONNECTIONS`.
     pub server: crate::http::ServerSettings,
     /// How long a shutdown may take to drain requests and background tasks.
     pub shutdown_timeout: Duration,

@@ -56,18 +56,12 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let declared = req.headers().contains_key(CONTENT_TYPE);
-        if declared {
-            require_json(req.headers())?;
-        }
+        refuse_other_types(req.headers())?;
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(bytes_rejection)?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(None));
-        }
-        if !declared {
-            return Err(unsupported());
         }
         serde_json::from_slice(&bytes)
             .map(|value| Self(Some(value)))
@@ -75,21 +69,27 @@ where
     }
 }
 
-/// 415 unless the body is declared JSON (`application/json` or `application/…+json`): a form
-/// or a text body is never read as JSON.
-pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let mime = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+/// 415 when the body is declared as something else than JSON (`application/json` or
+/// `application/…+json`): a form, a text or a multipart body is never read as JSON. A body
+/// with no `Content-Type` at all is read as JSON: GHL does not document the header of its
+/// webhooks, and refusing them all would stop every message.
+pub fn refuse_other_types(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(declared) = headers.get(CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let mime = declared
+        .to_str()
+        .ok()
         .and_then(|v| v.split(';').next())
         .map(|v| v.trim().to_ascii_lowercase())
         .unwrap_or_default();
-    let json = mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"));
-    if json { Ok(()) } else { Err(unsupported()) }
-}
-
-fn unsupported() -> ApiError {
-    ApiError::UnsupportedMediaType("expected `Content-Type: application/json`".into())
+    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(
+            "expected `Content-Type: application/json`".into(),
+        ))
+    }
 }
 
 /// `axum::extract::Query`, but a malformed value, a duplicated key or an unknown shape answers

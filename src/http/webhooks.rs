@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ApiError;
-use super::extract::{bytes_rejection, require_json};
+use super::extract::{bytes_rejection, refuse_other_types};
 use crate::domain::{OutboundRequest, clip, is_id};
 use crate::ghl::webhook::{Rejection, check_timestamp};
 use crate::ghl::{Action, GhlError};
@@ -50,7 +50,7 @@ impl FromRequest<AppState> for VerifiedWebhook {
             .to_owned();
         let key = Query::<KeyQuery>::try_from_uri(req.uri()).ok().and_then(|q| q.0.key);
         let headers: HeaderMap = req.headers().clone();
-        require_json(&headers)?;
+        refuse_other_types(&headers)?;
         let raw = Bytes::from_request(req, state).await.map_err(bytes_rejection)?;
         // Raw bytes: a signature header that is not even ASCII is present, and wrong.
         let header = |name: &str| headers.get(name).map(|v| v.as_bytes());

@@ -205,7 +205,6 @@ async fn webhooks_and_admin_routes_refuse_bodies_that_are_not_json_with_415() {
             assert_eq!(error_code(response).await, "unsupported_media_type");
         }
     }
-    assert_eq!(b.provider_raw(body.clone(), &[]).await.status(), 415, "no type at all");
     assert_eq!(b.app.state.store.outbound_count("locHostile").await.unwrap(), 0);
 }
 
