@@ -34,7 +34,7 @@ async fn main() {
             let body = json!({
                 "locationId": "benchOut", "messageId": format!("bench-{i}"), "contactId": "c", "type": "SMS",
                 // 50 recipients: order is kept per recipient, so they go out in parallel.
-                "phone": format!("+1555{:07}", 2_000_001 + i % 50), "message": format!("{i}"),
+                "phone": format!("+1415{:07}", 2_000_001 + i % 50), "message": format!("{i}"),
             });
             let sent_at = waghl::time::now_ms();
             let begun = Instant::now();

@@ -171,8 +171,8 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     pub sessions_dir: PathBuf,
     pub wa_backend: WaBackend,
-    /// ISO 3166 country used for phone numbers written without `+`.
-    pub default_country: String,
+    /// The country whose numbering plan reads phone numbers written without a country code.
+    pub default_country: crate::domain::phone::Region,
     /// Least gap between two sends of one WhatsApp session (jittered); zero turns pacing off.
     pub send_gap: Duration,
     /// Message bodies are purged after this many days; ids and states stay.
@@ -187,12 +187,18 @@ pub struct Config {
     pub outbound_ttl: Duration,
     /// Largest attachment fetched for an outbound message.
     pub attachment_max_bytes: usize,
-    /// Fetch attachments over plain http too (tests); https only otherwise.
+    /// Downloads of an attachment before its message fails (retried with the message backoff).
+    pub attachment_attempts: u32,
+    /// Fetch attachments over plain http and from loopback too (tests); https only otherwise.
     pub allow_http_attachments: bool,
     /// Scales the simulated transport's QR schedule (1.0 = WhatsApp's own timings).
     pub sim_time_scale: f64,
     pub log_format: LogFormat,
     pub body_limit_bytes: usize,
+    /// Timeouts and the connection cap that keep slow or idle clients from holding the daemon:
+    /// `WAGHL_HTTP_HEADER_TIMEOUT_MS`, `WAGHL_HTTP_BODY_TIMEOUT_MS`, `WAGHL_HTTP_IDLE_TIMEOUT_MS`,
+    /// `WAGHL_HTTP_MAX_CONNECTIONS`.
+    pub server: crate::http::ServerSettings,
     /// How long a shutdown may take to drain requests and background tasks.
     pub shutdown_timeout: Duration,
 }
@@ -254,13 +260,14 @@ impl Config {
             Some("sim") => WaBackend::Sim,
             Some(_) => return Err(bad("WAGHL_WA_BACKEND", "expected `whatsapp` or `sim`")),
         };
-        let default_country = get("WAGHL_DEFAULT_COUNTRY").unwrap_or_else(|| "US".into());
-        if crate::domain::phone::calling_code(&default_country).is_none() {
-            return Err(bad(
-                "WAGHL_DEFAULT_COUNTRY",
-                "expected a two-letter ISO 3166 country code waghl knows, e.g. US, GB, BR, MX, IN",
-            ));
-        }
+        let default_country =
+            crate::domain::phone::Region::parse(&get("WAGHL_DEFAULT_COUNTRY").unwrap_or_else(|| "US".into()))
+                .ok_or_else(|| {
+                    bad(
+                        "WAGHL_DEFAULT_COUNTRY",
+                        "expected a two-letter ISO 3166 country code, e.g. US, GB, BR, MX, IN",
+                    )
+                })?;
         let ghl = GhlConfig {
             client_id: get("GHL_CLIENT_ID"),
             client_secret: get("GHL_CLIENT_SECRET").map(Secret::new),
@@ -330,6 +337,22 @@ impl Config {
             Some("json") => LogFormat::Json,
             Some(_) => return Err(bad("WAGHL_LOG_FORMAT", "expected `pretty` or `json`")),
         };
+        let server = crate::http::ServerSettings {
+            header_timeout: millis(
+                "WAGHL_HTTP_HEADER_TIMEOUT_MS",
+                get("WAGHL_HTTP_HEADER_TIMEOUT_MS"),
+                10_000,
+            )?,
+            body_timeout: millis("WAGHL_HTTP_BODY_TIMEOUT_MS", get("WAGHL_HTTP_BODY_TIMEOUT_MS"), 30_000)?,
+            idle_timeout: millis("WAGHL_HTTP_IDLE_TIMEOUT_MS", get("WAGHL_HTTP_IDLE_TIMEOUT_MS"), 30_000)?,
+            max_connections: number("WAGHL_HTTP_MAX_CONNECTIONS", get("WAGHL_HTTP_MAX_CONNECTIONS"), 512)?,
+        };
+        if server.header_timeout.is_zero() || server.body_timeout.is_zero() || server.idle_timeout.is_zero() {
+            return Err(bad("WAGHL_HTTP_HEADER_TIMEOUT_MS", "HTTP timeouts must be above zero"));
+        }
+        if server.max_connections == 0 {
+            return Err(bad("WAGHL_HTTP_MAX_CONNECTIONS", "expected at least 1"));
+        }
         Ok(Self {
             listen,
             database_url,
@@ -339,7 +362,7 @@ impl Config {
             admin_token,
             sessions_dir: get("WAGHL_SESSIONS_DIR").unwrap_or_else(|| "sessions".into()).into(),
             wa_backend,
-            default_country: default_country.to_ascii_uppercase(),
+            default_country,
             send_gap: millis("WAGHL_SEND_GAP_MS", get("WAGHL_SEND_GAP_MS"), 1_500)?,
             retention_days: number("WAGHL_RETENTION_DAYS", get("WAGHL_RETENTION_DAYS"), 30)?,
             ghl,
@@ -362,6 +385,7 @@ impl Config {
                 get("WAGHL_ATTACHMENT_MAX_BYTES"),
                 64 << 20,
             )?,
+            attachment_attempts: number("WAGHL_ATTACHMENT_ATTEMPTS", get("WAGHL_ATTACHMENT_ATTEMPTS"), 5)?,
             allow_http_attachments: match get("WAGHL_ALLOW_HTTP_ATTACHMENTS").as_deref() {
                 None | Some("false") | Some("0") => false,
                 Some("true") | Some("1") => true,
@@ -370,6 +394,7 @@ impl Config {
             sim_time_scale,
             log_format,
             body_limit_bytes: number("WAGHL_BODY_LIMIT_BYTES", get("WAGHL_BODY_LIMIT_BYTES"), 1 << 20)?,
+            server,
             shutdown_timeout: millis("WAGHL_SHUTDOWN_TIMEOUT_MS", get("WAGHL_SHUTDOWN_TIMEOUT_MS"), 8_000)?,
         })
     }

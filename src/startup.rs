@@ -89,8 +89,12 @@ impl Application {
         let app = crate::http::router(state.clone());
         state.mark_started();
         tracing::info!(address = %listener.local_addr()?, database = state.store.dialect(), restored, "waghl is serving");
-        let server = axum::serve(listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned());
-        let server = tokio::spawn(async move { server.await });
+        let server = tokio::spawn(crate::http::serve(
+            listener,
+            app,
+            state.config.server.clone(),
+            cancel.clone(),
+        ));
 
         cancel.cancelled().await;
         let deadline = state.config.shutdown_timeout;

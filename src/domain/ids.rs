@@ -12,14 +12,19 @@ pub struct InvalidId {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LocationId(String);
 
+/// Whether `text` has the shape of an id from GHL (`ve9EPM428h8vShlRW1KT`, a UUID) or
+/// WhatsApp (`3EB0C767D26A1D6F1E24`): 1 to `max` letters, digits, `-` or `_`. Anything else —
+/// a line break, a path, 900 KB — is refused where it enters, before it is stored or logged.
+pub fn is_id(text: &str, max: usize) -> bool {
+    (1..=max).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 impl LocationId {
     pub fn parse(text: &str) -> Result<Self, InvalidId> {
-        let ok = !text.is_empty()
-            && text.len() <= 64
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if ok {
+        if is_id(text, 64) {
             Ok(Self(text.to_owned()))
         } else {
             Err(InvalidId { what: "a location id" })

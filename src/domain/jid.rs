@@ -1,6 +1,8 @@
 //! WhatsApp addresses (JIDs): `15551234567@s.whatsapp.net` for a phone, `123…@lid` for a
 //! privacy-preserving LID, `…@g.us` for a group. A device suffix (`:12`) may follow the user.
 
+use super::phone::Phone;
+
 /// Who a direct message is with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Party {
@@ -20,14 +22,17 @@ fn user_and_server(jid: &str) -> Option<(&str, &str)> {
 /// `+15551234567` for a phone JID.
 pub fn phone_of(jid: &str) -> Option<String> {
     match user_and_server(jid)? {
-        (user, "s.whatsapp.net" | "c.us") => Some(format!("+{user}")),
+        (user, "s.whatsapp.net" | "c.us") => Phone::from_whatsapp_user(user).map(Phone::into_string),
         _ => None,
     }
 }
 
 pub fn party_of(jid: &str) -> Party {
     match user_and_server(jid) {
-        Some((user, "s.whatsapp.net" | "c.us")) => Party::Phone(format!("+{user}")),
+        Some((user, "s.whatsapp.net" | "c.us")) => match Phone::from_whatsapp_user(user) {
+            Some(phone) => Party::Phone(phone.into_string()),
+            None => Party::Unknown(jid.to_owned()),
+        },
         Some((user, "lid")) => Party::Lid(user.to_owned()),
         _ => Party::Unknown(jid.to_owned()),
     }

@@ -1,6 +1,7 @@
 //! Pure types and rules: no IO, no sqlx, reqwest or axum. Everything here is parsed once at the
 //! edge and trusted afterwards.
 
+mod clip;
 mod ids;
 pub mod jid;
 mod message;
@@ -8,6 +9,7 @@ mod outbound;
 pub mod phone;
 pub mod render;
 
-pub use ids::{Incarnation, InvalidId, LocationId};
+pub use clip::{Clipped, clip};
+pub use ids::{Incarnation, InvalidId, LocationId, is_id};
 pub use message::{Content, InboundMessage, Media, MediaKind, OutgoingContent};
 pub use outbound::{Fetched, OutboundRequest, plan_parts};

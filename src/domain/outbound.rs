@@ -4,7 +4,22 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{LocationId, MediaKind, OutgoingContent};
+use super::{LocationId, MediaKind, OutgoingContent, clip, is_id};
+
+/// GHL's ids are 20 characters today; WhatsApp's message ids up to about 32.
+const GHL_ID_MAX: usize = 64;
+const WA_ID_MAX: usize = 128;
+
+/// `value` when it is absent or has the shape of an id; else why not, naming `field`.
+fn checked_id(field: &str, value: Option<String>, max: usize) -> Result<Option<String>, String> {
+    match value {
+        Some(id) if !is_id(&id, max) => Err(format!(
+            "{field} {} is not an id (1–{max} letters, digits, `-` or `_`)",
+            clip(&id)
+        )),
+        other => Ok(other),
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -53,10 +68,15 @@ impl OutboundRequest {
             serde_json::from_value(body.clone()).map_err(|e| format!("unexpected field type: {e}"))?;
         let location_id = webhook.location_id.ok_or("locationId is required")?;
         let location_id = LocationId::parse(&location_id).map_err(|e| format!("locationId: {e}"))?;
-        let ghl_message_id = webhook
-            .message_id
-            .filter(|m| !m.is_empty())
+        let ghl_message_id = checked_id("messageId", webhook.message_id.filter(|m| !m.is_empty()), GHL_ID_MAX)?
             .ok_or("messageId is required")?;
+        let contact_id = checked_id("contactId", webhook.contact_id, GHL_ID_MAX)?;
+        let user_id = checked_id("userId", webhook.user_id, GHL_ID_MAX)?;
+        let reply_to = checked_id(
+            "replyToAltId",
+            webhook.reply_to_alt_id.filter(|r| !r.is_empty()),
+            WA_ID_MAX,
+        )?;
         match webhook.kind.as_deref() {
             None | Some("SMS") | Some("Custom") => {}
             Some(other) => {
@@ -88,12 +108,12 @@ impl OutboundRequest {
         Ok(Self {
             location_id: Some(location_id),
             ghl_message_id,
-            ghl_contact_id: webhook.contact_id,
+            ghl_contact_id: contact_id,
             phone: phone.trim().to_owned(),
             text,
             attachments: webhook.attachments,
-            reply_to: webhook.reply_to_alt_id.filter(|r| !r.is_empty()),
-            user_id: webhook.user_id,
+            reply_to,
+            user_id,
             created_at,
         })
     }
@@ -250,6 +270,14 @@ mod tests {
             ("phone", json!(""), "phone"),
             ("type", json!("Email"), "Email"),
             ("attachments", json!("not a list"), "unexpected field type"),
+            (
+                "messageId",
+                json!("x\n2026-01-01T00:00:00Z ERROR forged"),
+                "messageId \"x\\n",
+            ),
+            ("contactId", json!("a/../b"), "contactId"),
+            ("userId", json!("u".repeat(65)), "userId"),
+            ("replyToAltId", json!("3EB0 x"), "replyToAltId"),
         ] {
             let mut body = sample();
             body[field] = value;

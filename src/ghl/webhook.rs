@@ -22,7 +22,7 @@ pub enum Rejection {
     BadLegacySignature,
     #[error("no valid signature and no valid ?key= on the webhook URL")]
     Unauthenticated,
-    #[error("the webhook timestamp is more than 5 minutes away from now")]
+    #[error("the webhook timestamp is not an RFC 3339 time within 5 minutes of now")]
     Stale,
 }
 
@@ -87,8 +87,8 @@ impl WebhookVerifier {
     /// Checks the signature headers (or the URL key) against the exact bytes received.
     pub fn verify(
         &self,
-        ghl_signature: Option<&str>,
-        legacy_signature: Option<&str>,
+        ghl_signature: Option<&[u8]>,
+        legacy_signature: Option<&[u8]>,
         url_key: Option<&str>,
         body: &[u8],
     ) -> Result<Proof, Rejection> {
@@ -127,19 +127,23 @@ impl WebhookVerifier {
     }
 }
 
-/// The body's `timestamp` (ISO-8601, when present) must be within the replay window.
+/// The body's `timestamp`, when present, must be an RFC 3339 string within the replay window:
+/// a number, `true`, a list or an object cannot be checked, so it is refused like a stale one.
+/// (`null` is taken as absent.)
 pub fn check_timestamp(body: &serde_json::Value, now_ms: i64) -> Result<(), Rejection> {
-    let Some(timestamp) = body.get("timestamp").and_then(|t| t.as_str()) else {
-        return Ok(());
+    let at = match body.get("timestamp") {
+        None | Some(serde_json::Value::Null) => return Ok(()),
+        Some(serde_json::Value::String(text)) => crate::time::parse_rfc3339(text),
+        Some(_) => None,
     };
-    match crate::time::parse_rfc3339(timestamp) {
+    match at {
         Some(at) if (now_ms - at).abs() <= REPLAY_WINDOW_MS => Ok(()),
         _ => Err(Rejection::Stale),
     }
 }
 
-fn decode(signature: &str) -> Option<Vec<u8>> {
-    BASE64.decode(signature.trim()).ok()
+fn decode(signature: &[u8]) -> Option<Vec<u8>> {
+    BASE64.decode(signature.trim_ascii()).ok()
 }
 
 /// The key bytes inside a PEM `SubjectPublicKeyInfo`, after checking its algorithm: for
@@ -231,20 +235,23 @@ mod tests {
             verifier.verify(None, None, None, b"{}"),
             Err(Rejection::Unauthenticated)
         );
-        // A present but invalid signature is refused even with the right key.
+        // A present but invalid signature is refused even with the right key, whatever it holds.
         let bad = BASE64.encode([0u8; 64]);
-        assert_eq!(
-            verifier.verify(Some(&bad), None, Some("s3cret-key"), b"{}"),
-            Err(Rejection::BadSignature)
-        );
-        assert_eq!(
-            verifier.verify(None, Some(&bad), Some("s3cret-key"), b"{}"),
-            Err(Rejection::BadLegacySignature)
-        );
+        for signature in [bad.as_bytes(), "Ωsig".as_bytes(), &b""[..], &b"\xff\xfe"[..]] {
+            assert_eq!(
+                verifier.verify(Some(signature), None, Some("s3cret-key"), b"{}"),
+                Err(Rejection::BadSignature)
+            );
+            assert_eq!(
+                verifier.verify(None, Some(signature), Some("s3cret-key"), b"{}"),
+                Err(Rejection::BadLegacySignature)
+            );
+        }
     }
 
     #[test]
-    fn timestamps_outside_five_minutes_are_stale() {
+    fn timestamps_outside_five_minutes_or_not_strings_are_stale() {
+        use serde_json::json;
         let now = crate::time::parse_rfc3339("2026-07-01T12:00:00Z").unwrap();
         let body = |t: &str| serde_json::json!({ "timestamp": t });
         assert_eq!(check_timestamp(&body("2026-07-01T11:56:00Z"), now), Ok(()));
@@ -258,6 +265,19 @@ mod tests {
         );
         assert_eq!(check_timestamp(&body("not a time"), now), Err(Rejection::Stale));
         assert_eq!(check_timestamp(&serde_json::json!({}), now), Ok(()));
+        assert_eq!(check_timestamp(&serde_json::json!({ "timestamp": null }), now), Ok(()));
+        for not_a_string in [
+            json!(0),
+            json!(-1),
+            json!(u64::MAX),
+            json!(1e18),
+            json!(true),
+            json!([]),
+            json!({}),
+        ] {
+            let body = json!({ "timestamp": not_a_string });
+            assert_eq!(check_timestamp(&body, now), Err(Rejection::Stale), "{body}");
+        }
     }
 
     fn hex(text: &str) -> Vec<u8> {

@@ -29,6 +29,9 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("the request body is larger than the limit (WAGHL_BODY_LIMIT_BYTES)")]
     PayloadTooLarge,
+    /// 408: the body did not arrive within WAGHL_HTTP_BODY_TIMEOUT_MS.
+    #[error("the request body did not arrive in time (WAGHL_HTTP_BODY_TIMEOUT_MS)")]
+    RequestTimeout,
     #[error("{0}")]
     UnsupportedMediaType(String),
     /// 503: a dependency is missing or not ready; the message says what to do.
@@ -62,6 +65,7 @@ impl ApiError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadGateway { .. } => StatusCode::BAD_GATEWAY,
@@ -80,6 +84,7 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::RequestTimeout => "request_timeout",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::Internal(_) => "internal",
         }
@@ -91,9 +96,20 @@ impl IntoResponse for ApiError {
         if let Self::Internal(e) = &self {
             tracing::error!(error.cause_chain = ?e, error.message = %e, "request failed");
         }
-        let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        let body = json!({ "error": { "code": self.code(), "message": shortened(self.to_string()) } });
         (self.status(), Json(body)).into_response()
     }
+}
+
+/// Messages quote what was wrong (serde quotes a mistyped value whole): a 900 KB value is
+/// not sent back.
+fn shortened(mut message: String) -> String {
+    const MAX_CHARS: usize = 300;
+    if let Some((cut, _)) = message.char_indices().nth(MAX_CHARS) {
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
 }
 
 impl From<StoreError> for ApiError {

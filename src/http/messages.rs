@@ -1,12 +1,12 @@
 //! The message admin API: both queues of a location, and replaying dead messages.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AdminAuth, ApiError, LocationPath};
+use super::{AdminAuth, ApiError, AppPath, AppQuery, LocationPath};
 use crate::state::AppState;
 use crate::store::{MessageRef, MessageRow};
 use crate::time::{parse_rfc3339, rfc3339};
@@ -35,14 +35,15 @@ struct ListQuery {
     state: Option<String>,
     /// Unix ms or RFC 3339: only messages received before it (the next page).
     before: Option<String>,
-    limit: Option<i64>,
+    /// Text, so that `limit=abc` is `invalid_limit` like `limit=0`.
+    limit: Option<String>,
 }
 
 async fn list(
     _: AdminAuth,
     State(state): State<AppState>,
     LocationPath(id): LocationPath,
-    Query(query): Query<ListQuery>,
+    AppQuery(query): AppQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     if state.store.location(id.as_str()).await?.is_none() {
         return Err(ApiError::not_found(format!("no location {id}")));
@@ -65,10 +66,14 @@ async fn list(
                 ApiError::bad_request("invalid_before", "before must be unix milliseconds or an RFC 3339 time")
             })?,
     };
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", "limit must be 1–500"));
-    }
+    let limit = match query.limit.as_deref() {
+        None => 50,
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| ApiError::bad_request("invalid_limit", "limit must be 1–500"))?,
+    };
     let rows = state
         .store
         .list_messages(id.as_str(), query.state.as_deref(), before, limit)
@@ -98,11 +103,7 @@ fn message_json(row: &MessageRow) -> Value {
 }
 
 /// Replays one dead message; anything else that is not dead is a conflict.
-async fn retry_one(
-    _: AdminAuth,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+async fn retry_one(_: AdminAuth, State(state): State<AppState>, AppPath(id): AppPath) -> Result<Json<Value>, ApiError> {
     let message = MessageRef::parse(&id)
         .ok_or_else(|| ApiError::bad_request("invalid_message_id", "expected an id like in_42 or out_17"))?;
     let (location, current) = state

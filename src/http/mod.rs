@@ -1,5 +1,6 @@
 //! The HTTP surface: one router per surface, merged here with the layers every request goes
-//! through (body limit, tracing by matched route, request metrics, JSON 404/405).
+//! through (body limit and deadline, tracing by matched route, request metrics, JSON 404/405),
+//! and the server that runs it (`server.rs`: connection limits and timeouts).
 
 mod admin;
 mod error;
@@ -9,6 +10,7 @@ mod messages;
 mod oauth;
 mod page;
 mod pairing;
+mod server;
 mod sessions;
 mod sim;
 mod webhooks;
@@ -17,14 +19,17 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::{Method, Uri};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
-pub use extract::{AdminAuth, AppJson, LocationPath, MaybeJson};
+pub use extract::{AdminAuth, AppJson, AppPath, AppQuery, LocationPath, MaybeJson};
+pub use server::{ServerSettings, serve};
 
+use crate::domain::clip;
 use crate::metrics::{HttpLabels, RouteLabels};
 use crate::state::AppState;
 
@@ -45,6 +50,7 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), guard_body))
         .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(
@@ -63,11 +69,26 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn unknown_route(method: Method, uri: Uri) -> ApiError {
-    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+    ApiError::not_found(format!("no route for {method} {}", clip(uri.path())))
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", clip(uri.path())))
+}
+
+/// A body announced larger than the limit is refused before a byte of it is read — so before
+/// hyper answers `Expect: 100-continue` —; any other body must arrive within the body timeout.
+async fn guard_body(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let announced = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > state.config.body_limit_bytes as u64) {
+        return ApiError::PayloadTooLarge.into_response();
+    }
+    next.run(server::DeadlineBody::wrap(req, state.config.server.body_timeout))
+        .await
 }
 
 async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -2,16 +2,16 @@
 //! exchanges the code and stores the location(s).
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::LOCATION;
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use serde::Deserialize;
 
-use super::ApiError;
 use super::page::{escape, page};
 use super::pairing::pairing_link;
+use super::{ApiError, AppQuery};
 use crate::ghl::GhlError;
 use crate::state::AppState;
 
@@ -33,12 +33,15 @@ struct CallbackQuery {
     error: Option<String>,
 }
 
-async fn callback(State(state): State<AppState>, Query(query): Query<CallbackQuery>) -> Result<Html<String>, ApiError> {
+async fn callback(
+    State(state): State<AppState>,
+    AppQuery(query): AppQuery<CallbackQuery>,
+) -> Result<Html<String>, ApiError> {
     state.ghl.ensure_configured()?;
     if let Some(error) = query.error {
         return Err(ApiError::bad_request(
             "oauth_denied",
-            format!("GHL did not authorise the install: {error}"),
+            format!("GHL did not authorise the install: {}", crate::domain::clip(&error)),
         ));
     }
     let code = query

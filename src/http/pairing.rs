@@ -4,6 +4,7 @@
 //! its state. It may restart pairing only for a session that is unpaired, logged out or out of
 //! codes; a connected session can only be reset through the admin API.
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY};
@@ -81,10 +82,16 @@ struct Signed {
     sig: Option<String>,
 }
 
+/// A link's path and query as they arrived: a path or query that does not even parse is a
+/// wrong link like any other.
+type RawId = Result<Path<String>, PathRejection>;
+type RawSigned = Result<Query<Signed>, QueryRejection>;
+
 /// The location of a valid link; anything else is refused with 403 (a page for people, JSON
 /// for the page's own calls).
-fn verify(state: &AppState, raw_id: &str, signed: &Signed) -> Option<LocationId> {
-    let location = LocationId::parse(raw_id).ok()?;
+fn verify(state: &AppState, raw_id: RawId, signed: RawSigned) -> Option<LocationId> {
+    let (Path(raw_id), Query(signed)) = (raw_id.ok()?, signed.ok()?);
+    let location = LocationId::parse(&raw_id).ok()?;
     let (expires, signature) = (signed.exp?, signed.sig.as_deref()?);
     let valid = expires > now_ms() / 1000
         && state
@@ -147,8 +154,8 @@ fn qr_svg(code: &str) -> String {
     }
 }
 
-async fn pairing_page(State(state): State<AppState>, Path(id): Path<String>, Query(signed): Query<Signed>) -> Response {
-    let Some(location) = verify(&state, &id, &signed) else {
+async fn pairing_page(State(state): State<AppState>, id: RawId, signed: RawSigned) -> Response {
+    let Some(location) = verify(&state, id, signed) else {
         return forbidden_page();
     };
     if state.store.location(location.as_str()).await.ok().flatten().is_none() {
@@ -170,23 +177,19 @@ async fn pairing_page(State(state): State<AppState>, Path(id): Path<String>, Que
     protected(Html(page("waghl — link WhatsApp", &body))).into_response()
 }
 
-async fn pairing_state(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(signed): Query<Signed>,
-) -> Result<Json<Value>, ApiError> {
-    let location = verify(&state, &id, &signed)
-        .ok_or_else(|| ApiError::Forbidden("the pairing link is wrong or expired".into()))?;
+async fn pairing_state(State(state): State<AppState>, id: RawId, signed: RawSigned) -> Result<Json<Value>, ApiError> {
+    let location =
+        verify(&state, id, signed).ok_or_else(|| ApiError::Forbidden("the pairing link is wrong or expired".into()))?;
     Ok(Json(view_json(&state, &location)))
 }
 
 async fn restart_pairing(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(signed): Query<Signed>,
+    id: RawId,
+    signed: RawSigned,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let location = verify(&state, &id, &signed)
-        .ok_or_else(|| ApiError::Forbidden("the pairing link is wrong or expired".into()))?;
+    let location =
+        verify(&state, id, signed).ok_or_else(|| ApiError::Forbidden("the pairing link is wrong or expired".into()))?;
     if state.store.location(location.as_str()).await?.is_none() {
         return Err(ApiError::not_found(format!("no location {location}")));
     }

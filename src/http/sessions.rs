@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use super::{AdminAuth, ApiError, LocationPath, MaybeJson};
 use crate::domain::LocationId;
-use crate::domain::phone::parse_e164;
-use crate::sessions::{SessionError, StateView};
+use crate::domain::phone::Phone;
+use crate::sessions::{SessionError, SessionState, StateView};
 use crate::state::AppState;
 use crate::time::rfc3339;
 use crate::wa::Pairing;
@@ -21,9 +21,14 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/sessions", get(list_sessions))
 }
 
-/// The `session` block of a location (ARCHITECTURE.md), with the code to scan while pairing.
+/// The `session` block of a location (ARCHITECTURE.md), with the code to scan while pairing
+/// (and only then: a logged-out session's last code is gone).
 pub fn session_json(state: &AppState, location: &LocationId, view: &StateView) -> Value {
-    let code = state.sessions.pairing_code(location);
+    let code = if view.state == SessionState::Pairing {
+        state.sessions.pairing_code(location)
+    } else {
+        Default::default()
+    };
     json!({
         "state": view.state,
         "reason": view.reason,
@@ -51,7 +56,9 @@ async fn start_pairing(
     known_location(&state, &id).await?;
     let pairing = match body.and_then(|b| b.phone) {
         Some(phone) => Pairing::Code {
-            phone: parse_e164(&phone).map_err(|e| ApiError::bad_request("invalid_phone", e))?,
+            phone: Phone::parse_international(&phone)
+                .map_err(|e| ApiError::bad_request("invalid_phone", e.to_string()))?
+                .into_string(),
         },
         None => Pairing::Qr,
     };
@@ -87,8 +94,7 @@ async fn list_sessions(_: AdminAuth, State(state): State<AppState>) -> Json<Valu
     Json(json!({ "sessions": sessions }))
 }
 
-/// 404 for a location waghl does not know.
-pub(super) async fn known_location(state: &AppState, id: &LocationId) -> Result<(), ApiError> {
+async fn known_location(state: &AppState, id: &LocationId) -> Result<(), ApiError> {
     match state.store.location(id.as_str()).await? {
         Some(_) => Ok(()),
         None => Err(ApiError::not_found(format!("no location {id}"))),

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AdminAuth, ApiError, AppJson, LocationPath, MaybeJson};
+use crate::domain::LocationId;
 use crate::state::AppState;
 use crate::wa::ReceiptStatus;
 use crate::wa::sim::{Delivery, PanicAt, SimError, SimInbound, SimWorld};
@@ -29,15 +30,18 @@ pub fn router() -> Router<AppState> {
         .route("/sim/{id}/panic", post(arm_panic))
         .route("/sim/{id}/lid", post(lid))
         .route("/sim/{id}/sent", get(sent))
-        // Media arrives base64-encoded in the JSON body: allow what WhatsApp allows (~100 MB).
-        .layer(axum::extract::DefaultBodyLimit::max(150 << 20))
 }
 
-fn world(state: &AppState) -> Result<Arc<SimWorld>, ApiError> {
-    state
+/// The simulated world, for a location that is installed (404 otherwise, as on the admin API).
+async fn world(state: &AppState, location: &LocationId) -> Result<Arc<SimWorld>, ApiError> {
+    let world = state
         .sim
         .clone()
-        .ok_or_else(|| ApiError::not_found("the simulated transport is not in use (WAGHL_WA_BACKEND=sim)"))
+        .ok_or_else(|| ApiError::not_found("the simulated transport is not in use (WAGHL_WA_BACKEND=sim)"))?;
+    match state.store.location(location.as_str()).await? {
+        Some(_) => Ok(world),
+        None => Err(ApiError::not_found(format!("no location {location}"))),
+    }
 }
 
 fn sim_error(e: SimError) -> ApiError {
@@ -76,12 +80,15 @@ async fn scan(
     LocationPath(id): LocationPath,
     AppJson(body): AppJson<Phone>,
 ) -> Reply {
-    world(&state)?.scan(id.as_str(), &body.phone).map_err(sim_error)?;
+    world(&state, &id)
+        .await?
+        .scan(id.as_str(), &body.phone)
+        .map_err(sim_error)?;
     ok()
 }
 
 async fn qr(_: AdminAuth, State(state): State<AppState>, LocationPath(id): LocationPath) -> Reply {
-    let code = world(&state)?.qr(id.as_str()).map_err(sim_error)?;
+    let code = world(&state, &id).await?.qr(id.as_str()).map_err(sim_error)?;
     Ok(Json(json!({ "code": code })))
 }
 
@@ -91,8 +98,12 @@ async fn inbound(
     LocationPath(id): LocationPath,
     AppJson(body): AppJson<SimInbound>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    super::sessions::known_location(&state, &id).await?;
-    match world(&state)?.inbound(id.as_str(), body).await.map_err(sim_error)? {
+    match world(&state, &id)
+        .await?
+        .inbound(id.as_str(), body)
+        .await
+        .map_err(sim_error)?
+    {
         Delivery::Stored(id) => Ok((StatusCode::OK, Json(json!({ "id": id })))),
         Delivery::Queued(id) => Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "queued": true })))),
     }
@@ -120,7 +131,8 @@ async fn receipt(
             ));
         }
     };
-    world(&state)?
+    world(&state, &id)
+        .await?
         .receipt(id.as_str(), &body.id, status)
         .map_err(sim_error)?;
     ok()
@@ -143,23 +155,29 @@ async fn disconnect(
     MaybeJson(body): MaybeJson<Disconnect>,
 ) -> Reply {
     let seconds = body.map_or(3.0, |b| b.seconds);
-    world(&state)?.disconnect(id.as_str(), seconds).map_err(sim_error)?;
+    world(&state, &id)
+        .await?
+        .disconnect(id.as_str(), seconds)
+        .map_err(sim_error)?;
     ok()
 }
 
 async fn logout(_: AdminAuth, State(state): State<AppState>, LocationPath(id): LocationPath) -> Reply {
-    world(&state)?.logout(id.as_str()).map_err(sim_error)?;
+    world(&state, &id).await?.logout(id.as_str()).map_err(sim_error)?;
     ok()
 }
 
 async fn ban(_: AdminAuth, State(state): State<AppState>, LocationPath(id): LocationPath) -> Reply {
-    world(&state)?.ban(id.as_str()).map_err(sim_error)?;
+    world(&state, &id).await?.ban(id.as_str()).map_err(sim_error)?;
     ok()
 }
 
 /// Kills the socket without any event: the health check has to notice.
 async fn zombie(_: AdminAuth, State(state): State<AppState>, LocationPath(id): LocationPath) -> Reply {
-    world(&state)?.kill_silently(id.as_str()).map_err(sim_error)?;
+    world(&state, &id)
+        .await?
+        .kill_silently(id.as_str())
+        .map_err(sim_error)?;
     ok()
 }
 
@@ -177,12 +195,12 @@ async fn arm_panic(
     LocationPath(id): LocationPath,
     AppJson(body): AppJson<ArmPanic>,
 ) -> Reply {
-    world(&state)?.arm_panic(id.as_str(), body.at);
+    world(&state, &id).await?.arm_panic(id.as_str(), body.at);
     ok()
 }
 
 async fn break_store(_: AdminAuth, State(state): State<AppState>, LocationPath(id): LocationPath) -> Reply {
-    world(&state)?.break_store(id.as_str());
+    world(&state, &id).await?.break_store(id.as_str());
     ok()
 }
 
@@ -198,12 +216,13 @@ async fn lid(
     LocationPath(id): LocationPath,
     AppJson(body): AppJson<Lid>,
 ) -> Reply {
-    world(&state)?
+    world(&state, &id)
+        .await?
         .reveal_lid(id.as_str(), &body.lid, &body.phone)
         .map_err(sim_error)?;
     ok()
 }
 
 async fn sent(_: AdminAuth, State(state): State<AppState>, LocationPath(id): LocationPath) -> Reply {
-    Ok(Json(json!({ "sent": world(&state)?.sent(id.as_str()) })))
+    Ok(Json(json!({ "sent": world(&state, &id).await?.sent(id.as_str()) })))
 }

@@ -3,7 +3,7 @@
 //! that fails authentication is parsed, stored or logged with its body.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Query, Request, State};
+use axum::extract::{FromRequest, MatchedPath, Query, Request, State};
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ApiError;
-use super::extract::bytes_rejection;
-use crate::domain::OutboundRequest;
+use super::extract::{bytes_rejection, refuse_other_types};
+use crate::domain::{OutboundRequest, clip, is_id};
 use crate::ghl::webhook::{Rejection, check_timestamp};
 use crate::ghl::{Action, GhlError};
 use crate::metrics::ReasonLabels;
@@ -43,11 +43,17 @@ impl FromRequest<AppState> for VerifiedWebhook {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let route = req.uri().path().to_owned();
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", MatchedPath::as_str)
+            .to_owned();
         let key = Query::<KeyQuery>::try_from_uri(req.uri()).ok().and_then(|q| q.0.key);
         let headers: HeaderMap = req.headers().clone();
+        refuse_other_types(&headers)?;
         let raw = Bytes::from_request(req, state).await.map_err(bytes_rejection)?;
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        // Raw bytes: a signature header that is not even ASCII is present, and wrong.
+        let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
         let verified = state.webhooks.verify(
             header("x-ghl-signature"),
             header("x-wh-signature"),
@@ -60,7 +66,16 @@ impl FromRequest<AppState> for VerifiedWebhook {
             Err(rejection) => return Err(refuse(state, &route, rejection)),
         };
         check_timestamp(&body, now_ms()).map_err(|rejection| refuse(state, &route, rejection))?;
-        let webhook_id = body.get("webhookId").and_then(Value::as_str).map(str::to_owned);
+        let webhook_id = match body.get("webhookId") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(id)) if is_id(id, 128) => Some(id.clone()),
+            Some(other) => {
+                return Err(ApiError::bad_request(
+                    "invalid_webhook",
+                    format!("webhookId {} is not an id", clip(&other.to_string())),
+                ));
+            }
+        };
         Ok(Self { body, webhook_id })
     }
 }
@@ -154,6 +169,27 @@ struct AppEvent {
     company_id: Option<String>,
 }
 
+impl AppEvent {
+    /// The ids are used in GHL calls, stored and logged: each must look like one.
+    fn check_ids(&self) -> Result<(), ApiError> {
+        let ids = [
+            ("appId", &self.app_id),
+            ("locationId", &self.location_id),
+            ("companyId", &self.company_id),
+        ];
+        match ids
+            .iter()
+            .find(|(_, id)| id.as_deref().is_some_and(|id| !is_id(id, 64)))
+        {
+            Some((field, Some(id))) => Err(ApiError::bad_request(
+                "invalid_webhook",
+                format!("{field} {} is not an id", clip(id)),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// `POST /webhooks/ghl/app`: INSTALL and UNINSTALL of the marketplace app.
 async fn app_event(State(state): State<AppState>, webhook: VerifiedWebhook) -> Result<Response, ApiError> {
     state.ghl.ensure_configured()?;
@@ -162,6 +198,7 @@ async fn app_event(State(state): State<AppState>, webhook: VerifiedWebhook) -> R
     }
     let event: AppEvent = serde_json::from_value(webhook.body)
         .map_err(|e| ApiError::bad_request("invalid_webhook", format!("unexpected field type: {e}")))?;
+    event.check_ids()?;
     if event.app_id.as_deref() != state.ghl.app_id() {
         return Ok(Json(json!({ "status": "ignored", "reason": "another app" })).into_response());
     }

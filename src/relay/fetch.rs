@@ -1,16 +1,21 @@
 //! Downloads the attachments of outbound messages from the URLs GHL gives: https only (plain
-//! http only when a setting allows it, for tests), a size cap, and no redirect to a private or
-//! loopback address — GHL's payload must not make waghl reach into its own network.
+//! http only when a setting allows it, for tests), a size cap, and only from globally routable
+//! addresses ([`super::address`]) — GHL's payload must not make waghl reach into its own
+//! network, neither through a literal, nor a name, nor a redirect.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::domain::Fetched;
+use super::address::refusal;
+use crate::domain::{Fetched, clip};
 
 pub struct Fetcher {
     http: reqwest::Client,
     max_bytes: usize,
     allow_http: bool,
+    /// Downloads of one attachment before its message fails; a failed one is retried with the
+    /// message's backoff, so a broken link never holds its chat for the whole retry budget.
+    attempts: u32,
 }
 
 /// Why an attachment could not be fetched; `retry` says whether trying later may help.
@@ -24,75 +29,88 @@ fn refuse(message: String) -> FetchError {
     FetchError { retry: false, message }
 }
 
-/// A host that is an IP literal in a private, loopback or link-local range.
-fn is_private(host: &url::Host<&str>) -> bool {
+/// Why waghl must not connect to `ip`, if it must not. Loopback is allowed only together
+/// with plain http (tests, whose servers listen on 127.0.0.1).
+fn refused(ip: IpAddr, allow_loopback: bool) -> Option<String> {
+    refusal(ip).filter(|_| !(allow_loopback && ip.is_loopback()))
+}
+
+fn refused_host(host: &url::Host<&str>, allow_loopback: bool) -> Option<String> {
     match host {
-        url::Host::Ipv4(ip) => is_private_ip(IpAddr::V4(*ip)),
-        url::Host::Ipv6(ip) => is_private_ip(IpAddr::V6(*ip)),
-        url::Host::Domain(name) => name.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => refused(IpAddr::V4(*ip), allow_loopback),
+        url::Host::Ipv6(ip) => refused(IpAddr::V6(*ip), allow_loopback),
+        // Names are checked on every address they resolve to, by [`PublicOnly`].
+        url::Host::Domain(_) => None,
     }
 }
 
-/// Addresses an attachment URL must not reach: private, loopback, link-local, carrier-grade NAT,
-/// unspecified, and IPv4 mapped into IPv6.
-fn is_private_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(ip) => {
-            ip.is_private()
-                || ip.is_loopback()
-                || ip.is_link_local()
-                || ip.is_unspecified()
-                || ip.octets()[0] == 0
-                || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64)
-        }
-        IpAddr::V6(ip) => {
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || (ip.segments()[0] & 0xfe00) == 0xfc00
-                || (ip.segments()[0] & 0xffc0) == 0xfe80
-                || ip.to_ipv4_mapped().is_some_and(|v4| is_private_ip(IpAddr::V4(v4)))
-        }
-    }
+/// A name that resolves only to addresses waghl must not connect to: final, never retried.
+#[derive(Debug, thiserror::Error)]
+#[error("attachment host {host} resolves only to addresses waghl does not connect to ({why})")]
+struct RefusedName {
+    host: String,
+    why: String,
 }
 
-/// Resolves names like the system does, but never to an address [`is_private_ip`] refuses: a
-/// public name pointing into waghl's network is refused, at the first request and at every
-/// redirect.
-struct PublicOnly;
+/// Resolves names like the system does, but never to an address [`refused`] refuses: a public
+/// name pointing into waghl's network is refused, at the first request and at every redirect.
+struct PublicOnly {
+    allow_loopback: bool,
+}
 
 impl reqwest::dns::Resolve for PublicOnly {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_owned();
+        let allow_loopback = self.allow_loopback;
         Box::pin(async move {
+            let mut why = None;
             let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await?
-                .filter(|a| !is_private_ip(a.ip()))
+                .filter(|a| match refused(a.ip(), allow_loopback) {
+                    Some(reason) => {
+                        why = Some(reason);
+                        false
+                    }
+                    None => true,
+                })
                 .collect();
             if addrs.is_empty() {
-                return Err(format!("{host} resolves only to private addresses").into());
+                let why = why.unwrap_or_else(|| "no address".into());
+                return Err(Box::new(RefusedName { host, why }) as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
 }
 
+/// The refusal of [`PublicOnly`] somewhere in a request error's causes.
+fn refused_name(error: &reqwest::Error) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(refused) = e.downcast_ref::<RefusedName>() {
+            return Some(refused.to_string());
+        }
+        cause = e.source();
+    }
+    None
+}
+
 impl Fetcher {
-    pub fn new(max_bytes: usize, allow_http: bool) -> Self {
+    pub fn new(max_bytes: usize, allow_http: bool, attempts: u32) -> Self {
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
             let url = attempt.url();
             let scheme_ok = url.scheme() == "https" || (allow_http && url.scheme() == "http");
-            let private = url.host().is_some_and(|h| is_private(&h)) && !allow_http;
-            if attempt.previous().len() >= 5 || !scheme_ok || private {
+            let refused = url.host().is_some_and(|h| refused_host(&h, allow_http).is_some());
+            if attempt.previous().len() >= 5 || !scheme_ok || refused {
                 attempt.stop()
             } else {
                 attempt.follow()
             }
         });
-        let mut builder = reqwest::Client::builder();
-        if !allow_http {
-            builder = builder.dns_resolver(std::sync::Arc::new(PublicOnly));
-        }
-        let http = builder
+        let http = reqwest::Client::builder()
+            .dns_resolver(std::sync::Arc::new(PublicOnly {
+                allow_loopback: allow_http,
+            }))
             .redirect(policy)
             .timeout(Duration::from_secs(120))
             .connect_timeout(Duration::from_secs(10))
@@ -102,22 +120,46 @@ impl Fetcher {
             http,
             max_bytes,
             allow_http,
+            attempts: attempts.max(1),
         }
     }
 
-    pub async fn fetch(&self, url: &str) -> Result<Fetched, FetchError> {
-        let parsed = reqwest::Url::parse(url).map_err(|_| refuse(format!("attachment URL {url:?} is not a URL")))?;
+    /// Downloads `url`; `failed_before` counts the message's earlier failed attempts, and a
+    /// failure of the last allowed attempt is final.
+    pub async fn fetch(&self, url: &str, failed_before: i64) -> Result<Fetched, FetchError> {
+        self.try_fetch(url).await.map_err(|mut e| {
+            if e.retry && failed_before + 1 >= i64::from(self.attempts) {
+                e.retry = false;
+                e.message = format!("{} (gave up after {} attempts)", e.message, self.attempts);
+            }
+            e
+        })
+    }
+
+    async fn try_fetch(&self, url: &str) -> Result<Fetched, FetchError> {
+        let parsed =
+            reqwest::Url::parse(url).map_err(|_| refuse(format!("attachment URL {} is not a URL", clip(url))))?;
         let scheme_ok = parsed.scheme() == "https" || (self.allow_http && parsed.scheme() == "http");
         if !scheme_ok {
             return Err(refuse("attachment URLs must be https".into()));
         }
-        if !self.allow_http && parsed.host().is_some_and(|h| is_private(&h)) {
-            return Err(refuse("attachment URL points into a private network".into()));
+        if let Some(why) = parsed.host().and_then(|h| refused_host(&h, self.allow_http)) {
+            return Err(refuse(format!(
+                "attachment URL points to an address waghl does not connect to ({why})"
+            )));
         }
-        let mut response = self.http.get(parsed.clone()).send().await.map_err(|e| FetchError {
-            retry: true,
-            message: format!("attachment download failed: {}", e.without_url()),
-        })?;
+        let mut response = self
+            .http
+            .get(parsed.clone())
+            .send()
+            .await
+            .map_err(|e| match refused_name(&e) {
+                Some(message) => refuse(message),
+                None => FetchError {
+                    retry: true,
+                    message: format!("attachment download failed: {}", e.without_url()),
+                },
+            })?;
         let status = response.status();
         if !status.is_success() {
             return Err(FetchError {
@@ -170,44 +212,44 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn plain_http_and_private_addresses_are_refused() {
+    async fn plain_http_and_special_addresses_are_refused_at_once() {
         crate::startup::install_crypto_provider();
-        let fetcher = Fetcher::new(1024, false);
-        let err = fetcher.fetch("http://example.com/a.png").await.unwrap_err();
+        let fetcher = Fetcher::new(1024, false, 5);
+        let err = fetcher.fetch("http://example.com/a.png", 0).await.unwrap_err();
         assert!(!err.retry && err.message.contains("https"));
-        let err = fetcher.fetch("https://127.0.0.1/a.png").await.unwrap_err();
-        assert!(err.message.contains("private"));
-        let err = fetcher.fetch("https://10.1.2.3/a.png").await.unwrap_err();
-        assert!(err.message.contains("private"));
+        // Loopback literals only: were the guard broken, nothing else is ever connected to.
+        for url in ["https://127.0.0.1:9/a.png", "https://[::ffff:127.0.0.1]:9/a.png"] {
+            let err = fetcher.fetch(url, 0).await.unwrap_err();
+            assert!(
+                !err.retry && err.message.contains("does not connect to"),
+                "{url}: {err:?}"
+            );
+        }
     }
 
     #[tokio::test]
-    async fn names_that_resolve_only_to_private_addresses_are_refused() {
-        use reqwest::dns::Resolve as _;
-        let name: reqwest::dns::Name = "localhost".parse().unwrap();
-        let err = PublicOnly.resolve(name).await.err().expect("localhost is private");
-        assert!(err.to_string().contains("private"), "{err}");
+    async fn a_name_resolving_only_to_loopback_is_refused_at_once_not_retried() {
+        crate::startup::install_crypto_provider();
+        // Port 9: nothing is asked of it, the name is refused before any connection.
+        let err = Fetcher::new(1024, false, 5)
+            .fetch("https://localhost:9/a.png", 0)
+            .await
+            .unwrap_err();
+        assert!(!err.retry, "{err:?}");
+        assert!(err.message.contains("localhost resolves only to"), "{err:?}");
     }
 
-    #[test]
-    fn private_ranges_are_recognised() {
-        for ip in [
-            "10.0.0.1",
-            "192.168.1.1",
-            "127.0.0.1",
-            "169.254.1.1",
-            "100.64.0.1",
-            "0.1.2.3",
-            "::1",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:10.0.0.1",
-        ] {
-            assert!(is_private_ip(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["8.8.8.8", "100.128.0.1", "2606:4700::1111"] {
-            assert!(!is_private_ip(ip.parse().unwrap()), "{ip}");
-        }
+    #[tokio::test]
+    async fn the_last_allowed_attempt_is_final() {
+        crate::startup::install_crypto_provider();
+        // Loopback is allowed with plain http; port 9 (discard) refuses the connection.
+        let fetcher = Fetcher::new(1024, true, 3);
+        assert!(fetcher.fetch("http://127.0.0.1:9/a.png", 1).await.unwrap_err().retry);
+        let err = fetcher.fetch("http://127.0.0.1:9/a.png", 2).await.unwrap_err();
+        assert!(
+            !err.retry && err.message.ends_with("(gave up after 3 attempts)"),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The two workers that move messages: inbound (inbox → GHL) and outbound (outbox →
 //! WhatsApp → status back to GHL). Each step is a function a test can call directly.
 
+mod address;
 mod convert;
 mod fetch;
 pub mod inbound;
@@ -53,8 +54,12 @@ pub fn spawn(state: &crate::state::AppState) {
         state.sessions.clone(),
         state.metrics.clone(),
         config.relay.clone(),
-        fetch::Fetcher::new(config.attachment_max_bytes, config.allow_http_attachments),
-        config.default_country.clone(),
+        fetch::Fetcher::new(
+            config.attachment_max_bytes,
+            config.allow_http_attachments,
+            config.attachment_attempts,
+        ),
+        config.default_country,
         config.send_gap,
         config.outbound_ttl,
         state.incarnation.clone(),

@@ -17,7 +17,7 @@ use super::fetch::Fetcher;
 use super::workers::{Joined, Renewal, Workers};
 use super::{RelaySettings, retry_at};
 use crate::crypto::random_fraction;
-use crate::domain::phone::normalize;
+use crate::domain::phone::{Phone, Region};
 use crate::domain::{Incarnation, LocationId, OutboundRequest, plan_parts};
 use crate::ghl::types::{StatusError, StatusUpdate};
 use crate::ghl::{Action, GhlClient, GhlError};
@@ -34,7 +34,7 @@ pub struct OutboundRelay {
     pub metrics: Arc<Metrics>,
     pub settings: RelaySettings,
     pub fetcher: Fetcher,
-    pub default_country: String,
+    pub default_country: Region,
     /// Least gap between two sends of one WhatsApp session (jittered); zero: no pacing.
     pub send_gap: Duration,
     /// How long a message waits for WhatsApp to connect.
@@ -77,7 +77,7 @@ impl OutboundRelay {
         metrics: Arc<Metrics>,
         settings: RelaySettings,
         fetcher: Fetcher,
-        default_country: String,
+        default_country: Region,
         send_gap: Duration,
         ttl: Duration,
         holder: Incarnation,
@@ -247,18 +247,18 @@ impl OutboundRelay {
         let Some(session) = self.sessions.session(&location) else {
             return Outcome::Wait("WhatsApp not connected".into());
         };
-        let phone = match normalize(&row.to_phone, &self.default_country) {
+        let phone = match Phone::parse(&row.to_phone, self.default_country) {
             Ok(phone) => phone,
-            Err(e) => return Outcome::Failed(e),
+            Err(e) => return Outcome::Failed(e.to_string()),
         };
-        let jid = match session.on_whatsapp(&phone).await {
+        let jid = match session.on_whatsapp(phone.as_str()).await {
             Ok(Some(jid)) => jid,
             Ok(None) => return Outcome::Failed(format!("{phone} is not on WhatsApp")),
             Err(e) => return e.into(),
         };
         let mut files = Vec::with_capacity(request.attachments.len());
         for url in &request.attachments {
-            match self.fetcher.fetch(url).await {
+            match self.fetcher.fetch(url, row.attempts).await {
                 Ok(file) => files.push(file),
                 Err(e) if e.retry => return Outcome::Retry(e.message),
                 Err(e) => return Outcome::Failed(e.message),

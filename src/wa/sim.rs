@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::{BoxFuture, Link, Pairing, ParkReason, ReceiptStatus, Stored, Transport, WaError, WaEvent, WaSession};
 use crate::crypto::random_hex;
 use crate::domain::jid::phone_of;
-use crate::domain::phone::parse_e164;
+use crate::domain::phone::Phone;
 use crate::domain::{Content, InboundMessage, LocationId, Media, MediaKind, OutgoingContent};
 
 /// WhatsApp's QR schedule: the first code lives 60 s, then five more live 20 s each.
@@ -773,7 +773,9 @@ fn sanitize(text: &str) -> String {
 
 /// `+15551234567` from a phone as the control API receives it.
 fn e164(phone: &str) -> Result<String, SimError> {
-    parse_e164(phone).map_err(SimError::Invalid)
+    Phone::parse_international(phone)
+        .map(Phone::into_string)
+        .map_err(|e| SimError::Invalid(e.to_string()))
 }
 
 /// A new message id in WhatsApp Web's format.

@@ -1291,8 +1291,10 @@ fn vcard_name(vcard: &str) -> Option<String> {
 /// `+digits` for a phone-number JID (`@s.whatsapp.net`, `@hosted`).
 fn phone_of_jid(jid: &Jid) -> Option<String> {
     let user = jid.user_base();
-    (jid.server.is_pn_family() && !user.is_empty() && user.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| format!("+{user}"))
+    if !jid.server.is_pn_family() {
+        return None;
+    }
+    crate::domain::phone::Phone::from_whatsapp_user(user).map(crate::domain::phone::Phone::into_string)
 }
 
 /// The sender's phone: the sender itself when it is a phone JID, else the phone WhatsApp sent

@@ -274,7 +274,7 @@ async fn kill_9_with_outbound_messages_queued_sends_each_exactly_once_after_rest
     for i in 0..6 {
         let body = json!({
             "locationId": "locCrashOut", "messageId": format!("gc-{i}"), "contactId": "c", "type": "SMS",
-            "phone": format!("+1555092{}111", i % 2), "message": format!("reply {i}"),
+            "phone": format!("+1415292{}111", i % 2), "message": format!("reply {i}"),
         });
         let response = daemon
             .client

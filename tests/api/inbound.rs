@@ -517,7 +517,8 @@ async fn media_that_expired_on_whatsapp_still_arrives_as_text_saying_so() {
 
 #[tokio::test]
 async fn a_large_video_goes_through_ghls_large_file_upload() {
-    let b = bench().await;
+    // 8 MB of base64 in the simulated delivery: above the default body limit.
+    let b = sim_bench(&[FAST_RETRIES, &[("WAGHL_BODY_LIMIT_BYTES", "16777216")]].concat()).await;
     b.paired("locLarge", "+15550100015").await;
     let video = vec![7u8; 6 << 20];
     let body =

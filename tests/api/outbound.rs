@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::sessions::{SimBench, sim_bench};
 
-const KEY: &str = "outbound-test-key";
+pub const KEY: &str = "outbound-test-key";
 
 const SETTINGS: &[(&str, &str)] = &[
     ("WAGHL_WEBHOOK_KEY", KEY),
@@ -18,7 +18,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("WAGHL_RELAY_POLL_MS", "20"),
 ];
 
-async fn bench(extra: &[(&str, &str)]) -> SimBench {
+pub async fn bench(extra: &[(&str, &str)]) -> SimBench {
     let mut settings = SETTINGS.to_vec();
     settings.extend_from_slice(extra);
     sim_bench(&settings).await
@@ -92,13 +92,13 @@ async fn a_text_reply_is_sent_once_to_the_right_number_however_often_ghl_posts_i
     b.paired("locOut1", "+15551000001").await;
     for _ in 0..3 {
         let response = b
-            .provider_webhook(webhook("locOut1", "g-1", "(555) 222-3333", "Hi from GHL"))
+            .provider_webhook(webhook("locOut1", "g-1", "(415) 222-3333", "Hi from GHL"))
             .await;
         assert_eq!(response.status(), 200);
     }
     let sent = b.wait_for_sent("locOut1", 1).await;
     assert_eq!(
-        sent[0]["to"], "+15552223333",
+        sent[0]["to"], "+14152223333",
         "the national number read in the default country"
     );
     assert_eq!(sent[0]["kind"], "text");
@@ -116,7 +116,7 @@ async fn attachments_go_out_as_media_with_the_text_as_caption() {
     let pdf = b
         .fake
         .host_file("price%20list.pdf", "application/pdf", b"%PDF-1.7 price list".to_vec());
-    let mut body = webhook("locOut2", "g-2", "+15552223334", "Here you go");
+    let mut body = webhook("locOut2", "g-2", "+14152223334", "Here you go");
     body["attachments"] = json!([image, pdf]);
     assert_eq!(b.provider_webhook(body).await.status(), 200);
     let sent = b.wait_for_sent("locOut2", 2).await;
@@ -136,7 +136,7 @@ async fn a_reply_while_whatsapp_is_down_is_sent_after_it_reconnects() {
     b.paired("locOut3", "+15551000003").await;
     b.sim("locOut3", "disconnect", json!({ "seconds": 0.6 })).await;
     b.app.wait_for_session("locOut3", "reconnecting", None).await;
-    b.provider_webhook(webhook("locOut3", "g-3", "+15552223335", "queued"))
+    b.provider_webhook(webhook("locOut3", "g-3", "+14152223335", "queued"))
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
@@ -151,7 +151,7 @@ async fn a_reply_while_whatsapp_is_down_is_sent_after_it_reconnects() {
 async fn a_number_not_on_whatsapp_fails_with_the_reason_in_ghl() {
     let b = bench(&[]).await;
     b.paired("locOut4", "+15551000004").await;
-    b.provider_webhook(webhook("locOut4", "g-4", "+15552220000", "nobody"))
+    b.provider_webhook(webhook("locOut4", "g-4", "+14152220000", "nobody"))
         .await;
     let statuses = b.wait_for_status("g-4", "failed").await;
     let failed = statuses.iter().find(|s| s["status"] == "failed").unwrap();
@@ -177,7 +177,7 @@ async fn receipts_move_the_status_to_delivered_then_read_and_ghl_lag_is_ridden_o
     b.paired("locOut5", "+15551000005").await;
     // GHL answers 403 to the first status updates of a message it has just sent us.
     b.fake.set_status_lag(2);
-    b.provider_webhook(webhook("locOut5", "g-5", "+15552223336", "receipts"))
+    b.provider_webhook(webhook("locOut5", "g-5", "+14152223336", "receipts"))
         .await;
     let sent = b.wait_for_sent("locOut5", 1).await;
     b.wait_for_status("g-5", "sent").await;
@@ -206,12 +206,12 @@ async fn receipts_move_the_status_to_delivered_then_read_and_ghl_lag_is_ridden_o
 async fn the_echo_of_waghls_own_send_never_comes_back_into_ghl() {
     let b = bench(&[]).await;
     b.paired("locOut6", "+15551000006").await;
-    b.provider_webhook(webhook("locOut6", "g-6", "+15552223337", "from the agent"))
+    b.provider_webhook(webhook("locOut6", "g-6", "+14152223337", "from the agent"))
         .await;
     let sent = b.wait_for_sent("locOut6", 1).await;
     let id = sent[0]["id"].as_str().unwrap();
     // The phone reports the message it sent as a linked device, as WhatsApp does.
-    let echo = json!({ "from": "+15552223337", "id": id, "text": "from the agent", "from_me": true });
+    let echo = json!({ "from": "+14152223337", "id": id, "text": "from the agent", "from_me": true });
     assert_eq!(b.sim("locOut6", "inbound", echo).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(b.fake.messages().is_empty(), "the echo reached GHL");
@@ -229,13 +229,13 @@ async fn the_echo_of_waghls_own_send_never_comes_back_into_ghl() {
 async fn a_location_never_paired_fails_at_once_and_old_replays_are_not_sent() {
     let b = bench(&[]).await;
     b.app.install(&b.fake, "locNever").await;
-    b.provider_webhook(webhook("locNever", "g-7", "+15552223338", "too early"))
+    b.provider_webhook(webhook("locNever", "g-7", "+14152223338", "too early"))
         .await;
     let statuses = b.wait_for_status("g-7", "failed").await;
     assert!(statuses[0]["error"]["message"].as_str().unwrap().contains("not paired"));
 
     b.paired("locReplay", "+15551000008").await;
-    let mut old = webhook("locReplay", "g-8", "+15552223339", "from last year");
+    let mut old = webhook("locReplay", "g-8", "+14152223339", "from last year");
     old["dateAdded"] = json!("2025-01-01T00:00:00Z");
     b.provider_webhook(old).await;
     let statuses = b.wait_for_status("g-8", "failed").await;
@@ -254,7 +254,7 @@ async fn a_message_waiting_past_the_ttl_fails_as_not_connected() {
     b.paired("locTtl", "+15551000009").await;
     b.sim("locTtl", "disconnect", json!({ "seconds": 30 })).await;
     b.app.wait_for_session("locTtl", "reconnecting", None).await;
-    b.provider_webhook(webhook("locTtl", "g-9", "+15552223340", "too late"))
+    b.provider_webhook(webhook("locTtl", "g-9", "+14152223340", "too late"))
         .await;
     let statuses = b.wait_for_status("g-9", "failed").await;
     assert_eq!(statuses[0]["error"]["message"], "WhatsApp not connected");
@@ -265,7 +265,7 @@ async fn replies_quote_the_original_whatsapp_message_and_sends_are_paced() {
     let b = bench(&[("WAGHL_SEND_GAP_MS", "150")]).await;
     b.paired("locPace", "+15551000010").await;
     for i in 0..3 {
-        let mut body = webhook("locPace", &format!("g-p{i}"), "+15552223341", &format!("p{i}"));
+        let mut body = webhook("locPace", &format!("g-p{i}"), "+14152223341", &format!("p{i}"));
         body["replyToAltId"] = json!("3EB0QUOTED");
         b.provider_webhook(body).await;
     }
@@ -284,7 +284,7 @@ async fn replies_quote_the_original_whatsapp_message_and_sends_are_paced() {
 async fn a_send_the_server_refuses_after_it_returned_fails_in_ghl() {
     let b = bench(&[]).await;
     b.paired("locRefused", "+15551000011").await;
-    b.provider_webhook(webhook("locRefused", "g-r", "+15552229999", "blocked me"))
+    b.provider_webhook(webhook("locRefused", "g-r", "+14152229999", "blocked me"))
         .await;
     let statuses = b.wait_for_status("g-r", "failed").await;
     let failed = statuses.iter().find(|s| s["status"] == "failed").unwrap();
