@@ -147,7 +147,7 @@ async fn kill_9_mid_flight(backend: Backend, run: usize) {
 }
 
 fn phone(i: usize) -> String {
-    format!("+1555093{:04}", 1 + i % CHATS)
+    format!("+1415209{:04}", 1 + i % CHATS)
 }
 
 /// Per chat, GHL received the messages in the order WhatsApp delivered them.

@@ -95,7 +95,7 @@ async fn an_outbound_send_that_panics_is_retried_and_its_chat_goes_on() {
     for (i, text) in ["first", "second"].into_iter().enumerate() {
         let body = json!({
             "locationId": "locPanicOut", "messageId": format!("gp-{i}"), "contactId": "c", "type": "SMS",
-            "phone": "+15550770005", "message": text,
+            "phone": "+14152090005", "message": text,
         });
         assert_eq!(b.provider_webhook(body).await.status(), 200);
     }
