@@ -138,6 +138,12 @@ pub struct GhlConfig {
     pub status_lag_retries: usize,
     /// Space-separated OAuth scopes asked for at install.
     pub scopes: String,
+    /// The app's Shared Secret (marketplace app → Advanced Settings → Auth): decrypts the user
+    /// context of the Custom Page `/ghl/page`, which stays off without it.
+    pub app_shared_secret: Option<Secret>,
+    /// The origins allowed to frame `/ghl/page` (CSP `frame-ancestors`): GHL's own, plus an
+    /// agency's white-label domain when it has one.
+    pub page_frame_ancestors: String,
 }
 
 impl GhlConfig {
@@ -297,6 +303,8 @@ impl Config {
             status_lag_delay: millis("WAGHL_GHL_STATUS_LAG_MS", get("WAGHL_GHL_STATUS_LAG_MS"), 3_000)?,
             status_lag_retries: number("WAGHL_GHL_STATUS_LAG_RETRIES", get("WAGHL_GHL_STATUS_LAG_RETRIES"), 5)?,
             scopes: get("GHL_SCOPES").unwrap_or_else(|| DEFAULT_SCOPES.into()),
+            app_shared_secret: get("GHL_APP_SHARED_SECRET").map(Secret::new),
+            page_frame_ancestors: frame_ancestors(get("GHL_PAGE_FRAME_ANCESTORS"))?,
         };
         if ghl.rate_limit == 0 {
             return Err(bad("WAGHL_GHL_RATE_LIMIT", "expected at least 1"));
@@ -420,6 +428,36 @@ fn http_url(var: &'static str, value: Option<String>, default: &str) -> Result<S
     }
 }
 
+/// GHL's app domains frame marketplace Custom Pages.
+const GHL_FRAME_ANCESTORS: &str = "https://app.gohighlevel.com https://*.gohighlevel.com https://*.leadconnectorhq.com";
+
+/// Space-separated http(s) origins (wildcard subdomains allowed) for a CSP `frame-ancestors`:
+/// anything else could smuggle another directive into the header.
+fn frame_ancestors(value: Option<String>) -> Result<String, ConfigError> {
+    let Some(value) = value else {
+        return Ok(GHL_FRAME_ANCESTORS.into());
+    };
+    let valid = |origin: &str| {
+        let host = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))
+            .unwrap_or_default();
+        !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '*' | ':'))
+    };
+    let origins: Vec<&str> = value.split_ascii_whitespace().collect();
+    if origins.iter().all(|o| valid(o)) {
+        Ok(origins.join(" "))
+    } else {
+        Err(bad(
+            "GHL_PAGE_FRAME_ANCESTORS",
+            "expected space-separated origins like https://app.gohighlevel.com https://*.example.com",
+        ))
+    }
+}
+
 /// A PEM given inline, or the path of a file holding it.
 fn pem(var: &'static str, value: Option<String>) -> Result<Option<String>, ConfigError> {
     let Some(value) = value else { return Ok(None) };
@@ -492,10 +530,17 @@ mod tests {
             ("WAGHL_SECRET_KEY", key),
             ("WAGHL_ADMIN_TOKEN", "admin-token-0123456789"),
             ("GHL_CLIENT_SECRET", "client-secret-value"),
+            ("GHL_APP_SHARED_SECRET", "app-shared-secret-value"),
         ])
         .unwrap();
         let printed = format!("{config:?}");
-        for secret in [key, "hunter2hunter2", "admin-token-0123456789", "client-secret-value"] {
+        for secret in [
+            key,
+            "hunter2hunter2",
+            "admin-token-0123456789",
+            "client-secret-value",
+            "app-shared-secret-value",
+        ] {
             assert!(!printed.contains(secret), "{secret} leaked");
         }
         assert!(printed.contains("db:5432/waghl"));
@@ -516,5 +561,24 @@ mod tests {
         assert!(config.ghl.webhook_public_key.contains("abc"));
         let err = load(&[("GHL_WEBHOOK_PUBLIC_KEY", "/nonexistent/key.pem")]).unwrap_err();
         assert_eq!(err.var, "GHL_WEBHOOK_PUBLIC_KEY");
+    }
+
+    #[test]
+    fn the_custom_page_may_be_framed_by_ghl_and_listed_origins_only() {
+        let config = load(&[]).unwrap();
+        assert!(config.ghl.page_frame_ancestors.contains("https://app.gohighlevel.com"));
+        let config = load(&[(
+            "GHL_PAGE_FRAME_ANCESTORS",
+            "https://app.agency.example  http://127.0.0.1:9000",
+        )])
+        .unwrap();
+        assert_eq!(
+            config.ghl.page_frame_ancestors,
+            "https://app.agency.example http://127.0.0.1:9000"
+        );
+        for bad in ["*", "https://x.example; script-src *", "'self'", "ftp://x"] {
+            let err = load(&[("GHL_PAGE_FRAME_ANCESTORS", bad)]).unwrap_err();
+            assert_eq!(err.var, "GHL_PAGE_FRAME_ANCESTORS", "{bad}");
+        }
     }
 }

@@ -27,6 +27,9 @@ pub struct SecretKey {
     key: LessSafeKey,
     /// Signs pairing links (HMAC-SHA256), derived so that it differs from the sealing key.
     links: hmac::Key,
+    /// Signs the console's session cookies and CSRF tokens and the GHL page's tokens; its own
+    /// derivation, so that nothing signed for a browser can pass as a pairing link.
+    sessions: hmac::Key,
     rng: SystemRandom,
 }
 
@@ -41,10 +44,14 @@ impl SecretKey {
             return Err(CryptoError::BadKey);
         }
         let key = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| CryptoError::BadKey)?;
-        let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, bytes), b"waghl pairing links v1");
+        let derive = |label: &[u8]| {
+            let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, bytes), label);
+            hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
+        };
         Ok(Self {
             key: LessSafeKey::new(key),
-            links: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
+            links: derive(b"waghl pairing links v1"),
+            sessions: derive(b"waghl browser sessions v1"),
             rng: SystemRandom::new(),
         })
     }
@@ -95,19 +102,23 @@ impl SecretKey {
 
     /// A signature of `message` for a link (hex).
     pub fn sign_link(&self, message: &str) -> String {
-        hmac::sign(&self.links, message.as_bytes())
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        sign_hex(&self.links, message)
     }
 
     /// Checks a link signature in constant time.
     pub fn verify_link(&self, message: &str, signature_hex: &str) -> bool {
-        let Some(tag) = decode_hex(signature_hex) else {
-            return false;
-        };
-        hmac::verify(&self.links, message.as_bytes(), &tag).is_ok()
+        verify_hex(&self.links, message, signature_hex)
+    }
+
+    /// A signature of `message` for a browser session token (hex). Callers prefix the message
+    /// with what it is for (`console:`, `csrf:`, `ghl:`), so one kind never passes for another.
+    pub fn sign_session(&self, message: &str) -> String {
+        sign_hex(&self.sessions, message)
+    }
+
+    /// Checks a session token signature in constant time.
+    pub fn verify_session(&self, message: &str, signature_hex: &str) -> bool {
+        verify_hex(&self.sessions, message, signature_hex)
     }
 
     pub fn seal_str(&self, context: &str, plaintext: &str) -> Vec<u8> {
@@ -117,6 +128,18 @@ impl SecretKey {
     pub fn open_str(&self, context: &str, sealed: &[u8]) -> Result<String, CryptoError> {
         String::from_utf8(self.open(context, sealed)?).map_err(|_| CryptoError::WrongKeyOrTampered)
     }
+}
+
+fn sign_hex(key: &hmac::Key, message: &str) -> String {
+    hmac::sign(key, message.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn verify_hex(key: &hmac::Key, message: &str, signature_hex: &str) -> bool {
+    decode_hex(signature_hex).is_some_and(|tag| hmac::verify(key, message.as_bytes(), &tag).is_ok())
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
@@ -189,6 +212,17 @@ mod tests {
         assert!(!a.verify_link("pair:loc2:1790000000", &signature));
         assert!(!b.verify_link("pair:loc1:1790000000", &signature));
         assert!(!a.verify_link("pair:loc1:1790000000", "zz"));
+    }
+
+    #[test]
+    fn session_and_link_signatures_never_pass_for_each_other() {
+        let key = key();
+        let link = key.sign_link("pair:loc1:1790000000");
+        let session = key.sign_session("pair:loc1:1790000000");
+        assert_ne!(link, session);
+        assert!(!key.verify_session("pair:loc1:1790000000", &link));
+        assert!(!key.verify_link("pair:loc1:1790000000", &session));
+        assert!(key.verify_session("pair:loc1:1790000000", &session));
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod limiter;
 mod oauth;
 mod tokens;
 pub mod types;
+pub mod user_context;
 pub mod webhook;
 
 use std::sync::Arc;

@@ -5,7 +5,8 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::ghl::GhlError;
 use crate::store::StoreError;
@@ -91,13 +92,37 @@ impl ApiError {
     }
 }
 
+/// The body of every error: `{"error":{"code":"snake_case","message":"…"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, snake_case: what a program matches on.
+    pub code: String,
+    /// For people; may change.
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: &str, message: String) -> Self {
+        Self {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: shortened(message),
+            },
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let Self::Internal(e) = &self {
             tracing::error!(error.cause_chain = ?e, error.message = %e, "request failed");
         }
-        let body = json!({ "error": { "code": self.code(), "message": shortened(self.to_string()) } });
-        (self.status(), Json(body)).into_response()
+        (self.status(), Json(ErrorBody::new(self.code(), self.to_string()))).into_response()
     }
 }
 

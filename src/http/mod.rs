@@ -1,13 +1,17 @@
 //! The HTTP surface: one router per surface, merged here with the layers every request goes
 //! through (body limit and deadline, tracing by matched route, request metrics, JSON 404/405),
-//! and the server that runs it (`server.rs`: connection limits and timeouts).
+//! and the server that runs it (`server.rs`: connection limits and timeouts). Every route is
+//! registered with its OpenAPI operation (`openapi.rs`).
 
 mod admin;
+mod console;
 mod error;
 mod extract;
+mod ghl_page;
 mod health;
 mod messages;
 mod oauth;
+mod openapi;
 mod page;
 mod pairing;
 mod server;
@@ -17,15 +21,16 @@ mod webhooks;
 
 use std::time::Instant;
 
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::header::CONTENT_LENGTH;
 use axum::http::{Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router};
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
 pub use extract::{AdminAuth, AppJson, AppPath, AppQuery, LocationPath, MaybeJson};
 pub use server::{ServerSettings, serve};
 
@@ -36,18 +41,9 @@ use crate::state::AppState;
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit_bytes;
-    let mut router = Router::new()
-        .merge(health::router())
-        .merge(oauth::router())
-        .merge(admin::router())
-        .merge(sessions::router())
-        .merge(messages::router())
-        .merge(pairing::router())
-        .merge(webhooks::router());
-    if state.sim.is_some() {
-        router = router.merge(sim::router());
-    }
+    let (router, document) = routes(&state).split_for_parts();
     router
+        .layer(Extension(openapi::Document::new(&document)))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), guard_body))
@@ -66,6 +62,25 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(()),
         )
         .with_state(state)
+}
+
+/// Every route with its OpenAPI operation; [`router`] serves them and their document.
+pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
+    let mut routes = OpenApiRouter::with_openapi(openapi::base())
+        .merge(health::router())
+        .merge(openapi::router())
+        .merge(oauth::router())
+        .merge(admin::router())
+        .merge(sessions::router())
+        .merge(messages::router())
+        .merge(pairing::router())
+        .merge(webhooks::router())
+        .merge(console::router())
+        .merge(ghl_page::router());
+    if state.sim.is_some() {
+        routes = routes.merge(sim::router());
+    }
+    routes
 }
 
 async fn unknown_route(method: Method, uri: Uri) -> ApiError {

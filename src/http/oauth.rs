@@ -1,38 +1,46 @@
 //! The marketplace install: a redirect to GHL's location chooser, and the callback that
 //! exchanges the code and stores the location(s).
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::LOCATION;
 use axum::response::{Html, IntoResponse};
-use axum::routing::get;
 use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::page::{escape, page};
 use super::pairing::pairing_link;
-use super::{ApiError, AppQuery};
+use super::{ApiError, AppQuery, ErrorBody};
 use crate::ghl::GhlError;
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/oauth/install", get(install))
-        .route("/oauth/callback", get(callback))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(install)).routes(routes!(callback))
 }
 
 /// 302 to GHL's location chooser.
+#[utoipa::path(get, path = "/oauth/install", tag = "pages", responses(
+    (status = 302, description = "To GHL's location chooser"),
+    (status = "default", body = ErrorBody, description = "An error")))]
 async fn install(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let url = state.ghl.install_url()?;
     Ok((StatusCode::FOUND, [(LOCATION, url)]))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct CallbackQuery {
+    /// The authorization code GHL's redirect carries.
     code: Option<String>,
     error: Option<String>,
 }
 
+/// GHL's redirect after an install: exchanges the code and links to pairing.
+#[utoipa::path(get, path = "/oauth/callback", tag = "pages", params(CallbackQuery), responses(
+    (status = 200, description = "The install result", content_type = "text/html"),
+    (status = "default", body = ErrorBody, description = "An error")))]
 async fn callback(
     State(state): State<AppState>,
     AppQuery(query): AppQuery<CallbackQuery>,

@@ -3,33 +3,35 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::{AdminAuth, ApiError, AppJson, LocationPath, MaybeJson};
+use super::openapi::IdPath;
+use super::{AdminAuth, ApiError, AppJson, ErrorBody, LocationPath, MaybeJson};
 use crate::domain::LocationId;
 use crate::state::AppState;
 use crate::wa::ReceiptStatus;
 use crate::wa::sim::{Delivery, PanicAt, SimError, SimInbound, SimWorld};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/sim/{id}/scan", post(scan))
-        .route("/sim/{id}/qr", get(qr))
-        .route("/sim/{id}/inbound", post(inbound))
-        .route("/sim/{id}/receipt", post(receipt))
-        .route("/sim/{id}/disconnect", post(disconnect))
-        .route("/sim/{id}/logout", post(logout))
-        .route("/sim/{id}/ban", post(ban))
-        .route("/sim/{id}/zombie", post(zombie))
-        .route("/sim/{id}/break", post(break_store))
-        .route("/sim/{id}/panic", post(arm_panic))
-        .route("/sim/{id}/lid", post(lid))
-        .route("/sim/{id}/sent", get(sent))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(scan))
+        .routes(routes!(qr))
+        .routes(routes!(inbound))
+        .routes(routes!(receipt))
+        .routes(routes!(disconnect))
+        .routes(routes!(logout))
+        .routes(routes!(ban))
+        .routes(routes!(zombie))
+        .routes(routes!(break_store))
+        .routes(routes!(arm_panic))
+        .routes(routes!(lid))
+        .routes(routes!(sent))
 }
 
 /// The simulated world, for a location that is installed (404 otherwise, as on the admin API).
@@ -74,6 +76,8 @@ struct Phone {
     phone: String,
 }
 
+#[utoipa::path(post, operation_id = "sim_scan", path = "/sim/{id}/scan", tag = "sim", params(IdPath), security(("admin" = [])), request_body(content = Object),
+    responses((status = 200, body = Object, description = "Done"), (status = "default", body = ErrorBody, description = "An error")))]
 async fn scan(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -87,11 +91,15 @@ async fn scan(
     ok()
 }
 
+#[utoipa::path(get, operation_id = "sim_qr", path = "/sim/{id}/qr", tag = "sim", params(IdPath), security(("admin" = [])),
+    responses((status = 200, body = Object, description = "Done"), (status = "default", body = ErrorBody, description = "An error")))]
 async fn qr(_: AdminAuth, State(state): State<AppState>, LocationPath(id): LocationPath) -> Reply {
     let code = world(&state, &id).await?.qr(id.as_str()).map_err(sim_error)?;
     Ok(Json(json!({ "code": code })))
 }
 
+#[utoipa::path(post, operation_id = "sim_inbound", path = "/sim/{id}/inbound", tag = "sim", params(IdPath), security(("admin" = [])), request_body(content = Object),
+    responses((status = 200, body = Object, description = "Done"), (status = 202, body = Object, description = "Accepted: under way"), (status = "default", body = ErrorBody, description = "An error")))]
 async fn inbound(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -115,6 +123,8 @@ struct Receipt {
     status: String,
 }
 
+#[utoipa::path(post, operation_id = "sim_receipt", path = "/sim/{id}/receipt", tag = "sim", params(IdPath), security(("admin" = [])), request_body(content = Object),
+    responses((status = 200, body = Object, description = "Done"), (status = "default", body = ErrorBody, description = "An error")))]
 async fn receipt(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -148,6 +158,8 @@ fn three() -> f64 {
     3.0
 }
 
+#[utoipa::path(post, operation_id = "sim_disconnect", path = "/sim/{id}/disconnect", tag = "sim", params(IdPath), security(("admin" = [])), request_body(content = Object),
+    responses((status = 200, body = Object, description = "Done"), (status = "default", body = ErrorBody, description = "An error")))]
 async fn disconnect(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -162,17 +174,23 @@ async fn disconnect(
     ok()
 }
 
+#[utoipa::path(post, operation_id = "sim_logout", path = "/sim/{id}/logout", tag = "sim", params(IdPath), security(("admin" = [])),
+    responses((status = 200, body = Object, description = "Done"), (status = "default", body = ErrorBody, description = "An error")))]
 async fn logout(_: AdminAuth, State(state): State<AppState>, LocationPath(id): LocationPath) -> Reply {
     world(&state, &id).await?.logout(id.as_str()).map_err(sim_error)?;
     ok()
 }
 
+#[utoipa::path(post, operation_id = "sim_ban", path = "/sim/{id}/ban", tag = "sim", params(IdPath), security(("admin" = [])),
+    responses((status = 200, body = Object, description = "Done"), (status = "default", body = ErrorBody, description = "An error")))]
 async fn ban(_: AdminAuth, State(state): State<AppState>, LocationPath(id): LocationPath) -> Reply {
     world(&state, &id).await?.ban(id.as_str()).map_err(sim_error)?;
     ok()
 }
 
 /// Kills the socket without any event: the health check has to notice.
+#[utoipa::path(post, operation_id = "sim_zombie", path = "/sim/{id}/zombie", tag = "sim", params(IdPath), security(("admin" = [])),
+    responses((status = 200, body = Object, description = "Done"), (status = "default", body = ErrorBody, description = "An error")))]
 async fn zombie(_: AdminAuth, State(state): State<AppState>, LocationPath(id): LocationPath) -> Reply {
     world(&state, &id)
         .await?
@@ -189,6 +207,8 @@ struct ArmPanic {
 }
 
 /// Test hook: the next call of a client method panics inside waghl's task that makes it.
+#[utoipa::path(post, operation_id = "sim_arm_panic", path = "/sim/{id}/panic", tag = "sim", params(IdPath), security(("admin" = [])), request_body(content = Object),
+    responses((status = 200, body = Object, description = "Done"), (status = "default", body = ErrorBody, description = "An error")))]
 async fn arm_panic(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -199,6 +219,8 @@ async fn arm_panic(
     ok()
 }
 
+#[utoipa::path(post, operation_id = "sim_break_store", path = "/sim/{id}/break", tag = "sim", params(IdPath), security(("admin" = [])),
+    responses((status = 200, body = Object, description = "Done"), (status = "default", body = ErrorBody, description = "An error")))]
 async fn break_store(_: AdminAuth, State(state): State<AppState>, LocationPath(id): LocationPath) -> Reply {
     world(&state, &id).await?.break_store(id.as_str());
     ok()
@@ -210,6 +232,8 @@ struct Lid {
     phone: String,
 }
 
+#[utoipa::path(post, operation_id = "sim_lid", path = "/sim/{id}/lid", tag = "sim", params(IdPath), security(("admin" = [])), request_body(content = Object),
+    responses((status = 200, body = Object, description = "Done"), (status = "default", body = ErrorBody, description = "An error")))]
 async fn lid(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -223,6 +247,8 @@ async fn lid(
     ok()
 }
 
+#[utoipa::path(get, operation_id = "sim_sent", path = "/sim/{id}/sent", tag = "sim", params(IdPath), security(("admin" = [])),
+    responses((status = 200, body = Object, description = "Done"), (status = "default", body = ErrorBody, description = "An error")))]
 async fn sent(_: AdminAuth, State(state): State<AppState>, LocationPath(id): LocationPath) -> Reply {
     Ok(Json(json!({ "sent": world(&state, &id).await?.sent(id.as_str()) })))
 }

@@ -2,18 +2,21 @@
 //! default webhook URL (INSTALL / UNINSTALL). Both authenticate the raw body first; nothing
 //! that fails authentication is parsed, stored or logged with its body.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, MatchedPath, Query, Request, State};
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::ApiError;
 use super::extract::{bytes_rejection, refuse_other_types};
+use super::openapi::one_of;
+use super::{ApiError, ErrorBody};
 use crate::domain::{OutboundRequest, clip, is_id};
 use crate::ghl::webhook::{Rejection, check_timestamp};
 use crate::ghl::{Action, GhlError};
@@ -22,10 +25,37 @@ use crate::state::AppState;
 use crate::store::{LocationStatus, NewOutbound, TokenOwner};
 use crate::time::now_ms;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/webhooks/ghl/provider", post(provider))
-        .route("/webhooks/ghl/app", post(app_event))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(provider))
+        .routes(routes!(app_event))
+}
+
+fn ack_schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+    one_of(&[
+        "queued",
+        "duplicate",
+        "ignored",
+        "installed",
+        "uninstalled",
+        "awaiting_oauth",
+    ])
+}
+
+/// What waghl did with a webhook.
+#[derive(Serialize, ToSchema)]
+struct WebhookAck {
+    #[schema(schema_with = ack_schema)]
+    status: &'static str,
+    /// Why it was ignored, when it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+impl WebhookAck {
+    fn status(status: &'static str) -> Json<Self> {
+        Json(Self { status, reason: None })
+    }
 }
 
 /// A webhook body that proved it comes from GHL, parsed as JSON.
@@ -34,8 +64,10 @@ pub struct VerifiedWebhook {
     pub webhook_id: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct KeyQuery {
+    /// `$WAGHL_WEBHOOK_KEY`, for webhooks GHL delivers unsigned.
     key: Option<String>,
 }
 
@@ -93,11 +125,16 @@ fn refuse(state: &AppState, route: &str, rejection: Rejection) -> ApiError {
     ApiError::Unauthorized(rejection.to_string())
 }
 
-/// `POST /webhooks/ghl/provider`: an agent's message, queued for WhatsApp and answered at once.
-async fn provider(State(state): State<AppState>, webhook: VerifiedWebhook) -> Result<Json<Value>, ApiError> {
+/// The conversation provider's Delivery URL: an agent's message (GHL's `ProviderOutboundMessage`),
+/// queued for WhatsApp and answered at once. Signed with `x-ghl-signature` (Ed25519) or
+/// `x-wh-signature` (RSA), or carrying `?key=`.
+#[utoipa::path(post, path = "/webhooks/ghl/provider", tag = "webhooks", params(KeyQuery),
+    request_body(content = Object, description = "GHL's ProviderOutboundMessage body"),
+    responses((status = 200, body = WebhookAck, description = "Done"), (status = "default", body = ErrorBody, description = "An error")))]
+async fn provider(State(state): State<AppState>, webhook: VerifiedWebhook) -> Result<Json<WebhookAck>, ApiError> {
     state.ghl.ensure_configured()?;
     if already_processed(&state, &webhook).await? {
-        return Ok(Json(json!({ "status": "duplicate" })));
+        return Ok(WebhookAck::status("duplicate"));
     }
     let provider_id = state.config.ghl.conversation_provider_id.as_deref();
     let request = OutboundRequest::from_webhook(&webhook.body, provider_id)
@@ -125,7 +162,7 @@ async fn provider(State(state): State<AppState>, webhook: VerifiedWebhook) -> Re
     }
     let status = if queued.is_some() { "queued" } else { "duplicate" };
     tracing::info!(location.id = %location_id, ghl.message_id = %request.ghl_message_id, status, "outbound message received");
-    Ok(Json(json!({ "status": status })))
+    Ok(WebhookAck::status(status))
 }
 
 /// A repeated `webhookId` is answered 200 and changes nothing (GHL may be retrying after a
@@ -190,17 +227,25 @@ impl AppEvent {
     }
 }
 
-/// `POST /webhooks/ghl/app`: INSTALL and UNINSTALL of the marketplace app.
+/// The app's default webhook: INSTALL and UNINSTALL of the marketplace app. 429 asks GHL to
+/// retry later.
+#[utoipa::path(post, path = "/webhooks/ghl/app", tag = "webhooks", params(KeyQuery),
+    request_body(content = Object, description = "GHL's INSTALL / UNINSTALL body"),
+    responses((status = 200, body = WebhookAck, description = "Done"), (status = "default", body = ErrorBody, description = "An error")))]
 async fn app_event(State(state): State<AppState>, webhook: VerifiedWebhook) -> Result<Response, ApiError> {
     state.ghl.ensure_configured()?;
     if already_processed(&state, &webhook).await? {
-        return Ok(Json(json!({ "status": "duplicate" })).into_response());
+        return Ok(WebhookAck::status("duplicate").into_response());
     }
     let event: AppEvent = serde_json::from_value(webhook.body)
         .map_err(|e| ApiError::bad_request("invalid_webhook", format!("unexpected field type: {e}")))?;
     event.check_ids()?;
     if event.app_id.as_deref() != state.ghl.app_id() {
-        return Ok(Json(json!({ "status": "ignored", "reason": "another app" })).into_response());
+        let ack = WebhookAck {
+            status: "ignored",
+            reason: Some("another app"),
+        };
+        return Ok(Json(ack).into_response());
     }
     let outcome = match event.kind.as_deref() {
         Some("INSTALL") => install(&state, &event).await,
@@ -212,7 +257,7 @@ async fn app_event(State(state): State<AppState>, webhook: VerifiedWebhook) -> R
             if let Some(id) = &webhook.webhook_id {
                 state.store.record_webhook(id).await?;
             }
-            Ok(Json(json!({ "status": status })).into_response())
+            Ok(WebhookAck::status(status).into_response())
         }
         // GHL retries app webhooks only after a 429 (GHL_API.md §8.5): ask for a retry when
         // the failure is on GHL's side and will heal.
@@ -220,7 +265,7 @@ async fn app_event(State(state): State<AppState>, webhook: VerifiedWebhook) -> R
             tracing::warn!(error = %e, "app event deferred; GHL will retry it");
             Ok((
                 StatusCode::TOO_MANY_REQUESTS,
-                Json(json!({ "error": { "code": e.code(), "message": e.to_string() } })),
+                Json(ErrorBody::new(e.code(), e.to_string())),
             )
                 .into_response())
         }

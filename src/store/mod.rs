@@ -7,6 +7,7 @@
 //! in, so nothing else can write one in plaintext.
 
 mod claims;
+mod console;
 mod contacts;
 mod credentials;
 mod inbox;
@@ -31,6 +32,7 @@ use crate::config::DatabaseUrl;
 use crate::crypto::{CryptoError, SecretKey};
 
 pub use claims::Queue;
+pub use console::StateEvent;
 pub use contacts::CachedContact;
 pub use credentials::{Credentials, GhlTokens, TokenLock, TokenOwner};
 pub use inbox::{InboxOutcome, InboxRow, InboxStart};
