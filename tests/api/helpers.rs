@@ -125,6 +125,8 @@ pub struct TestApp {
     pub db: TestDb,
     /// The settings it was started with, for a restart.
     overrides: Vec<(String, String)>,
+    /// Its OpenAPI document: every `admin_*` call's answer is checked against it.
+    contract: std::sync::Arc<crate::openapi::Contract>,
     stop: Option<oneshot::Sender<()>>,
     running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -175,6 +177,7 @@ pub async fn spawn_app_on(db: TestDb, overrides: &[(&str, &str)]) -> TestApp {
     let app = Application::build(config).await.expect("the application builds");
     let base_url = format!("http://{}", app.local_addr());
     let state = app.state().clone();
+    let contract = std::sync::Arc::new(crate::openapi::Contract::of(&state));
     let (stop, stopped) = oneshot::channel();
     let running = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
@@ -185,6 +188,7 @@ pub async fn spawn_app_on(db: TestDb, overrides: &[(&str, &str)]) -> TestApp {
         state,
         db,
         overrides,
+        contract,
         stop: Some(stop),
         running: Some(running),
     }
@@ -207,12 +211,28 @@ impl TestApp {
     }
 
     pub async fn admin_get(&self, path: &str) -> reqwest::Response {
-        self.client
+        let response = self
+            .client
             .get(self.url(path))
             .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
-            .expect("GET")
+            .expect("GET");
+        self.conforming("GET", path, response).await
+    }
+
+    /// Checks an answer against the OpenAPI document, and hands it on unread.
+    async fn conforming(&self, method: &str, path: &str, response: reqwest::Response) -> reqwest::Response {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.expect("a response body");
+        let content_type = headers.get("content-type").and_then(|v| v.to_str().ok());
+        let bare = path.split('?').next().unwrap_or(path);
+        self.contract.check(method, bare, status.as_u16(), content_type, &body);
+        let mut rebuilt = axum::http::Response::new(body);
+        *rebuilt.status_mut() = status;
+        *rebuilt.headers_mut() = headers;
+        reqwest::Response::from(rebuilt)
     }
 
     /// Stops the application and waits until it has closed the database.
@@ -242,22 +262,26 @@ impl TestApp {
     }
 
     pub async fn admin_post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.client
+        let response = self
+            .client
             .post(self.url(path))
             .bearer_auth(ADMIN_TOKEN)
             .json(body)
             .send()
             .await
-            .expect("POST")
+            .expect("POST");
+        self.conforming("POST", path, response).await
     }
 
     pub async fn admin_delete(&self, path: &str) -> reqwest::Response {
-        self.client
+        let response = self
+            .client
             .delete(self.url(path))
             .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
-            .expect("DELETE")
+            .expect("DELETE");
+        self.conforming("DELETE", path, response).await
     }
 
     /// The location's `session` block.

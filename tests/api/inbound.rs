@@ -10,7 +10,7 @@ use crate::helpers::PROVIDER_ID;
 use crate::sessions::{SimBench, sim_bench};
 
 /// Fast retries for tests.
-const FAST_RETRIES: &[(&str, &str)] = &[
+pub const FAST_RETRIES: &[(&str, &str)] = &[
     ("WAGHL_RETRY_BASE_MS", "20"),
     ("WAGHL_RETRY_MAX_MS", "200"),
     ("WAGHL_RELAY_POLL_MS", "20"),

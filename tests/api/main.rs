@@ -2,13 +2,18 @@
 //! HTTP server on a loopback port, the fake GHL) and checks what a client would observe.
 
 mod attachments;
+mod browser;
+mod console;
+mod ghl_page;
 mod helpers;
 mod hostile;
 mod logs;
+mod openapi;
 mod outbound;
 mod pairing;
 mod phones;
 mod recovery;
+mod screens;
 
 mod crash;
 mod daemon;

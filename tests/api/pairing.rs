@@ -1,11 +1,10 @@
 //! The pairing page: signed links, live state, restarting pairing, and a real browser.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use serde_json::{Value, json};
 
+use crate::browser::{Browser, decode_qr, in_ci, tool};
 use crate::sessions::{SimBench, sim_bench};
 
 impl SimBench {
@@ -121,137 +120,6 @@ async fn the_install_page_links_to_pairing() {
     assert!(link.contains("&amp;sig=") || link.contains("&sig="), "{link}");
 }
 
-/// Chromium through chromedriver (WebDriver over HTTP), as a person would use the page.
-struct Browser {
-    driver: Child,
-    base: String,
-    session: String,
-    client: reqwest::Client,
-}
-
-fn tool(name: &str) -> Option<String> {
-    ["/usr/bin", "/usr/local/bin"]
-        .iter()
-        .map(|dir| format!("{dir}/{name}"))
-        .find(|path| std::path::Path::new(path).exists())
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-impl Browser {
-    async fn start() -> Option<Self> {
-        waghl::startup::install_crypto_provider();
-        let (Some(chromium), Some(chromedriver)) = (tool("chromium"), tool("chromedriver")) else {
-            assert!(
-                !in_ci(),
-                "CI=true but chromium or chromedriver is missing (apt: chromium chromium-driver)"
-            );
-            eprintln!("skipped: chromium / chromedriver not installed");
-            return None;
-        };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let driver = Command::new(chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
-        let started = Instant::now();
-        while client.get(format!("{base}/status")).send().await.is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "chromedriver did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let profile = tempfile::tempdir().unwrap().keep();
-        let capabilities = json!({ "capabilities": { "alwaysMatch": { "browserName": "chrome", "goog:chromeOptions": {
-            "binary": chromium,
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                     "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--window-size=900,1100", format!("--user-data-dir={}", profile.display())]
-        }}}});
-        let created: Value = client
-            .post(format!("{base}/session"))
-            .json(&capabilities)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let session = created["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{created}"))
-            .to_owned();
-        Some(Self {
-            driver,
-            base,
-            session,
-            client,
-        })
-    }
-
-    async fn command(&self, path: &str, body: Value) -> Value {
-        let url = format!("{}/session/{}{path}", self.base, self.session);
-        let response = self.client.post(url).json(&body).send().await.unwrap();
-        response.json::<Value>().await.unwrap()["value"].clone()
-    }
-
-    async fn open(&self, url: &str) {
-        self.command("/url", json!({ "url": url })).await;
-    }
-
-    async fn text(&self) -> String {
-        let value = self
-            .command(
-                "/execute/sync",
-                json!({ "script": "return document.body.innerText", "args": [] }),
-            )
-            .await;
-        value.as_str().unwrap_or_default().to_owned()
-    }
-
-    async fn screenshot(&self) -> Vec<u8> {
-        let url = format!("{}/session/{}/screenshot", self.base, self.session);
-        let value: Value = self.client.get(url).send().await.unwrap().json().await.unwrap();
-        base64::engine::general_purpose::STANDARD
-            .decode(value["value"].as_str().unwrap())
-            .unwrap()
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
-
-/// Decodes the QR code in a PNG with zbarimg.
-fn decode_qr(png: &[u8]) -> Option<String> {
-    let zbarimg = tool("zbarimg")?;
-    let file = tempfile::Builder::new().suffix(".png").tempfile().unwrap();
-    std::fs::write(file.path(), png).unwrap();
-    let output = Command::new(zbarimg)
-        .args(["--raw", "-q"])
-        .arg(file.path())
-        .output()
-        .unwrap();
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
-}
-
 #[tokio::test]
 async fn in_a_real_browser_the_qr_decodes_to_the_current_code_and_the_page_turns_connected() {
     let Some(browser) = Browser::start().await else { return };
@@ -287,16 +155,5 @@ async fn in_a_real_browser_the_qr_decodes_to_the_current_code_and_the_page_turns
     assert_eq!(decoded, current, "the QR shown is the code WhatsApp issued");
 
     b.sim("locBrowser", "scan", json!({ "phone": "+15551300001" })).await;
-    let started = Instant::now();
-    loop {
-        let text = browser.text().await;
-        if text.contains("Connected as +15551300001") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "the page never showed Connected: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    browser.wait_for_text("Connected as +15551300001", 15).await;
 }
