@@ -213,7 +213,7 @@ async function signIn() {
   try { payload = await askGhl(); } catch (e) { say("GoHighLevel did not say who you are. Reload the page."); return; }
   const response = await fetch(base + "/session", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ encryptedData: payload }) });
   const body = await response.json().catch(() => ({}));
-  if (!response.ok) { say((body.error && body.error.message) || "This page cannot be shown here."); return; }
+  if (!response.ok) { say("WhatsApp cannot be shown here: " + ((body.error && body.error.message) || "the server refused.")); return; }
   token = body.token;
   $("title").textContent = "WhatsApp — " + (body.location_name || body.location_id);
   render(body.view);

@@ -88,6 +88,7 @@ input[type=number] { width:5rem; }
 button { font:inherit; padding:.45rem .9rem; border-radius:6px; border:1px solid var(--accent); background:var(--accent); color:#fff; cursor:pointer; }
 button.danger { background:#fff; color:var(--bad); border-color:var(--bad); }
 td button { padding:.2rem .6rem; }
+td code { white-space:nowrap; word-break:normal; }
 .actions { display:flex; flex-direction:column; gap:.2rem; margin-top:.6rem; }
 .qr svg { width:min(300px,100%); height:auto; display:block; }
 .code { font-size:1.6rem; letter-spacing:.15em; }
