@@ -14,7 +14,7 @@ use whatsapp_rust::{
 };
 
 use super::SHUTDOWN_TIMEOUT;
-use super::convert::{downloadable, media_message, media_type, outgoing_text, phone_of_jid};
+use super::convert::{OutgoingMedia, downloadable, media_message, media_type, outgoing_text, phone_of_jid};
 use super::pairing::PairSignal;
 use crate::domain::OutgoingContent;
 use crate::wa::{BoxFuture, Link, WaError, WaSession};
@@ -105,7 +105,17 @@ impl WaSession for WhatsAppSession {
                         .upload(bytes.clone(), media_type(*kind), UploadOptions::new())
                         .await
                         .map_err(|e| WaError::Failed(format!("media upload failed: {e}")))?;
-                    media_message(*kind, upload, mime, caption.clone(), file_name.clone(), reply_to, &jid)
+                    media_message(
+                        OutgoingMedia {
+                            kind: *kind,
+                            mime,
+                            caption: caption.clone(),
+                            file_name: file_name.clone(),
+                        },
+                        upload.into(),
+                        reply_to,
+                        &jid,
+                    )
                 }
             };
             // The caller's id: a resend after a crash is the same message, not a second one.

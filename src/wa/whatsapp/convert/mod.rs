@@ -20,7 +20,7 @@ use whatsapp_rust::waproto::whatsapp as wa;
 use crate::domain::{Content, InboundMessage};
 
 pub use media::{downloadable, media_type};
-pub use outbound::{media_message, outgoing_text};
+pub use outbound::{OutgoingMedia, Uploaded, media_message, outgoing_text};
 pub use status::{park_reason, receipt_status};
 
 /// Maps a decrypted WhatsApp message to waghl's model. The second value is `media_ref`: the

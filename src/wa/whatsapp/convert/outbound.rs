@@ -3,7 +3,6 @@
 
 use whatsapp_rust::Jid;
 use whatsapp_rust::buffa::MessageField;
-use whatsapp_rust::media::{self, AudioOptions, DocumentOptions, ImageOptions, VideoOptions};
 use whatsapp_rust::proto_helpers::MessageBuilderExt;
 use whatsapp_rust::upload::UploadResponse;
 use whatsapp_rust::waproto::whatsapp as wa;
@@ -29,89 +28,136 @@ fn quote_context(stanza_id: &str, chat: &Jid) -> wa::ContextInfo {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn media_message(
-    kind: MediaKind,
-    upload: UploadResponse,
-    mime: &str,
-    caption: Option<String>,
-    file_name: Option<String>,
-    reply_to: Option<&str>,
-    chat: &Jid,
-) -> wa::Message {
-    let context = reply_to.filter(|r| !r.is_empty()).map(|r| quote_context(r, chat));
-    let mimetype = Some(mime.trim().to_owned()).filter(|m| !m.is_empty());
-    match kind {
-        MediaKind::Image => media::image_message(
-            upload,
-            ImageOptions {
-                caption,
-                mimetype,
-                context_info: context.map(Box::new),
+/// What WhatsApp's media servers answered to an upload: where the encrypted file is and how to
+/// open it. (The crate's own `UploadResponse` cannot be built outside it, and the simulated
+/// WhatsApp must build the same messages.)
+#[derive(Clone, Debug)]
+pub struct Uploaded {
+    pub url: String,
+    pub direct_path: String,
+    pub media_key: Vec<u8>,
+    pub file_sha256: Vec<u8>,
+    pub file_enc_sha256: Vec<u8>,
+    pub file_length: u64,
+    pub media_key_timestamp: i64,
+    pub streaming_sidecar: Option<Vec<u8>>,
+}
+
+impl From<UploadResponse> for Uploaded {
+    fn from(upload: UploadResponse) -> Self {
+        Self {
+            url: upload.url,
+            direct_path: upload.direct_path,
+            media_key: upload.media_key.to_vec(),
+            file_sha256: upload.file_sha256.to_vec(),
+            file_enc_sha256: upload.file_enc_sha256.to_vec(),
+            file_length: upload.file_length,
+            media_key_timestamp: upload.media_key_timestamp,
+            streaming_sidecar: upload.streaming_sidecar,
+        }
+    }
+}
+
+/// One outbound media part as the WhatsApp message that carries it, with the fields the
+/// crate's media builders set.
+pub struct OutgoingMedia<'a> {
+    pub kind: MediaKind,
+    pub mime: &'a str,
+    pub caption: Option<String>,
+    pub file_name: Option<String>,
+}
+
+/// A media message to `chat` for an uploaded file, quoting `reply_to` when given.
+pub fn media_message(media: OutgoingMedia<'_>, upload: Uploaded, reply_to: Option<&str>, chat: &Jid) -> wa::Message {
+    let context = reply_to
+        .filter(|r| !r.is_empty())
+        .map(|r| MessageField::some(quote_context(r, chat)))
+        .unwrap_or_default();
+    let mimetype = |default: &str| {
+        Some(media.mime.trim())
+            .filter(|m| !m.is_empty())
+            .unwrap_or(default)
+            .to_owned()
+    };
+    let Uploaded {
+        url,
+        direct_path,
+        media_key,
+        file_sha256,
+        file_enc_sha256,
+        file_length,
+        media_key_timestamp,
+        streaming_sidecar,
+    } = upload;
+    macro_rules! file {
+        ($kind:ident { $($field:ident: $value:expr),* $(,)? }) => {
+            wa::message::$kind {
+                url: Some(url),
+                direct_path: Some(direct_path),
+                media_key: Some(media_key),
+                file_sha256: Some(file_sha256),
+                file_enc_sha256: Some(file_enc_sha256),
+                file_length: Some(file_length),
+                media_key_timestamp: Some(media_key_timestamp),
+                context_info: context,
+                $($field: $value,)*
                 ..Default::default()
-            },
-        ),
-        MediaKind::Video => media::video_message(
-            upload,
-            VideoOptions {
-                caption,
-                mimetype,
-                context_info: context.map(Box::new),
+            }
+        };
+    }
+    let caption = media.caption.filter(|c| !c.trim().is_empty());
+    match media.kind {
+        MediaKind::Image => wa::Message {
+            image_message: MessageField::some(file!(ImageMessage {
+                mimetype: Some(mimetype("image/jpeg")),
+                caption: caption,
+            })),
+            ..Default::default()
+        },
+        MediaKind::Video => wa::Message {
+            video_message: MessageField::some(file!(VideoMessage {
+                mimetype: Some(mimetype("video/mp4")),
+                caption: caption,
+                streaming_sidecar: streaming_sidecar,
+            })),
+            ..Default::default()
+        },
+        MediaKind::Audio | MediaKind::Voice => {
+            let voice = media.kind == MediaKind::Voice;
+            // Phones play voice notes as OGG/Opus, under exactly this type.
+            let mime = match mimetype("audio/ogg; codecs=opus") {
+                m if voice && !m.starts_with("audio/ogg") => m,
+                _ if voice => "audio/ogg; codecs=opus".to_owned(),
+                m => m,
+            };
+            wa::Message {
+                audio_message: MessageField::some(file!(AudioMessage {
+                    mimetype: Some(mime),
+                    ptt: Some(voice),
+                    streaming_sidecar: streaming_sidecar,
+                })),
                 ..Default::default()
-            },
-        ),
-        MediaKind::Audio => media::audio_message(
-            upload,
-            AudioOptions {
-                mimetype,
-                ptt: Some(false),
-                context_info: context.map(Box::new),
-                ..Default::default()
-            },
-        ),
-        MediaKind::Voice => media::audio_message(
-            upload,
-            AudioOptions {
-                // Phones play voice notes as OGG/Opus, under exactly this type.
-                mimetype: Some(match mimetype {
-                    Some(m) if !m.starts_with("audio/ogg") => m,
-                    _ => "audio/ogg; codecs=opus".to_owned(),
-                }),
-                ptt: Some(true),
-                context_info: context.map(Box::new),
-                ..Default::default()
-            },
-        ),
+            }
+        }
         MediaKind::Document => {
-            let name = file_name
+            let name = media
+                .file_name
                 .filter(|n| !n.trim().is_empty())
                 .unwrap_or_else(|| "file".to_owned());
-            media::document_message(
-                upload,
-                DocumentOptions {
-                    mimetype,
+            wa::Message {
+                document_message: MessageField::some(file!(DocumentMessage {
+                    mimetype: Some(mimetype("application/octet-stream")),
                     file_name: Some(name.clone()),
                     title: Some(name),
-                    caption,
-                    context_info: context.map(Box::new),
-                    ..Default::default()
-                },
-            )
-        }
-        // The crate has no sticker builder; the fields are those of the other builders.
-        MediaKind::Sticker => wa::Message {
-            sticker_message: MessageField::some(wa::message::StickerMessage {
-                url: Some(upload.url),
-                direct_path: Some(upload.direct_path),
-                media_key: Some(upload.media_key.to_vec()),
-                file_sha256: Some(upload.file_sha256.to_vec()),
-                file_enc_sha256: Some(upload.file_enc_sha256.to_vec()),
-                file_length: Some(upload.file_length),
-                media_key_timestamp: Some(upload.media_key_timestamp),
-                mimetype: Some(mimetype.unwrap_or_else(|| "image/webp".to_owned())),
-                context_info: context.map(MessageField::some).unwrap_or_default(),
+                    caption: caption,
+                })),
                 ..Default::default()
-            }),
+            }
+        }
+        MediaKind::Sticker => wa::Message {
+            sticker_message: MessageField::some(file!(StickerMessage {
+                mimetype: Some(mimetype("image/webp")),
+            })),
             ..Default::default()
         },
     }
