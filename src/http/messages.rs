@@ -140,6 +140,6 @@ async fn retry_location(
 }
 
 fn wake(state: &AppState) {
-    state.sessions.inbound_ready().notify_one();
-    state.sessions.outbound_ready().notify_one();
+    state.postbox.wake_inbound();
+    state.postbox.wake_outbound();
 }

@@ -127,7 +127,7 @@ impl OutboundRelay {
                     Ok(rows) => {
                         for row in rows {
                             let relay = self.clone();
-                            sending.start(row.outbox_id, async move { relay.finish(row).await });
+                            sending.start(row.outbox_id, async move { relay.send_one(row).await });
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "the outbound relay could not claim messages"),
@@ -186,7 +186,8 @@ impl OutboundRelay {
         }
     }
 
-    async fn finish(&self, row: OutboxRow) {
+    /// Sends one claimed row and records the outcome (a step a test can drive directly).
+    pub async fn send_one(&self, row: OutboxRow) {
         let outcome = self.send(&row).await;
         let store = &self.store;
         let recorded = match outcome {
