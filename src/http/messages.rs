@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AdminAuth, ApiError, AppPath, AppQuery, LocationPath};
+use crate::domain::{InboxState, OutboxState};
 use crate::state::AppState;
 use crate::store::{MessageRef, MessageRow};
 use crate::time::{parse_rfc3339, rfc3339};
@@ -18,17 +19,16 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/messages/{id}/retry", post(retry_one))
 }
 
-const STATES: [&str; 9] = [
-    "pending",
-    "relayed",
-    "sending",
-    "sent",
-    "delivered",
-    "read",
-    "failed",
-    "skipped",
-    "dead",
-];
+/// Every state a message of either direction can be in (the `state` filter's values).
+fn states() -> Vec<&'static str> {
+    let mut states: Vec<&str> = InboxState::ALL.iter().map(|s| s.as_str()).collect();
+    for state in OutboxState::ALL {
+        if !states.contains(&state.as_str()) {
+            states.push(state.as_str());
+        }
+    }
+    states
+}
 
 #[derive(Deserialize)]
 struct ListQuery {
@@ -48,12 +48,13 @@ async fn list(
     if state.store.location(id.as_str()).await?.is_none() {
         return Err(ApiError::not_found(format!("no location {id}")));
     }
+    let states = states();
     if let Some(wanted) = query.state.as_deref()
-        && !STATES.contains(&wanted)
+        && !states.contains(&wanted)
     {
         return Err(ApiError::bad_request(
             "invalid_state",
-            format!("state must be one of {}", STATES.join(", ")),
+            format!("state must be one of {}", states.join(", ")),
         ));
     }
     let before = match query.before.as_deref() {
@@ -111,7 +112,7 @@ async fn retry_one(_: AdminAuth, State(state): State<AppState>, AppPath(id): App
         .message_location(message)
         .await
         .map_err(|_| ApiError::not_found(format!("no message {id}")))?;
-    if current != "dead" {
+    if current != InboxState::Dead.as_str() {
         return Err(ApiError::Conflict {
             code: "not_dead",
             message: format!("message {id} is {current}; only dead messages are replayed"),

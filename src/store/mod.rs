@@ -36,7 +36,7 @@ pub use credentials::{Credentials, GhlTokens, TokenLock, TokenOwner};
 pub use inbox::{InboxOutcome, InboxRow, InboxStart};
 pub use locations::{LocationRecord, LocationStatus, NewLocation, TokenSource};
 pub use messages::{MessageRef, MessageRow};
-pub use outbox::{NewOutbound, OutboxRow, PartRow, StatusToReport, status_rank};
+pub use outbox::{NewOutbound, OutboxRow, PartRow, StatusToReport};
 pub use overview::QueueCounts;
 pub use sessions::SessionRow;
 
