@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Secret, WaBackend};
+use crate::config::{Config, WaBackend};
+use crate::crypto::Secret;
 use crate::crypto::random_hex;
 use crate::domain::Incarnation;
 use crate::ghl::GhlClient;

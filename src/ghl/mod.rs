@@ -6,6 +6,7 @@ mod api;
 mod error;
 mod limiter;
 mod oauth;
+mod settings;
 mod tokens;
 pub mod types;
 pub mod webhook;
@@ -21,8 +22,8 @@ pub use api::Attachment;
 pub use error::{Action, GhlError};
 pub use limiter::RateLimiter;
 pub use oauth::Installed;
+pub use settings::GhlConfig;
 
-use crate::config::GhlConfig;
 use crate::metrics::{GhlLabels, Metrics};
 use crate::store::{Store, TokenOwner};
 use tokens::TokenManager;
