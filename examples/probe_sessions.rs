@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use waghl::config::{Config, Secret};
+use waghl::config::Config;
+use waghl::crypto::Secret;
 use waghl::domain::LocationId;
 use waghl::startup::Application;
 use waghl::store::{GhlTokens, NewLocation, TokenSource};

@@ -2,10 +2,14 @@
 //! start and validated there: a bad value stops the daemon with one line naming the variable
 //! and what it expects. No other module reads the environment.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::crypto::Secret;
+use crate::ghl::GhlConfig;
+use crate::store::DatabaseUrl;
+use crate::telemetry::LogFormat;
 
 /// GHL's published Ed25519 key for `x-ghl-signature` (GHL_API.md §8.2).
 const GHL_ED25519_KEY: &str = include_str!("../keys/ghl_webhook_ed25519_pub.pem");
@@ -16,25 +20,6 @@ const GHL_RSA_KEY: &str = include_str!("../keys/ghl_webhook_rsa_pub_legacy.pem")
 /// `oauth.readonly oauth.write` through `GHL_SCOPES`.
 const DEFAULT_SCOPES: &str = "conversations/message.readonly conversations/message.write \
      conversations.readonly conversations.write contacts.readonly contacts.write";
-
-/// A value that must never reach a log line: `Debug` and `Display` print `[redacted]`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
 
 /// A setting that is missing or malformed: which variable, and what it should look like.
 #[derive(Debug, thiserror::Error)]
@@ -51,116 +36,11 @@ fn bad(var: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Where the daemon keeps its data. The URL scheme selects the backend.
-#[derive(Clone)]
-pub enum DatabaseUrl {
-    Sqlite(String),
-    Postgres(Secret),
-}
-
-impl DatabaseUrl {
-    pub fn parse(url: &str) -> Result<Self, ConfigError> {
-        if url.starts_with("sqlite:") {
-            Ok(Self::Sqlite(url.to_owned()))
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Self::Postgres(Secret::new(url)))
-        } else {
-            let scheme = url.split(':').next().unwrap_or_default();
-            Err(bad(
-                "DATABASE_URL",
-                format!("expected sqlite:… or postgres://… (got a `{scheme}:` URL)"),
-            ))
-        }
-    }
-
-    pub fn is_sqlite(&self) -> bool {
-        matches!(self, Self::Sqlite(_))
-    }
-}
-
-impl fmt::Debug for DatabaseUrl {
-    /// Prints the SQLite path, or the PostgreSQL host and database without the password.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Sqlite(url) => f.write_str(url),
-            Self::Postgres(url) => {
-                let url = url.expose();
-                let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
-                let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-                write!(f, "{scheme}://[redacted]@{host}")
-            }
-        }
-    }
-}
-
 /// Which WhatsApp implementation sits behind the transport seam.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaBackend {
     WhatsApp,
     Sim,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines (colour when a terminal is attached).
-    Pretty,
-    /// One JSON object per line, for log collectors.
-    Json,
-}
-
-/// The GHL marketplace app and the API it talks to.
-#[derive(Clone, Debug)]
-pub struct GhlConfig {
-    pub client_id: Option<String>,
-    pub client_secret: Option<Secret>,
-    pub conversation_provider_id: Option<String>,
-    pub api_base_url: String,
-    pub marketplace_url: String,
-    /// The `Version` header sent on every resource call (GHL_API.md §2).
-    pub api_version: String,
-    /// PEM text of the Ed25519 key that verifies `x-ghl-signature`.
-    pub webhook_public_key: String,
-    /// PEM text of the RSA key that verifies the legacy `x-wh-signature`.
-    pub webhook_legacy_public_key: String,
-    /// Shared secret accepted as `?key=` on webhook URLs that GHL delivers unsigned.
-    pub webhook_key: Option<Secret>,
-    /// At most this many requests per location in any window of `rate_window`.
-    pub rate_limit: u32,
-    pub rate_window: Duration,
-    pub request_timeout: Duration,
-    /// Retries of a call that failed with 5xx, 429 or a timeout, before giving up for now.
-    pub max_retries: usize,
-    /// First retry delay; doubles each time (with jitter) up to `retry_max_delay`.
-    pub retry_base_delay: Duration,
-    pub retry_max_delay: Duration,
-    /// Delay between retries of a status update that hit GHL's 403 lag after a send.
-    pub status_lag_delay: Duration,
-    pub status_lag_retries: usize,
-    /// Space-separated OAuth scopes asked for at install.
-    pub scopes: String,
-    /// The app's Shared Secret (marketplace app → Advanced Settings → Auth): decrypts the user
-    /// context of the Custom Page `/ghl/page`, which stays off without it.
-    pub app_shared_secret: Option<Secret>,
-    /// The origins allowed to frame `/ghl/page` (CSP `frame-ancestors`): GHL's own, plus an
-    /// agency's white-label domain when it has one.
-    pub page_frame_ancestors: String,
-}
-
-impl GhlConfig {
-    /// What is missing before waghl can talk to GHL, if anything.
-    pub fn missing(&self) -> Vec<&'static str> {
-        let mut missing = Vec::new();
-        if self.client_id.is_none() {
-            missing.push("GHL_CLIENT_ID");
-        }
-        if self.client_secret.is_none() {
-            missing.push("GHL_CLIENT_SECRET");
-        }
-        if self.conversation_provider_id.is_none() {
-            missing.push("GHL_CONVERSATION_PROVIDER_ID");
-        }
-        missing
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -232,7 +112,8 @@ impl Config {
             }
             (None, None) => SocketAddr::from(([0, 0, 0, 0], 8080)),
         };
-        let database_url = DatabaseUrl::parse(&get("DATABASE_URL").unwrap_or_else(|| "sqlite://data/waghl.db".into()))?;
+        let database_url = DatabaseUrl::parse(&get("DATABASE_URL").unwrap_or_else(|| "sqlite://data/waghl.db".into()))
+            .map_err(|problem| bad("DATABASE_URL", problem))?;
         let public_url = match get("WAGHL_PUBLIC_URL") {
             Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
                 url.trim_end_matches('/').to_owned()

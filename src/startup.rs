@@ -11,7 +11,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, Secret};
+use crate::config::Config;
+use crate::crypto::Secret;
 use crate::crypto::SecretKey;
 use crate::ghl::webhook::WebhookVerifier;
 use crate::state::AppState;

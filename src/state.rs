@@ -6,12 +6,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Secret, WaBackend};
+use crate::config::{Config, WaBackend};
+use crate::crypto::Secret;
 use crate::crypto::random_hex;
 use crate::domain::Incarnation;
 use crate::ghl::GhlClient;
 use crate::ghl::webhook::WebhookVerifier;
 use crate::metrics::Metrics;
+use crate::relay::Postbox;
 use crate::sessions::Supervisor;
 use crate::store::Store;
 use crate::wa::Transport;
@@ -27,6 +29,8 @@ pub struct AppState {
     /// Checks that a webhook comes from GHL (keys read and validated at start).
     pub webhooks: Arc<WebhookVerifier>,
     pub sessions: Supervisor,
+    /// Where sessions and handlers hand messages, receipts and wake-ups to the relays.
+    pub postbox: Postbox,
     /// The simulated WhatsApp, when `WAGHL_WA_BACKEND=sim` (its control routes use it).
     pub sim: Option<Arc<SimWorld>>,
     /// The admin bearer token: configured, or generated on a first SQLite run.
@@ -52,17 +56,20 @@ impl AppState {
             Some(world) => Arc::new(SimTransport::new(world.clone())),
             None => Arc::new(crate::wa::whatsapp::WhatsAppTransport::new(&config.sessions_dir)),
         };
+        let postbox = Postbox::new(store.clone(), metrics.clone());
         let sessions = Supervisor::new(
             transport,
             store.clone(),
             metrics.clone(),
             config.sessions.clone(),
             config.instance_id.clone(),
+            postbox.clone(),
             shutdown.child_token(),
         );
         let incarnation = Incarnation::new(&config.instance_id, &random_hex(8));
         Self {
             sessions,
+            postbox,
             sim,
             config,
             store,

@@ -3,8 +3,6 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
-
 /// whatsapp-rust logs through `log` under its crate names and under short custom targets
 /// (`Client/…`, `Bot/PairCode` — which prints pairing codes at info —, `AppState`, …); all
 /// are held at `warn` so that no personal data or pairing code reaches the log by default.
@@ -23,4 +21,12 @@ pub fn init(format: LogFormat) {
             .with_writer(std::io::stderr)
             .try_init(),
     };
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (colour when a terminal is attached).
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
 }

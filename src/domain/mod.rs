@@ -7,9 +7,11 @@ pub mod jid;
 mod message;
 mod outbound;
 pub mod phone;
+mod queue;
 pub mod render;
 
 pub use clip::{Clipped, clip};
 pub use ids::{Incarnation, InvalidId, LocationId, is_id};
 pub use message::{Content, InboundMessage, Media, MediaKind, OutgoingContent};
 pub use outbound::{Fetched, OutboundRequest, plan_parts};
+pub use queue::{InboxState, OutboxState, PartStatus, UnknownState};

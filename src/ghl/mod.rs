@@ -6,6 +6,7 @@ mod api;
 mod error;
 mod limiter;
 mod oauth;
+mod settings;
 mod tokens;
 pub mod types;
 pub mod user_context;
@@ -22,8 +23,8 @@ pub use api::Attachment;
 pub use error::{Action, GhlError};
 pub use limiter::RateLimiter;
 pub use oauth::Installed;
+pub use settings::GhlConfig;
 
-use crate::config::GhlConfig;
 use crate::metrics::{GhlLabels, Metrics};
 use crate::store::{Store, TokenOwner};
 use tokens::TokenManager;
@@ -55,7 +56,8 @@ enum Retries {
     All,
     /// None: a refresh that timed out may have spent the rotating refresh token.
     None,
-    /// Only answers that say GHL did nothing (429); a timeout or 5xx may have done the work.
+    /// Only failures that say GHL did nothing (429, 503, 408, a refused connection); a
+    /// timeout, a 500/502/504 or a lost answer may have done the work.
     UnlessMaybeDone,
 }
 
@@ -64,8 +66,16 @@ enum Attempt {
     Ok(Bytes),
     Unauthorized(String),
     RateLimited(Duration),
-    Transient(String),
-    Rejected { status: u16, message: String },
+    /// 5xx, a timeout or a network error. `maybe_done`: GHL may have carried the request out
+    /// (a timeout, a 500/502/504, a lost answer); not after a refused connection or a 503/408.
+    Transient {
+        message: String,
+        maybe_done: bool,
+    },
+    Rejected {
+        status: u16,
+        message: String,
+    },
 }
 
 impl GhlClient {
@@ -192,10 +202,13 @@ impl GhlClient {
                         None => tokio::time::sleep(delay).await,
                     }
                 }
-                Attempt::Transient(message) if retries == Retries::UnlessMaybeDone => {
+                Attempt::Transient {
+                    message,
+                    maybe_done: true,
+                } if retries == Retries::UnlessMaybeDone => {
                     return Err(GhlError::Unavailable(message));
                 }
-                Attempt::Transient(message) => match delays.next() {
+                Attempt::Transient { message, .. } => match delays.next() {
                     Some(delay) => tokio::time::sleep(delay).await,
                     None => return Err(GhlError::Unavailable(message)),
                 },
@@ -209,15 +222,22 @@ impl GhlClient {
     /// Sends one request and classifies the answer; counts it in metrics.
     async fn attempt(&self, operation: &'static str, request: reqwest::RequestBuilder) -> Attempt {
         let attempt = match request.send().await {
-            Err(e) if e.is_timeout() => Attempt::Transient(format!("{operation}: timed out")),
-            Err(e) => Attempt::Transient(format!("{operation}: {}", without_url(&e))),
+            Err(e) if e.is_timeout() => Attempt::Transient {
+                message: format!("{operation}: timed out"),
+                maybe_done: true,
+            },
+            Err(e) => Attempt::Transient {
+                message: format!("{operation}: {}", without_url(&e)),
+                // A connection never made carried nothing; any other failure may have.
+                maybe_done: !e.is_connect(),
+            },
             Ok(response) => classify(response).await,
         };
         let outcome = match &attempt {
             Attempt::Ok(_) => "ok",
             Attempt::Unauthorized(_) => "unauthorized",
             Attempt::RateLimited(_) => "rate_limited",
-            Attempt::Transient(_) => "unavailable",
+            Attempt::Transient { .. } => "unavailable",
             Attempt::Rejected { .. } => "rejected",
         };
         self.inner
@@ -237,7 +257,12 @@ async fn classify(response: reqwest::Response) -> Attempt {
     let headers = response.headers().clone();
     let body = match response.bytes().await {
         Ok(body) => body,
-        Err(e) => return Attempt::Transient(format!("reading the answer: {}", without_url(&e))),
+        Err(e) => {
+            return Attempt::Transient {
+                message: format!("reading the answer: {}", without_url(&e)),
+                maybe_done: true,
+            };
+        }
     };
     if status.is_success() {
         return Attempt::Ok(body);
@@ -249,7 +274,11 @@ async fn classify(response: reqwest::Response) -> Attempt {
     match status.as_u16() {
         401 => Attempt::Unauthorized(message),
         429 => Attempt::RateLimited(retry_after(&headers)),
-        500..=599 | 408 => Attempt::Transient(format!("{status}: {message}")),
+        500..=599 | 408 => Attempt::Transient {
+            message: format!("{status}: {message}"),
+            // GHL (or its load balancer) refusing the request outright did nothing.
+            maybe_done: !matches!(status.as_u16(), 503 | 408),
+        },
         code => Attempt::Rejected { status: code, message },
     }
 }

@@ -3,7 +3,7 @@
 
 use super::types::{InstalledLocations, TokenResponse};
 use super::{GhlClient, GhlError, Result};
-use crate::config::Secret;
+use crate::crypto::Secret;
 use crate::store::{GhlTokens, NewLocation, TokenOwner, TokenSource};
 use crate::time::now_ms;
 

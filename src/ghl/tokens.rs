@@ -8,7 +8,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use super::{Action, GhlClient, GhlError, Result};
-use crate::config::Secret;
+use crate::crypto::Secret;
 use crate::store::{Credentials, GhlTokens, LocationStatus, TokenOwner, TokenSource};
 use crate::time::now_ms;
 

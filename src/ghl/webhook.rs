@@ -8,7 +8,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use ring::signature::{ED25519, RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
 use subtle::ConstantTimeEq;
 
-use crate::config::{GhlConfig, Secret};
+use super::GhlConfig;
+use crate::crypto::Secret;
 
 /// A body whose `timestamp` is further than this from now is a replay (or a broken clock).
 pub const REPLAY_WINDOW_MS: i64 = 5 * 60 * 1000;

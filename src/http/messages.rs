@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 
 use super::openapi::{IdPath, one_of};
 use super::{AdminAuth, ApiError, AppPath, AppQuery, ErrorBody, LocationPath};
-use crate::domain::LocationId;
+use crate::domain::{InboxState, LocationId, OutboxState};
 use crate::state::AppState;
 use crate::store::{MessageRef, MessageRow};
 use crate::time::{parse_rfc3339, rfc3339};
@@ -22,20 +22,19 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(retry_one))
 }
 
-const STATES: [&str; 9] = [
-    "pending",
-    "relayed",
-    "sending",
-    "sent",
-    "delivered",
-    "read",
-    "failed",
-    "skipped",
-    "dead",
-];
+/// Every state a message of either direction can be in (the `state` filter's values).
+fn states() -> Vec<&'static str> {
+    let mut states: Vec<&str> = InboxState::ALL.iter().map(|s| s.as_str()).collect();
+    for state in OutboxState::ALL {
+        if !states.contains(&state.as_str()) {
+            states.push(state.as_str());
+        }
+    }
+    states
+}
 
 fn state_schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
-    one_of(&STATES)
+    one_of(&states())
 }
 
 fn direction_schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
@@ -94,12 +93,13 @@ async fn list(
     if state.store.location(id.as_str()).await?.is_none() {
         return Err(ApiError::not_found(format!("no location {id}")));
     }
+    let states = states();
     if let Some(wanted) = query.state.as_deref()
-        && !STATES.contains(&wanted)
+        && !states.contains(&wanted)
     {
         return Err(ApiError::bad_request(
             "invalid_state",
-            format!("state must be one of {}", STATES.join(", ")),
+            format!("state must be one of {}", states.join(", ")),
         ));
     }
     let before = match query.before.as_deref() {
@@ -164,7 +164,7 @@ pub async fn retry_message(state: &AppState, id: &str) -> Result<Replayed, ApiEr
         .message_location(message)
         .await
         .map_err(|_| ApiError::not_found(format!("no message {id}")))?;
-    if current != "dead" {
+    if current != InboxState::Dead.as_str() {
         return Err(ApiError::Conflict {
             code: "not_dead",
             message: format!("message {id} is {current}; only dead messages are replayed"),
@@ -216,6 +216,6 @@ async fn retry_location(
 }
 
 fn wake(state: &AppState) {
-    state.sessions.inbound_ready().notify_one();
-    state.sessions.outbound_ready().notify_one();
+    state.postbox.wake_inbound();
+    state.postbox.wake_outbound();
 }

@@ -14,9 +14,12 @@ use utoipa_axum::routes;
 use super::openapi::IdPath;
 use super::{AdminAuth, ApiError, AppJson, ErrorBody, LocationPath, MaybeJson};
 use crate::domain::LocationId;
+use crate::domain::MediaKind;
+use crate::domain::phone::Phone as E164;
 use crate::state::AppState;
 use crate::wa::ReceiptStatus;
-use crate::wa::sim::{Delivery, PanicAt, SimError, SimInbound, SimWorld};
+use crate::wa::sim::proto::{Body, Chat, Incoming};
+use crate::wa::sim::{Delivery, PanicAt, SimError, SimWorld, message_id};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -106,12 +109,9 @@ async fn inbound(
     LocationPath(id): LocationPath,
     AppJson(body): AppJson<SimInbound>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    match world(&state, &id)
-        .await?
-        .inbound(id.as_str(), body)
-        .await
-        .map_err(sim_error)?
-    {
+    let world = world(&state, &id).await?;
+    let incoming = Incoming::try_from(body).map_err(sim_error)?;
+    match world.inbound(id.as_str(), incoming).await.map_err(sim_error)? {
         Delivery::Stored(id) => Ok((StatusCode::OK, Json(json!({ "id": id })))),
         Delivery::Queued(id) => Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "queued": true })))),
     }
@@ -251,4 +251,128 @@ async fn lid(
     responses((status = 200, body = Object, description = "Done"), (status = "default", body = ErrorBody, description = "An error")))]
 async fn sent(_: AdminAuth, State(state): State<AppState>, LocationPath(id): LocationPath) -> Reply {
     Ok(Json(json!({ "sent": world(&state, &id).await?.sent(id.as_str()) })))
+}
+
+/// `POST /sim/{id}/inbound`: a message as WhatsApp would deliver it (ARCHITECTURE.md).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SimInbound {
+    from: String,
+    push_name: Option<String>,
+    id: Option<String>,
+    text: Option<String>,
+    media: Option<SimMedia>,
+    #[serde(default)]
+    from_me: bool,
+    timestamp: Option<i64>,
+    lid: Option<String>,
+    group: Option<String>,
+    reply_to: Option<String>,
+    reaction: Option<SimTarget>,
+    edit: Option<SimTarget>,
+    delete: Option<SimTarget>,
+    location: Option<SimLocation>,
+    contact: Option<SimContact>,
+    #[serde(default)]
+    status: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SimMedia {
+    kind: String,
+    mime: String,
+    data_base64: String,
+    caption: Option<String>,
+    file_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct SimTarget {
+    id: String,
+    emoji: Option<String>,
+    text: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct SimLocation {
+    lat: f64,
+    lng: f64,
+    name: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct SimContact {
+    name: String,
+    phones: Vec<String>,
+}
+
+impl TryFrom<SimInbound> for Incoming {
+    type Error = SimError;
+
+    /// What the simulated phone composes from the request: exactly one kind of body.
+    fn try_from(request: SimInbound) -> Result<Self, SimError> {
+        use base64::Engine as _;
+        let from = E164::parse_international(&request.from)
+            .map(E164::into_string)
+            .map_err(|e| SimError::Invalid(e.to_string()))?;
+        let body = if let Some(media) = request.media {
+            let kind = MediaKind::parse(&media.kind).ok_or_else(|| {
+                SimError::Invalid(format!("media.kind {:?} is not a WhatsApp media kind", media.kind))
+            })?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(media.data_base64.trim())
+                .map_err(|_| SimError::Invalid("media.data_base64 is not base64".into()))?;
+            Body::Media {
+                kind,
+                mime: media.mime,
+                bytes,
+                caption: media.caption,
+                file_name: media.file_name,
+            }
+        } else if let Some(reaction) = request.reaction {
+            Body::Reaction {
+                target: reaction.id,
+                emoji: reaction.emoji.unwrap_or_default(),
+            }
+        } else if let Some(edit) = request.edit {
+            Body::Edit {
+                target: edit.id,
+                text: edit.text.unwrap_or_default(),
+            }
+        } else if let Some(delete) = request.delete {
+            Body::Delete { target: delete.id }
+        } else if let Some(location) = request.location {
+            Body::Location {
+                lat: location.lat,
+                lng: location.lng,
+                name: location.name,
+            }
+        } else if let Some(contact) = request.contact {
+            Body::Contact {
+                name: contact.name,
+                phones: contact.phones,
+            }
+        } else if let Some(text) = request.text {
+            Body::Text(text)
+        } else {
+            return Err(SimError::Invalid("give text, media, or another message kind".into()));
+        };
+        let chat = match (request.group, request.status) {
+            (Some(group), _) => Chat::Group(group),
+            (None, true) => Chat::Status,
+            (None, false) => Chat::Direct,
+        };
+        Ok(Self {
+            from,
+            push_name: request.push_name,
+            id: request.id.unwrap_or_else(message_id),
+            from_me: request.from_me,
+            timestamp: request.timestamp,
+            lid: request.lid,
+            chat,
+            reply_to: request.reply_to,
+            body,
+        })
+    }
 }

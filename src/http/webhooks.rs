@@ -156,7 +156,7 @@ async fn provider(State(state): State<AppState>, webhook: VerifiedWebhook) -> Re
     };
     let failure = refuse_unsendable(&state, &location_id, &request).await?;
     let queued = state.store.enqueue_outbound(new, failure).await?;
-    state.sessions.outbound_ready().notify_one();
+    state.postbox.wake_outbound();
     if let Some(id) = &webhook.webhook_id {
         state.store.record_webhook(id).await?;
     }

@@ -99,7 +99,7 @@ impl InboundRelay {
                     Ok(rows) => {
                         for row in rows {
                             let relay = self.clone();
-                            workers.start(row.inbox_id, async move { relay.finish(row).await });
+                            workers.start(row.inbox_id, async move { relay.relay_one(row).await });
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "the inbound relay could not claim messages"),
@@ -125,7 +125,8 @@ impl InboundRelay {
         self.store.claim_inbox_batch(limit, claim_ms, &self.holder).await
     }
 
-    async fn finish(&self, row: InboxRow) {
+    /// Relays one claimed row and records the outcome (a step a test can drive directly).
+    pub async fn relay_one(&self, row: InboxRow) {
         let outcome = self.relay(&row).await;
         let now = now_ms();
         let stored = match &outcome {

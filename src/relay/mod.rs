@@ -6,8 +6,11 @@ mod convert;
 mod fetch;
 pub mod inbound;
 pub mod outbound;
+mod postbox;
 mod reconcile;
 mod workers;
+
+pub use postbox::Postbox;
 
 use std::time::Duration;
 
@@ -46,7 +49,7 @@ pub fn spawn(state: &crate::state::AppState) {
     };
     state
         .tasks
-        .spawn(inbound.run(state.sessions.inbound_ready(), state.shutdown.clone()));
+        .spawn(inbound.run(state.postbox.inbound_ready(), state.shutdown.clone()));
     let config = &state.config;
     let outbound = outbound::OutboundRelay::new(
         state.store.clone(),
@@ -64,11 +67,16 @@ pub fn spawn(state: &crate::state::AppState) {
         config.outbound_ttl,
         state.incarnation.clone(),
     );
-    state.tasks.spawn(outbound.run(
-        state.sessions.outbound_ready(),
-        state.sessions.outbound_events(),
-        state.shutdown.clone(),
-    ));
+    state.tasks.spawn(
+        outbound.run(
+            state.postbox.outbound_ready(),
+            state
+                .postbox
+                .take_receipts()
+                .expect("the outbound relay is started once"),
+            state.shutdown.clone(),
+        ),
+    );
 }
 
 /// When the next attempt of a message that failed `attempts` times before is due (unix ms):

@@ -18,12 +18,12 @@ use super::workers::{Joined, Renewal, Workers};
 use super::{RelaySettings, retry_at};
 use crate::crypto::random_fraction;
 use crate::domain::phone::{Phone, Region};
-use crate::domain::{Incarnation, LocationId, OutboundRequest, plan_parts};
+use crate::domain::{Incarnation, LocationId, OutboundRequest, OutboxState, PartStatus, plan_parts};
 use crate::ghl::types::{StatusError, StatusUpdate};
 use crate::ghl::{Action, GhlClient, GhlError};
 use crate::metrics::Metrics;
 use crate::sessions::Supervisor;
-use crate::store::{OutboxRow, Queue, StatusToReport, Store, status_rank};
+use crate::store::{OutboxRow, Queue, StatusToReport, Store};
 use crate::time::now_ms;
 use crate::wa::{ReceiptStatus, WaError, WaEvent, WaSession};
 
@@ -127,7 +127,7 @@ impl OutboundRelay {
                     Ok(rows) => {
                         for row in rows {
                             let relay = self.clone();
-                            sending.start(row.outbox_id, async move { relay.finish(row).await });
+                            sending.start(row.outbox_id, async move { relay.send_one(row).await });
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "the outbound relay could not claim messages"),
@@ -186,7 +186,8 @@ impl OutboundRelay {
         }
     }
 
-    async fn finish(&self, row: OutboxRow) {
+    /// Sends one claimed row and records the outcome (a step a test can drive directly).
+    pub async fn send_one(&self, row: OutboxRow) {
         let outcome = self.send(&row).await;
         let store = &self.store;
         let recorded = match outcome {
@@ -212,7 +213,7 @@ impl OutboundRelay {
                 store
                     .fail_outbound(
                         row.outbox_id,
-                        "dead",
+                        OutboxState::Dead,
                         &format!("gave up after the retry budget: {error}"),
                     )
                     .await
@@ -225,7 +226,7 @@ impl OutboundRelay {
             Outcome::Failed(error) => {
                 self.metrics.count_relay("outbound", "failed");
                 tracing::warn!(location.id = %row.location_id, outbox.id = row.outbox_id, error = %error, "outbound message failed");
-                store.fail_outbound(row.outbox_id, "failed", &error).await
+                store.fail_outbound(row.outbox_id, OutboxState::Failed, &error).await
             }
         };
         if let Err(e) = recorded {
@@ -272,7 +273,7 @@ impl OutboundRelay {
         for (index, content) in parts.iter().enumerate() {
             let id = match committed.get(index) {
                 // Sent before a crash or an earlier failure: never again.
-                Some(part) if status_rank(&part.status) >= status_rank("sent") => continue,
+                Some(part) if part.status >= PartStatus::Sent => continue,
                 // Committed but maybe not sent: the same id again.
                 Some(part) => part.wa_message_id.clone(),
                 None => {
@@ -290,7 +291,7 @@ impl OutboundRelay {
             {
                 return e.into();
             }
-            if let Err(e) = self.store.advance_part(&row.location_id, &id, "sent").await {
+            if let Err(e) = self.store.advance_part(&row.location_id, &id, PartStatus::Sent).await {
                 return Outcome::Retry(format!("database: {e}"));
             }
         }
@@ -326,7 +327,7 @@ impl OutboundRelay {
     /// part, and GHL is told on the next round.
     async fn apply_receipt(&self, location: &LocationId, event: WaEvent) {
         let (ids, status) = match event {
-            WaEvent::ServerAck { id } => (vec![id], "sent"),
+            WaEvent::ServerAck { id } => (vec![id], PartStatus::Sent),
             WaEvent::ServerRefused { id, code } => {
                 self.refused(location, &id, &code).await;
                 return;
@@ -334,8 +335,8 @@ impl OutboundRelay {
             WaEvent::Receipt { ids, status } => (
                 ids,
                 match status {
-                    ReceiptStatus::Delivered => "delivered",
-                    ReceiptStatus::Read => "read",
+                    ReceiptStatus::Delivered => PartStatus::Delivered,
+                    ReceiptStatus::Read => PartStatus::Read,
                 },
             ),
             _ => return,
@@ -356,10 +357,10 @@ impl OutboundRelay {
     /// WhatsApp refused a part after its send returned: the part and its message fail.
     async fn refused(&self, location: &LocationId, id: &str, code: &str) {
         let reason = format!("WhatsApp refused the message (error {code})");
-        let outcome = match self.store.advance_part(location.as_str(), id, "failed").await {
+        let outcome = match self.store.advance_part(location.as_str(), id, PartStatus::Failed).await {
             Ok(Some(outbox_id)) => {
                 self.metrics.count_relay("outbound", "failed");
-                self.store.fail_outbound(outbox_id, "failed", &reason).await
+                self.store.fail_outbound(outbox_id, OutboxState::Failed, &reason).await
             }
             Ok(None) => Ok(()),
             Err(e) => Err(e),
@@ -372,14 +373,14 @@ impl OutboundRelay {
     /// Tells GHL the message's status: `sent` (or `delivered` where GHL refuses `sent`),
     /// `delivered`, `read`, or `failed` with the reason.
     async fn report(&self, report: StatusToReport) {
-        let failed = matches!(report.state.as_str(), "failed" | "dead");
-        let mut status = if failed { "failed" } else { report.state.as_str() };
-        if status == "sent" && self.sent_unsupported.load(std::sync::atomic::Ordering::Relaxed) {
-            status = "delivered";
+        let failed = report.state.is_failure();
+        let mut status = if failed { OutboxState::Failed } else { report.state };
+        if status == OutboxState::Sent && self.sent_unsupported.load(std::sync::atomic::Ordering::Relaxed) {
+            status = OutboxState::Delivered;
         }
         let reason = report.last_error.clone().unwrap_or_else(|| "not sent".into());
         let update = StatusUpdate {
-            status,
+            status: status.as_str(),
             error: failed.then(|| StatusError {
                 code: "whatsapp",
                 kind: "whatsapp_error",
@@ -390,7 +391,7 @@ impl OutboundRelay {
             .ghl
             .update_message_status(&report.location_id, &report.ghl_message_id, &update)
             .await;
-        if status == "sent" && matches!(outcome, Err(GhlError::Rejected { status: 400 | 422, .. })) {
+        if status == OutboxState::Sent && matches!(outcome, Err(GhlError::Rejected { status: 400 | 422, .. })) {
             tracing::info!("GHL refuses the `sent` status; reporting `delivered` for sent messages");
             self.sent_unsupported.store(true, std::sync::atomic::Ordering::Relaxed);
             let fallback = StatusUpdate {
@@ -401,11 +402,11 @@ impl OutboundRelay {
                 .ghl
                 .update_message_status(&report.location_id, &report.ghl_message_id, &fallback)
                 .await;
-            status = "delivered";
+            status = OutboxState::Delivered;
         }
         let recorded = match outcome {
             Ok(()) => {
-                let reported = if failed { report.state.as_str() } else { status };
+                let reported = if failed { report.state } else { status };
                 self.store.reported(report.outbox_id, reported).await
             }
             Err(e) if e.action() == Action::GiveUp => {

@@ -1,5 +1,5 @@
-//! One running WhatsApp client of a location: turns its events into state transitions and
-//! inbox rows, answers commands, and checks the client's health. It runs until the client
+//! One running WhatsApp client of a location: turns its events into state transitions, hands
+//! its messages and receipts to the relays' postbox, answers commands, and checks the client's health. It runs until the client
 //! ends, a terminal event arrives, the health check finds a zombie, or it is told to stop;
 //! what happens next is the runner's decision (`supervisor.rs`).
 
@@ -12,8 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::policy::RestartPolicy;
 use super::state::{SessionState, reasons};
 use super::supervisor::{Shared, Slot};
-use crate::domain::{InboundMessage, LocationId};
-use crate::store::InboxStart;
+use crate::domain::LocationId;
 use crate::wa::{Link, WaError, WaEvent, WaSession};
 
 /// Requests to the actor from the rest of the daemon.
@@ -104,36 +103,6 @@ impl Actor<'_> {
         }
     }
 
-    /// Stores an inbound message, retrying a passing database error a few times first: an
-    /// unconfirmed message is only redelivered by WhatsApp on a later connection.
-    async fn store_inbound(
-        &self,
-        message: &InboundMessage,
-        media_ref: Option<&[u8]>,
-        start: InboxStart,
-    ) -> Result<bool, crate::store::StoreError> {
-        let mut delay = std::time::Duration::from_millis(100);
-        for _ in 0..4 {
-            match self
-                .shared
-                .store
-                .insert_inbound(self.location.as_str(), message, media_ref, start)
-                .await
-            {
-                Ok(new) => return Ok(new),
-                Err(e) => {
-                    tracing::warn!(location.id = %self.location, error = %e, "storing an inbound message failed; retrying")
-                }
-            }
-            tokio::time::sleep(delay).await;
-            delay *= 2;
-        }
-        self.shared
-            .store
-            .insert_inbound(self.location.as_str(), message, media_ref, start)
-            .await
-    }
-
     /// A client still waiting for its first code after two health checks cannot reach
     /// WhatsApp (no network, blocked): say so instead of showing "pairing" forever. The
     /// transport keeps trying; the reason clears with the first code.
@@ -211,7 +180,7 @@ impl Actor<'_> {
                         phone.as_deref(),
                     )
                     .await;
-                shared.outbound_ready.notify_one();
+                shared.postbox.wake_outbound();
             }
             WaEvent::Disconnected => {
                 self.policy.disconnected(Instant::now());
@@ -231,40 +200,23 @@ impl Actor<'_> {
                 message,
                 media_ref,
                 stored,
-            } => {
-                let start = inbox_start(&message);
-                match self.store_inbound(&message, media_ref.as_deref(), start).await {
-                    // Only now is WhatsApp told the message arrived.
-                    Ok(new) => {
-                        stored.confirm();
-                        if new {
-                            shared.metrics.count_inbound(message.content.kind(), start);
-                            shared.inbound_ready.notify_one();
-                        }
-                    }
-                    // Unconfirmed: WhatsApp delivers it again.
-                    Err(e) => {
-                        tracing::error!(location.id = %self.location, error = %e, "could not store an inbound message")
-                    }
+            } => match shared
+                .postbox
+                .deliver(self.location, &message, media_ref.as_deref())
+                .await
+            {
+                // Only now is WhatsApp told the message arrived.
+                Ok(()) => stored.confirm(),
+                // Unconfirmed: WhatsApp delivers it again.
+                Err(e) => {
+                    tracing::error!(location.id = %self.location, error = %e, "could not store an inbound message")
                 }
-            }
+            },
             WaEvent::Receipt { .. } | WaEvent::ServerAck { .. } | WaEvent::ServerRefused { .. } => {
-                shared.outbound_events(self.location, event);
+                shared.postbox.receipt(self.location, event);
             }
-            WaEvent::LidMapping { .. } => shared.inbound_ready.notify_one(),
+            WaEvent::LidMapping { .. } => shared.postbox.wake_inbound(),
         }
         None
-    }
-}
-
-/// Groups and status broadcasts are not relayed (by default); they are kept as `skipped` so
-/// that nothing disappears silently.
-fn inbox_start(message: &InboundMessage) -> InboxStart {
-    if message.is_status {
-        InboxStart::Skipped("status broadcast")
-    } else if message.is_group {
-        InboxStart::Skipped("group chat")
-    } else {
-        InboxStart::Pending
     }
 }

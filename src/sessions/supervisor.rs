@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,9 +23,10 @@ use super::state::{SessionState, StateView, reasons};
 use crate::crypto::random_fraction;
 use crate::domain::LocationId;
 use crate::metrics::Metrics;
+use crate::relay::Postbox;
 use crate::store::Store;
 use crate::time::now_ms;
-use crate::wa::{Pairing, Transport, WaError, WaEvent, WaSession};
+use crate::wa::{Pairing, Transport, WaError, WaSession};
 
 /// How long a logout waits for WhatsApp to confirm the unlinking.
 const LOGOUT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,12 +52,8 @@ pub(super) struct Shared {
     pub transport: Arc<dyn Transport>,
     /// Identifies this process in lease rows.
     pub instance: String,
-    /// Woken when an inbound message is stored (or a LID is revealed) for the relay.
-    pub inbound_ready: Arc<Notify>,
-    /// Woken when a session connects (queued outbound messages can go) or work is replayed.
-    pub outbound_ready: Arc<Notify>,
-    /// Receipts and server acks, for the outbound relay.
-    outbound: Mutex<Option<mpsc::UnboundedSender<(LocationId, WaEvent)>>>,
+    /// Where the sessions hand their messages and receipts (the relays own them).
+    pub postbox: Postbox,
     registry: Mutex<HashMap<LocationId, Arc<Slot>>>,
 }
 
@@ -180,12 +177,6 @@ impl Shared {
             self.metrics.set_sessions(state.as_str(), count);
         }
     }
-
-    pub fn outbound_events(&self, location: &LocationId, event: WaEvent) {
-        if let Some(sink) = lock(&self.outbound).as_ref() {
-            let _ = sink.send((location.clone(), event));
-        }
-    }
 }
 
 /// Cheap to clone; one per application.
@@ -214,6 +205,7 @@ impl Supervisor {
         metrics: Arc<Metrics>,
         settings: SessionSettings,
         instance: String,
+        postbox: Postbox,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -223,31 +215,12 @@ impl Supervisor {
                 settings,
                 transport,
                 instance,
-                inbound_ready: Arc::new(Notify::new()),
-                outbound_ready: Arc::new(Notify::new()),
-                outbound: Mutex::default(),
+                postbox,
                 registry: Mutex::default(),
             }),
             shutdown,
             runners: TaskTracker::new(),
         }
-    }
-
-    /// Woken whenever an inbound message was stored.
-    pub fn inbound_ready(&self) -> Arc<Notify> {
-        self.shared.inbound_ready.clone()
-    }
-
-    /// Woken when a session connected or outbound work was replayed.
-    pub fn outbound_ready(&self) -> Arc<Notify> {
-        self.shared.outbound_ready.clone()
-    }
-
-    /// Receipts and server acks of every session, for the outbound relay (one receiver).
-    pub fn outbound_events(&self) -> mpsc::UnboundedReceiver<(LocationId, WaEvent)> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        *lock(&self.shared.outbound) = Some(tx);
-        rx
     }
 
     /// Loads every session's persisted view, then starts the paired ones that were running,

@@ -3,7 +3,7 @@
 
 use super::locations::{LocationStatus, TokenSource};
 use super::{Db, Result, Store, StoreError, on_db};
-use crate::config::Secret;
+use crate::crypto::Secret;
 use crate::time::now_ms;
 
 /// Whose tokens: a location's own, or an agency's company token.

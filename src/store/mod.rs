@@ -18,6 +18,7 @@ mod meta;
 mod outbox;
 mod overview;
 mod sessions;
+mod url;
 mod webhooks;
 
 use std::path::Path;
@@ -28,7 +29,6 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use crate::config::DatabaseUrl;
 use crate::crypto::{CryptoError, SecretKey};
 
 pub use claims::Queue;
@@ -38,9 +38,10 @@ pub use credentials::{Credentials, GhlTokens, TokenLock, TokenOwner};
 pub use inbox::{InboxOutcome, InboxRow, InboxStart};
 pub use locations::{LocationRecord, LocationStatus, NewLocation, TokenSource};
 pub use messages::{MessageRef, MessageRow};
-pub use outbox::{NewOutbound, OutboxRow, PartRow, StatusToReport, status_rank};
+pub use outbox::{NewOutbound, OutboxRow, PartRow, StatusToReport};
 pub use overview::QueueCounts;
 pub use sessions::SessionRow;
+pub use url::DatabaseUrl;
 
 /// Runs the same query body on whichever pool the store holds. The body is compiled once per
 /// dialect, so every type it binds or decodes must work on both.

@@ -1,23 +1,12 @@
 //! The outbound queue (GHL → WhatsApp): one row per GHL message, keyed by GHL's `messageId`.
 
 use super::{Result, Store, on_db};
-use crate::domain::Incarnation;
+use crate::domain::{Incarnation, OutboxState, PartStatus};
 use crate::time::now_ms;
 
-/// Progress of an outbound message (or of one of its parts), in the order it can only
-/// advance; `failed` is terminal.
-pub fn status_rank(status: &str) -> u8 {
-    match status {
-        "pending" => 0,
-        "sending" => 1,
-        "sent" => 2,
-        "delivered" => 3,
-        "read" => 4,
-        _ => 5,
-    }
-}
-
-/// Ranks a status column in SQL, as [`status_rank`] does.
+/// Ranks a state column in SQL in [`OutboxState`]'s order, for updates that must never move a
+/// message or a part backwards. `failed` and `dead` share the terminal rank (both are reported
+/// to GHL as failed). A test checks it against the type's order.
 macro_rules! rank {
     ($column:literal) => {
         concat!(
@@ -47,7 +36,8 @@ pub struct OutboxRow {
 pub struct PartRow {
     pub part_index: i64,
     pub wa_message_id: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: PartStatus,
 }
 
 /// An outbound message whose status GHL has not been told yet.
@@ -56,8 +46,8 @@ pub struct StatusToReport {
     pub outbox_id: i64,
     pub location_id: String,
     pub ghl_message_id: String,
-    pub state: String,
-    pub reported_status: Option<String>,
+    #[sqlx(try_from = "String")]
+    pub state: OutboxState,
     pub last_error: Option<String>,
 }
 
@@ -77,8 +67,8 @@ impl Store {
     pub async fn enqueue_outbound(&self, new: NewOutbound<'_>, failure: Option<&str>) -> Result<Option<i64>> {
         let now = now_ms();
         let (state, report_after) = match failure {
-            None => ("pending", None),
-            Some(_) => ("failed", Some(now)),
+            None => (OutboxState::Pending, None),
+            Some(_) => (OutboxState::Failed, Some(now)),
         };
         Ok(on_db!(self, pool => {
             sqlx::query_scalar(
@@ -93,7 +83,7 @@ impl Store {
             .bind(new.to_phone)
             .bind(new.body)
             .bind(now)
-            .bind(state)
+            .bind(state.as_str())
             .bind(failure)
             .bind(report_after)
             .fetch_optional(pool)
@@ -200,7 +190,12 @@ impl Store {
 
     /// Advances a part's status (never backwards); returns its outbox row, if it is one of
     /// waghl's sends.
-    pub async fn advance_part(&self, location_id: &str, wa_message_id: &str, status: &str) -> Result<Option<i64>> {
+    pub async fn advance_part(
+        &self,
+        location_id: &str,
+        wa_message_id: &str,
+        status: PartStatus,
+    ) -> Result<Option<i64>> {
         let outbox_id: Option<Option<i64>> = on_db!(self, pool => {
             sqlx::query_scalar(concat!(
                 "UPDATE message_map SET status = $3, updated_at = $4 WHERE location_id = $1 AND wa_message_id = $2 \
@@ -208,7 +203,7 @@ impl Store {
             ))
             .bind(location_id)
             .bind(wa_message_id)
-            .bind(status)
+            .bind(status.as_str())
             .bind(now_ms())
             .fetch_optional(pool)
             .await?
@@ -222,13 +217,13 @@ impl Store {
     pub async fn settle_outbound(&self, outbox_id: i64, all_sent: bool) -> Result<()> {
         let parts = self.outbound_parts(outbox_id).await?;
         // A refused part fails the message on its own path, with its reason.
-        if parts.iter().any(|p| p.status == "failed") {
+        if parts.iter().any(|p| p.status == PartStatus::Failed) {
             return Ok(());
         }
-        let Some(least) = parts.iter().map(|p| p.status.as_str()).min_by_key(|s| status_rank(s)) else {
+        let Some(least) = parts.iter().map(|p| p.status).min() else {
             return Ok(());
         };
-        if status_rank(least) < status_rank("sent") {
+        if least < PartStatus::Sent {
             return Ok(());
         }
         let now = now_ms();
@@ -239,7 +234,7 @@ impl Store {
                    AND ($4 OR state NOT IN ('pending', 'sending')) AND ", rank!("state"), " < ", rank!("$2")
             ))
             .bind(outbox_id)
-            .bind(least)
+            .bind(least.as_str())
             .bind(now)
             .bind(all_sent)
             .execute(pool)
@@ -249,7 +244,7 @@ impl Store {
     }
 
     /// Terminal failure, reported to GHL as failed (`dead` when retries ran out: replayable).
-    pub async fn fail_outbound(&self, outbox_id: i64, state: &str, error: &str) -> Result<()> {
+    pub async fn fail_outbound(&self, outbox_id: i64, state: OutboxState, error: &str) -> Result<()> {
         let now = now_ms();
         on_db!(self, pool => {
             sqlx::query(
@@ -257,7 +252,7 @@ impl Store {
                    updated_at = $4, report_after = $4 WHERE outbox_id = $1",
             )
             .bind(outbox_id)
-            .bind(state)
+            .bind(state.as_str())
             .bind(error)
             .bind(now)
             .execute(pool)
@@ -320,7 +315,7 @@ impl Store {
     pub async fn statuses_to_report(&self, limit: i64) -> Result<Vec<StatusToReport>> {
         Ok(on_db!(self, pool => {
             sqlx::query_as(concat!(
-                "SELECT outbox_id, location_id, ghl_message_id, state, reported_status, last_error FROM outbox \
+                "SELECT outbox_id, location_id, ghl_message_id, state, last_error FROM outbox \
                  WHERE report_after IS NOT NULL AND report_after <= $1 \
                    AND state IN ('sent', 'delivered', 'read', 'failed', 'dead') \
                    AND (reported_status IS NULL OR ", rank!("reported_status"), " < ", rank!("state"), ") \
@@ -334,7 +329,7 @@ impl Store {
     }
 
     /// GHL accepted `status`.
-    pub async fn reported(&self, outbox_id: i64, status: &str) -> Result<()> {
+    pub async fn reported(&self, outbox_id: i64, status: OutboxState) -> Result<()> {
         on_db!(self, pool => {
             sqlx::query(concat!(
                 "UPDATE outbox SET reported_status = $2, \
@@ -342,7 +337,7 @@ impl Store {
                  WHERE outbox_id = $1 AND (reported_status IS NULL OR ", rank!("reported_status"), " < ", rank!("$2"), ")"
             ))
             .bind(outbox_id)
-            .bind(status)
+            .bind(status.as_str())
             .execute(pool)
             .await?;
         });
@@ -369,5 +364,34 @@ impl Store {
                 .fetch_one(pool)
                 .await?
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SQL rank agrees with the type's order (`failed` and `dead` tie: both terminal).
+    #[tokio::test]
+    async fn the_sql_rank_follows_the_order_of_outbox_states() {
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+        let mut ranked = Vec::new();
+        for state in OutboxState::ALL {
+            let rank: i64 = sqlx::query_scalar(concat!("SELECT ", rank!("$1")))
+                .bind(state.as_str())
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            ranked.push((*state, rank));
+        }
+        for pair in ranked.windows(2) {
+            let ((a, rank_a), (b, rank_b)) = (pair[0], pair[1]);
+            assert!(a < b);
+            if b == OutboxState::Dead {
+                assert_eq!(rank_a, rank_b, "{a} and {b}");
+            } else {
+                assert!(rank_a < rank_b, "{a} ranks {rank_a}, {b} ranks {rank_b}");
+            }
+        }
     }
 }

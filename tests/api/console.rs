@@ -249,8 +249,8 @@ async fn the_locations_page_stays_fast_with_a_thousand_locations() {
     let b = sim_bench(&[]).await;
     let store = &b.app.state.store;
     let tokens = waghl::store::GhlTokens {
-        access_token: waghl::config::Secret::new("access"),
-        refresh_token: Some(waghl::config::Secret::new("refresh")),
+        access_token: waghl::crypto::Secret::new("access"),
+        refresh_token: Some(waghl::crypto::Secret::new("refresh")),
         expires_at: waghl::time::now_ms() + 86_400_000,
     };
     for n in 0..1000 {

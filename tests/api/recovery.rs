@@ -31,6 +31,47 @@ async fn kill_9_at_random_moments_on_postgres_relays_everything_exactly_once_and
     }
 }
 
+#[tokio::test]
+async fn a_post_ghl_carried_out_but_answered_with_an_error_is_found_not_posted_again() {
+    let b = crate::sessions::sim_bench(&[
+        ("WAGHL_RETRY_BASE_MS", "20"),
+        ("WAGHL_RETRY_MAX_MS", "200"),
+        ("WAGHL_RELAY_POLL_MS", "20"),
+    ])
+    .await;
+    b.paired("locLost", "+15550910002").await;
+    // GHL adds the message, then answers 502: waghl cannot know it was added.
+    b.fake.fail_after_doing_next("/conversations/messages/inbound", 502, 1);
+    b.inbound(
+        "locLost",
+        json!({ "from": "+14152090101", "id": "LOST1", "text": "once" }),
+    )
+    .await;
+    b.inbound(
+        "locLost",
+        json!({ "from": "+14152090101", "id": "LOST2", "text": "twice?" }),
+    )
+    .await;
+    let messages = b.wait_for_ghl_messages(2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let alt_ids: Vec<_> = b.fake.messages().iter().map(|m| m.body["altId"].clone()).collect();
+    assert_eq!(alt_ids, ["LOST1", "LOST2"], "{messages:?}");
+    let metrics = b.app.admin_get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("waghl_inbound_reconciled_total{outcome=\"found\"} 1"),
+        "{metrics}"
+    );
+    // One lookup of the conversation's messages, for the one uncertain post.
+    let lookups: Vec<_> = b
+        .fake
+        .calls_to("/conversations/")
+        .into_iter()
+        .filter(|c| c.method == "GET" && c.path.ends_with("/messages"))
+        .collect();
+    assert_eq!(lookups.len(), 1);
+    assert_eq!(lookups[0].status, 200);
+}
+
 fn runs() -> usize {
     std::env::var("WAGHL_CRASH_RUNS")
         .ok()

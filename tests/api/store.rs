@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use waghl::config::{DatabaseUrl, Secret};
+use waghl::crypto::Secret;
 use waghl::crypto::SecretKey;
+use waghl::store::DatabaseUrl;
 use waghl::store::{GhlTokens, LocationStatus, NewLocation, Store, TokenOwner, TokenSource};
 
 use crate::helpers::{Backend, SECRET_KEY, TestDb};

@@ -123,6 +123,8 @@ struct AccessToken {
 
 enum Fault {
     Status(u16),
+    /// The request is carried out, then answered with this status (the answer is wrong).
+    StatusAfterDoing(u16),
     Hang,
 }
 
@@ -279,6 +281,17 @@ impl FakeGhl {
     }
 
     /// The next `count` calls whose path starts with `path_prefix` never answer.
+    /// The next `count` requests whose path starts with `path_prefix` are carried out, then
+    /// answered with `status`: GHL did the work, and the caller is told it failed.
+    pub fn fail_after_doing_next(&self, path_prefix: &str, status: u16, count: usize) {
+        let mut world = self.world();
+        for _ in 0..count {
+            world
+                .faults
+                .push_back((path_prefix.into(), Fault::StatusAfterDoing(status)));
+        }
+    }
+
     pub fn hang_next(&self, path_prefix: &str, count: usize) {
         let mut world = self.world();
         for _ in 0..count {
@@ -466,6 +479,10 @@ async fn record_and_inject(State(shared): State<Arc<Shared>>, req: Request, next
             unreachable!()
         }
         Some(Fault::Status(status)) => error(status, "Injected failure"),
+        Some(Fault::StatusAfterDoing(status)) => {
+            let _done = next.run(Request::from_parts(parts, axum::body::Body::from(body))).await;
+            error(status, "Injected failure after the request was carried out")
+        }
         None => next.run(Request::from_parts(parts, axum::body::Body::from(body))).await,
     };
     call.status = response.status().as_u16();

@@ -1,0 +1,129 @@
+//! Where messages enter the relays. Sessions hand each inbound message here (it is stored
+//! durably before WhatsApp is told it arrived) and pass on the receipts and acks of what was
+//! sent; HTTP handlers wake the relays here when they queue or replay work. The relays own the
+//! messages; `sessions/` owns only the sessions' lifecycle.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+
+use crate::domain::{InboundMessage, LocationId};
+use crate::metrics::Metrics;
+use crate::store::{InboxStart, Store, StoreError};
+use crate::wa::WaEvent;
+
+/// Attempts at an inbox write before the message is left to WhatsApp's redelivery, and the
+/// first delay between them (doubling).
+const STORE_ATTEMPTS: usize = 5;
+const STORE_RETRY: Duration = Duration::from_millis(100);
+
+/// Cheap to clone; one per application.
+#[derive(Clone)]
+pub struct Postbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    metrics: Arc<Metrics>,
+    /// Woken when an inbound message is stored, a LID is revealed or work is replayed.
+    inbound_ready: Arc<Notify>,
+    /// Woken when an outbound message is queued, a session connects or work is replayed.
+    outbound_ready: Arc<Notify>,
+    /// Receipts and server acks of every session, in arrival order, for the outbound relay.
+    receipts: mpsc::UnboundedSender<(LocationId, WaEvent)>,
+    /// The receiving end, until the outbound relay takes it.
+    receipts_rx: Mutex<Option<mpsc::UnboundedReceiver<(LocationId, WaEvent)>>>,
+}
+
+impl Postbox {
+    pub fn new(store: Store, metrics: Arc<Metrics>) -> Self {
+        let (receipts, receipts_rx) = mpsc::unbounded_channel();
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                metrics,
+                inbound_ready: Arc::new(Notify::new()),
+                outbound_ready: Arc::new(Notify::new()),
+                receipts,
+                receipts_rx: Mutex::new(Some(receipts_rx)),
+            }),
+        }
+    }
+
+    /// Stores an inbound message durably and wakes the inbound relay. `Ok` means WhatsApp may
+    /// be told it arrived (a redelivery of a stored message is `Ok` too); on `Err` it must not
+    /// be, so that WhatsApp delivers it again. A passing database error is retried first: an
+    /// unconfirmed message is redelivered only on a later connection.
+    pub async fn deliver(
+        &self,
+        location: &LocationId,
+        message: &InboundMessage,
+        media_ref: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let start = inbox_start(message);
+        let mut delay = STORE_RETRY;
+        let mut attempt = 1;
+        let new = loop {
+            match self
+                .inner
+                .store
+                .insert_inbound(location.as_str(), message, media_ref, start)
+                .await
+            {
+                Ok(new) => break new,
+                Err(e) if attempt < STORE_ATTEMPTS => {
+                    tracing::warn!(location.id = %location, error = %e, "storing an inbound message failed; retrying");
+                }
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+            attempt += 1;
+        };
+        if new {
+            self.inner.metrics.count_inbound(message.content.kind(), start);
+            self.wake_inbound();
+        }
+        Ok(())
+    }
+
+    /// A receipt or server ack (or refusal) of a sent message, for the outbound relay.
+    pub fn receipt(&self, location: &LocationId, event: WaEvent) {
+        let _ = self.inner.receipts.send((location.clone(), event));
+    }
+
+    pub fn wake_inbound(&self) {
+        self.inner.inbound_ready.notify_one();
+    }
+
+    pub fn wake_outbound(&self) {
+        self.inner.outbound_ready.notify_one();
+    }
+
+    pub(super) fn inbound_ready(&self) -> Arc<Notify> {
+        self.inner.inbound_ready.clone()
+    }
+
+    pub(super) fn outbound_ready(&self) -> Arc<Notify> {
+        self.inner.outbound_ready.clone()
+    }
+
+    /// The receipts, for the one outbound relay; `None` once taken.
+    pub(super) fn take_receipts(&self) -> Option<mpsc::UnboundedReceiver<(LocationId, WaEvent)>> {
+        self.inner.receipts_rx.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Groups and status broadcasts are not relayed (by default); they are kept as `skipped` so
+/// that nothing disappears silently.
+fn inbox_start(message: &InboundMessage) -> InboxStart {
+    if message.is_status {
+        InboxStart::Skipped("status broadcast")
+    } else if message.is_group {
+        InboxStart::Skipped("group chat")
+    } else {
+        InboxStart::Pending
+    }
+}

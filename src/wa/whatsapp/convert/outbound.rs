@@ -1,0 +1,164 @@
+//! waghl's outbound parts as WhatsApp messages: a text (quoting a message or not), or a media
+//! message built from the upload's result.
+
+use whatsapp_rust::Jid;
+use whatsapp_rust::buffa::MessageField;
+use whatsapp_rust::proto_helpers::MessageBuilderExt;
+use whatsapp_rust::upload::UploadResponse;
+use whatsapp_rust::waproto::whatsapp as wa;
+
+use crate::domain::MediaKind;
+
+/// A text to `chat`, quoting `reply_to` when given.
+pub fn outgoing_text(text: &str, reply_to: Option<&str>, chat: &Jid) -> wa::Message {
+    match reply_to.filter(|r| !r.is_empty()) {
+        Some(quoted) => wa::Message::text_with_context(text.to_owned(), quote_context(quoted, chat)),
+        None => wa::Message::text(text.to_owned()),
+    }
+}
+
+/// Quotes `stanza_id` in a direct chat with `chat`. waghl knows only the id of the quoted
+/// message, not its author or its body. So the quoted author is taken to be the other party
+/// (agents reply to what the contact wrote), and no `quoted_message` is sent.
+fn quote_context(stanza_id: &str, chat: &Jid) -> wa::ContextInfo {
+    wa::ContextInfo {
+        stanza_id: Some(stanza_id.to_owned()),
+        participant: Some(chat.to_non_ad().to_string()),
+        ..Default::default()
+    }
+}
+
+/// What WhatsApp's media servers answered to an upload: where the encrypted file is and how to
+/// open it. (The crate's own `UploadResponse` cannot be built outside it, and the simulated
+/// WhatsApp must build the same messages.)
+#[derive(Clone, Debug)]
+pub struct Uploaded {
+    pub url: String,
+    pub direct_path: String,
+    pub media_key: Vec<u8>,
+    pub file_sha256: Vec<u8>,
+    pub file_enc_sha256: Vec<u8>,
+    pub file_length: u64,
+    pub media_key_timestamp: i64,
+    pub streaming_sidecar: Option<Vec<u8>>,
+}
+
+impl From<UploadResponse> for Uploaded {
+    fn from(upload: UploadResponse) -> Self {
+        Self {
+            url: upload.url,
+            direct_path: upload.direct_path,
+            media_key: upload.media_key.to_vec(),
+            file_sha256: upload.file_sha256.to_vec(),
+            file_enc_sha256: upload.file_enc_sha256.to_vec(),
+            file_length: upload.file_length,
+            media_key_timestamp: upload.media_key_timestamp,
+            streaming_sidecar: upload.streaming_sidecar,
+        }
+    }
+}
+
+/// One outbound media part as the WhatsApp message that carries it, with the fields the
+/// crate's media builders set.
+pub struct OutgoingMedia<'a> {
+    pub kind: MediaKind,
+    pub mime: &'a str,
+    pub caption: Option<String>,
+    pub file_name: Option<String>,
+}
+
+/// A media message to `chat` for an uploaded file, quoting `reply_to` when given.
+pub fn media_message(media: OutgoingMedia<'_>, upload: Uploaded, reply_to: Option<&str>, chat: &Jid) -> wa::Message {
+    let context = reply_to
+        .filter(|r| !r.is_empty())
+        .map(|r| MessageField::some(quote_context(r, chat)))
+        .unwrap_or_default();
+    let mimetype = |default: &str| {
+        Some(media.mime.trim())
+            .filter(|m| !m.is_empty())
+            .unwrap_or(default)
+            .to_owned()
+    };
+    let Uploaded {
+        url,
+        direct_path,
+        media_key,
+        file_sha256,
+        file_enc_sha256,
+        file_length,
+        media_key_timestamp,
+        streaming_sidecar,
+    } = upload;
+    macro_rules! file {
+        ($kind:ident { $($field:ident: $value:expr),* $(,)? }) => {
+            wa::message::$kind {
+                url: Some(url),
+                direct_path: Some(direct_path),
+                media_key: Some(media_key),
+                file_sha256: Some(file_sha256),
+                file_enc_sha256: Some(file_enc_sha256),
+                file_length: Some(file_length),
+                media_key_timestamp: Some(media_key_timestamp),
+                context_info: context,
+                $($field: $value,)*
+                ..Default::default()
+            }
+        };
+    }
+    let caption = media.caption.filter(|c| !c.trim().is_empty());
+    match media.kind {
+        MediaKind::Image => wa::Message {
+            image_message: MessageField::some(file!(ImageMessage {
+                mimetype: Some(mimetype("image/jpeg")),
+                caption: caption,
+            })),
+            ..Default::default()
+        },
+        MediaKind::Video => wa::Message {
+            video_message: MessageField::some(file!(VideoMessage {
+                mimetype: Some(mimetype("video/mp4")),
+                caption: caption,
+                streaming_sidecar: streaming_sidecar,
+            })),
+            ..Default::default()
+        },
+        MediaKind::Audio | MediaKind::Voice => {
+            let voice = media.kind == MediaKind::Voice;
+            // Phones play voice notes as OGG/Opus, under exactly this type.
+            let mime = match mimetype("audio/ogg; codecs=opus") {
+                m if voice && !m.starts_with("audio/ogg") => m,
+                _ if voice => "audio/ogg; codecs=opus".to_owned(),
+                m => m,
+            };
+            wa::Message {
+                audio_message: MessageField::some(file!(AudioMessage {
+                    mimetype: Some(mime),
+                    ptt: Some(voice),
+                    streaming_sidecar: streaming_sidecar,
+                })),
+                ..Default::default()
+            }
+        }
+        MediaKind::Document => {
+            let name = media
+                .file_name
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or_else(|| "file".to_owned());
+            wa::Message {
+                document_message: MessageField::some(file!(DocumentMessage {
+                    mimetype: Some(mimetype("application/octet-stream")),
+                    file_name: Some(name.clone()),
+                    title: Some(name),
+                    caption: caption,
+                })),
+                ..Default::default()
+            }
+        }
+        MediaKind::Sticker => wa::Message {
+            sticker_message: MessageField::some(file!(StickerMessage {
+                mimetype: Some(mimetype("image/webp")),
+            })),
+            ..Default::default()
+        },
+    }
+}

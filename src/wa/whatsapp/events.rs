@@ -1,0 +1,313 @@
+//! The crate's events, translated into waghl's and queued in order (see the module docs of
+//! `whatsapp/` for why an unbounded queue and one forwarding task), the durability hook that
+//! holds WhatsApp's acknowledgement until waghl stored a message, and the watcher that owns the
+//! client's run loop.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use whatsapp_rust::bot::BotHandle;
+use whatsapp_rust::types::events::{Event, EventHandler, EventInterest, EventKind, InboundMessage as WaInbound};
+use whatsapp_rust::{Client, InboundDurabilityHook};
+
+use super::SHUTDOWN_TIMEOUT;
+use super::client::Shared;
+use super::convert::{lid_mapping, map_message, park_reason, phone_of_jid, receipt_status};
+use super::pairing::PairSignal;
+use crate::wa::{Link, Stored, WaEvent};
+
+/// How long the hook waits for waghl to store a batch before it gives up. WhatsApp then
+/// delivers the batch again on the next connection. waghl dedupes, so one that was stored
+/// late does no harm.
+const STORE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// An entry of the ordered queue between the client and waghl's channel.
+pub(super) enum Queued {
+    Event(WaEvent),
+    /// The client has ended; the stream ends after what was queued before.
+    End,
+}
+
+/// The queue has no reader any more: the session has ended.
+pub(super) struct Ended;
+
+/// The write end of the queue, shared by the handler, the hook, the watcher and the
+/// pairing task.
+#[derive(Clone)]
+pub(super) struct Sink {
+    pub shared: Arc<Shared>,
+    pub queue: mpsc::UnboundedSender<Queued>,
+}
+
+impl Sink {
+    pub fn emit(&self, event: WaEvent) -> Result<(), Ended> {
+        self.queue.send(Queued::Event(event)).map_err(|_| Ended)
+    }
+
+    /// Queues one inbound message, preceded by the LID mapping it reveals, if any. The
+    /// receiver resolves once waghl has stored the message. `None` for what waghl does not
+    /// keep (protocol traffic, newsletters).
+    fn message(&self, item: &WaInbound) -> Result<Option<oneshot::Receiver<()>>, Ended> {
+        let Some((message, media_ref)) = map_message(&item.message, &item.info) else {
+            tracing::trace!(location.id = %self.shared.location, message.id = %item.info.id, "not a message waghl keeps");
+            return Ok(None);
+        };
+        if let Some((lid, phone)) = lid_mapping(&item.info.source)
+            && self.shared.announce_lid(&lid)
+        {
+            self.emit(WaEvent::LidMapping { lid, phone })?;
+        }
+        let (stored, confirmed) = Stored::new();
+        self.emit(WaEvent::Message {
+            message: Box::new(message),
+            media_ref,
+            stored,
+        })?;
+        Ok(Some(confirmed))
+    }
+
+    /// Translates one event of the crate's bus. This runs inline on the crate's dispatch
+    /// path, so it only computes and queues: no awaiting, no blocking.
+    fn on_event(&self, event: &Event) {
+        let shared = &self.shared;
+        let location = shared.location.as_str();
+        let out = match event {
+            Event::PairingQrCode(qr) => {
+                if shared.by_code.load(Ordering::Relaxed) {
+                    return;
+                }
+                shared.set_link(Link::Pairing);
+                WaEvent::Qr {
+                    code: qr.code.clone(),
+                    valid_for: qr.timeout,
+                }
+            }
+            Event::PairingCode(code) => {
+                shared.set_link(Link::Pairing);
+                WaEvent::PairCode {
+                    code: code.code.clone(),
+                }
+            }
+            Event::PairingCodeRefresh(_) => {
+                shared.signal(PairSignal::Refresh);
+                return;
+            }
+            Event::PairingCodeError(failure) => {
+                tracing::warn!(location.id = %location, error = %failure.error, "WhatsApp refused the pairing code");
+                shared.signal(PairSignal::Failed);
+                return;
+            }
+            Event::PairingQrCodesExhausted(exhausted) => {
+                // Not terminal while a pairing-code flow keeps the socket up; that flow's
+                // task decides when pairing has failed.
+                if !exhausted.disconnected && shared.by_code.load(Ordering::Relaxed) {
+                    return;
+                }
+                shared.set_link(Link::Dead);
+                WaEvent::QrExhausted
+            }
+            Event::PairSuccess(success) => {
+                shared.paired.store(true, Ordering::Relaxed);
+                shared.signal(PairSignal::Paired);
+                shared.set_link(Link::Connecting);
+                WaEvent::Paired {
+                    phone: phone_of_jid(&success.id).unwrap_or_default(),
+                }
+            }
+            Event::PairError(failure) => {
+                tracing::warn!(location.id = %location, error = %failure.error, "pairing with the phone failed");
+                return;
+            }
+            Event::Connected(_) => {
+                shared.paired.store(true, Ordering::Relaxed);
+                shared.set_link(Link::Connected);
+                WaEvent::Connected {
+                    phone: shared.own_phone(),
+                }
+            }
+            Event::Disconnected(_) => {
+                shared.set_link(Link::Reconnecting);
+                WaEvent::Disconnected
+            }
+            Event::LoggedOut(logged_out) => {
+                tracing::warn!(location.id = %location, reason = ?logged_out.reason, "WhatsApp logged this device out");
+                shared.set_link(Link::Dead);
+                WaEvent::LoggedOut
+            }
+            Event::Receipt(receipt) => match receipt_status(&receipt.r#type) {
+                Some(status) => WaEvent::Receipt {
+                    ids: receipt.message_ids.clone(),
+                    status,
+                },
+                None => return,
+            },
+            Event::ServerAck(ack) => {
+                if ack.class.as_deref() != Some("message") {
+                    return;
+                }
+                if let Some(code) = &ack.error {
+                    tracing::warn!(location.id = %location, message.id = %ack.id, code = %code, "WhatsApp's server refused a message");
+                    WaEvent::ServerRefused {
+                        id: ack.id.clone(),
+                        code: code.to_string(),
+                    }
+                } else {
+                    WaEvent::ServerAck { id: ack.id.clone() }
+                }
+            }
+            Event::Messages(batch) => {
+                // Committed batches already reached waghl through the hook.
+                if batch.hook_committed {
+                    return;
+                }
+                // Newsletters (dropped by `map_message`) and messages recovered from the
+                // phone: the crate acknowledges these on its own, so waghl's answer changes
+                // nothing.
+                for item in batch.iter() {
+                    if self.message(item).is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+            other => match park_reason(other) {
+                Some(reason) => {
+                    if let Event::TemporaryBan(ban) = other {
+                        tracing::warn!(location.id = %location, code = %ban.code, seconds = ban.expire.num_seconds(), "WhatsApp banned this number for a while");
+                    } else {
+                        tracing::warn!(location.id = %location, reason = reason.code(), "WhatsApp stopped this session");
+                    }
+                    shared.set_link(Link::Dead);
+                    WaEvent::Parked(reason)
+                }
+                None => {
+                    if let Event::ConnectFailure(failure) = other {
+                        if failure.reason.should_reconnect() {
+                            tracing::info!(location.id = %location, reason = ?failure.reason, "WhatsApp refused the connection for now; retrying");
+                        } else {
+                            // The crate stops reconnecting; the watcher ends the stream.
+                            tracing::warn!(location.id = %location, reason = ?failure.reason, "WhatsApp refused the connection; the client stops");
+                        }
+                    }
+                    return;
+                }
+            },
+        };
+        let _ = self.emit(out);
+    }
+}
+
+/// The raw bus handler: it keeps the dispatch order and is never dropped by the crate.
+pub(super) struct BusHandler {
+    pub sink: Sink,
+}
+
+impl EventHandler for BusHandler {
+    fn handle_event(&self, event: Arc<Event>) {
+        self.sink.on_event(&event);
+    }
+
+    fn interest(&self) -> EventInterest {
+        EventInterest::of(&[
+            EventKind::Connected,
+            EventKind::Disconnected,
+            EventKind::PairSuccess,
+            EventKind::PairError,
+            EventKind::LoggedOut,
+            EventKind::PairingQrCode,
+            EventKind::PairingCode,
+            EventKind::PairingCodeRefresh,
+            EventKind::PairingCodeError,
+            EventKind::PairingQrCodesExhausted,
+            EventKind::ClientOutdated,
+            EventKind::Messages,
+            EventKind::Receipt,
+            // The crate builds server acks only when some handler asks for them.
+            EventKind::ServerAck,
+            EventKind::StreamReplaced,
+            EventKind::TemporaryBan,
+            EventKind::ConnectFailure,
+        ])
+    }
+}
+
+/// Delays WhatsApp's acknowledgement until waghl has stored the batch.
+pub(super) struct StoreHook {
+    pub sink: Sink,
+}
+
+#[whatsapp_rust::async_trait]
+impl InboundDurabilityHook for StoreHook {
+    async fn on_messages(&self, _client: Arc<Client>, batch: &[WaInbound]) -> anyhow::Result<()> {
+        let mut confirmations = Vec::with_capacity(batch.len());
+        for item in batch {
+            match self.sink.message(item) {
+                Ok(Some(confirmed)) => confirmations.push(confirmed),
+                Ok(None) => {}
+                Err(Ended) => {
+                    return Err(anyhow::anyhow!(
+                        "the session has ended; WhatsApp delivers the batch again"
+                    ));
+                }
+            }
+        }
+        if confirmations.is_empty() {
+            return Ok(());
+        }
+        let all_stored = async {
+            for confirmed in confirmations {
+                confirmed.await?;
+            }
+            Ok::<(), oneshot::error::RecvError>(())
+        };
+        match tokio::time::timeout(STORE_TIMEOUT, all_stored).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(anyhow::anyhow!(
+                "waghl did not store the batch; WhatsApp delivers it again"
+            )),
+            Err(_) => Err(anyhow::anyhow!(
+                "waghl did not store the batch within {} s; WhatsApp delivers it again",
+                STORE_TIMEOUT.as_secs()
+            )),
+        }
+    }
+}
+
+/// Moves the queue into waghl's bounded channel, in order, waiting while it is full. The
+/// stream ends (the sender is dropped) at `Queued::End`, when every queue sender is gone, or
+/// when waghl stops reading. Anything left is then dropped, and with it any `Stored`, so a
+/// waiting hook fails and nothing is acknowledged.
+pub(super) fn forward_in_order(mut queued: mpsc::UnboundedReceiver<Queued>, events: mpsc::Sender<WaEvent>) {
+    tokio::spawn(async move {
+        while let Some(item) = queued.recv().await {
+            match item {
+                Queued::Event(event) => {
+                    if events.send(event).await.is_err() {
+                        return;
+                    }
+                }
+                Queued::End => return,
+            }
+        }
+    });
+}
+
+/// Owns the `BotHandle`: waits for the run loop to end, or shuts it down on request.
+pub(super) async fn watch(mut handle: BotHandle, sink: Sink, stop: CancellationToken, ended: CancellationToken) {
+    let location = sink.shared.location.clone();
+    let stopping = tokio::select! {
+        () = &mut handle => false,
+        () = stop.cancelled() => true,
+    };
+    if stopping && tokio::time::timeout(SHUTDOWN_TIMEOUT, handle.shutdown()).await.is_err() {
+        // The timed-out future held the handle; dropping it aborted the client's task.
+        tracing::warn!(location.id = %location, "the WhatsApp client did not shut down in time; aborted");
+    }
+    sink.shared.set_link(Link::Dead);
+    let _ = sink.queue.send(Queued::End);
+    ended.cancel();
+    tracing::info!(location.id = %location, "WhatsApp client ended");
+}

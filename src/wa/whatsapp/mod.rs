@@ -1,0 +1,222 @@
+//! The real WhatsApp transport, on `whatsapp-rust` 0.7 (pinned `=0.7.0`: the crate changes
+//! its API between minor versions). It implements the seam of `wa/mod.rs`; no type of the
+//! crate leaves this folder. `client` is the session waghl drives, `events` the translation of
+//! the crate's events and the durability hook, `pairing` the pairing-code task, `convert` the
+//! pure message conversion (shared with the simulated WhatsApp), `files` the key store's files.
+//!
+//! # Who owns what
+//!
+//! - **One client per location, one SQLite file per client.** `start` builds a `Bot` on
+//!   `{sessions_dir}/{location}.db` (directory 0700, files 0600). The file holds the device
+//!   keys, the Signal sessions, the LID↔phone mappings, and the crate's buffer of inbound
+//!   messages that are not acknowledged yet. The crate has no "delete this device" call, so
+//!   `wipe` deletes the file and its `-wal`/`-shm` companions. It runs only after the client
+//!   has stopped, because the supervisor never runs two clients for one location.
+//! - **The `BotHandle` belongs to one watcher task** (`watch`). Only that task awaits the run
+//!   loop. On `stop` it calls the graceful `BotHandle::shutdown` (flush receipts, commits and
+//!   device state) under a timeout. When the timeout fires, the unfinished shutdown future is
+//!   dropped, and the handle inside it aborts the task (the crate's `BotHandle` aborts on
+//!   drop). However the run loop ends (stop, logout, ban, QR codes exhausted, a refused
+//!   connection), the watcher marks the link dead and queues the end of the event stream.
+//! - **Events pass through an unbounded queue, then a bounded send.** The crate dispatches
+//!   events inline on its receive path. A raw `EventHandler` (`BusHandler`) translates each
+//!   event into a `WaEvent` and pushes it into an unbounded queue. One forwarding task moves
+//!   the queue into waghl's bounded channel with `send().await`. The alternatives each fail:
+//!   - A bounded send on the dispatch path would block the socket (keepalives, acks). It
+//!     would also deadlock against the durability hook, which waits for waghl on that same
+//!     path.
+//!   - A `try_send` drops events when the channel is full. The crate's own
+//!     `EventDelivery::Ordered` does exactly that.
+//!   - `EventDelivery::Concurrent` gives up the order.
+//!
+//!   With the queue, the order is the dispatch order and nothing is ever dropped. Backpressure
+//!   lives in our forwarding task, where waiting harms nobody.
+//! - **Messages are acknowledged only after waghl has stored them.** The durability hook
+//!   (`StoreHook`) puts each message on the same queue, so it stays in order with the other
+//!   events. The message carries a `Stored` answer. The hook returns only once waghl has
+//!   confirmed every message of the batch. Only then does the crate send the receipts and let
+//!   WhatsApp drop its copy. If waghl fails, or the session ends first, the hook returns an
+//!   error. Then nothing is acknowledged, and the crate replays the message from its buffer
+//!   (or the server redelivers it) on the next connection.
+//!
+//!   A slow waghl therefore holds back the message lane itself; WhatsApp keeps the rest. The
+//!   crate dispatches a duplicate `Event::Messages` for each committed batch; that event is
+//!   skipped. Only batches the hook never saw are taken from the event: newsletters (dropped)
+//!   and messages recovered from the phone (forwarded; their acknowledgement is not ours to
+//!   gate).
+//! - **The handler and the hook hold no `Arc<Client>`.** The event bus lives inside the client,
+//!   so a strong reference from it would be a cycle that keeps a stopped client alive. The
+//!   shared state keeps a `Weak` to read the device's own number.
+//! - **The pairing code comes from our own task** (`pair_by_code`), after the socket is up and
+//!   only when the store holds no device yet. We do not use `BotBuilder::with_pair_code`: it
+//!   can race an already-paired device into a new pairing. While pairing by code, the QR codes
+//!   that the crate keeps generating are not shown.
+//!
+//! Logs carry ids, states and error texts. They never carry message bodies, QR or pairing
+
+mod client;
+pub mod convert;
+mod events;
+mod files;
+mod pairing;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use whatsapp_rust::bot::Bot;
+use whatsapp_rust::store::SqliteStore;
+
+use super::{BoxFuture, Link, Pairing, Transport, WaError, WaEvent, WaSession};
+use crate::domain::LocationId;
+use client::{Shared, WhatsAppSession, track};
+use events::{BusHandler, Sink, StoreHook, forward_in_order, watch};
+use files::{prepare_store_file, restrict_store_files, with_suffix};
+use pairing::pair_by_code;
+
+pub use client::live_clients;
+
+/// How long a graceful shutdown may take: the crate's disconnect waits up to 5 s for pending
+/// inbound commits and 5 s for outbound receipts, then flushes the device state.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Starts whatsapp-rust clients, one per location, each on its own SQLite store.
+pub struct WhatsAppTransport {
+    sessions_dir: PathBuf,
+}
+
+impl WhatsAppTransport {
+    pub fn new(sessions_dir: &Path) -> Self {
+        Self {
+            sessions_dir: sessions_dir.to_path_buf(),
+        }
+    }
+
+    fn db_path(&self, location: &LocationId) -> PathBuf {
+        self.sessions_dir.join(format!("{}.db", location.as_str()))
+    }
+}
+
+impl Transport for WhatsAppTransport {
+    fn start<'a>(
+        &'a self,
+        location: &'a LocationId,
+        pairing: Pairing,
+        events: mpsc::Sender<WaEvent>,
+    ) -> BoxFuture<'a, Result<Arc<dyn WaSession>, WaError>> {
+        Box::pin(async move {
+            let db = self.db_path(location);
+            prepare_store_file(&self.sessions_dir, &db)
+                .map_err(|e| WaError::Failed(format!("could not prepare the session store {}: {e}", db.display())))?;
+            let url = db
+                .to_str()
+                .ok_or_else(|| WaError::Failed(format!("the session store path {} is not UTF-8", db.display())))?
+                .to_owned();
+            let store = SqliteStore::new(&url)
+                .await
+                .map_err(|e| WaError::Failed(format!("could not open the session store: {e}")))?;
+            restrict_store_files(&db);
+
+            let (queue, queued) = mpsc::unbounded_channel();
+            let (pair_signals, pair_signals_rx) = mpsc::unbounded_channel();
+            let shared = Arc::new(Shared::new(location.as_str(), pair_signals));
+            let sink = Sink {
+                shared: shared.clone(),
+                queue,
+            };
+            let bot = Bot::builder()
+                .with_backend(store)
+                .with_event_handler(BusHandler { sink: sink.clone() })
+                .with_inbound_durability_hook(StoreHook { sink: sink.clone() })
+                // waghl relays what arrives from now on; history would only cost memory and CPU.
+                // LID↔phone mappings still come from `sender_alt` and usync.
+                .skip_history_sync()
+                .build()
+                .await
+                .map_err(|e| WaError::Failed(format!("could not build the WhatsApp client: {e}")))?;
+            let client = bot.client();
+            let _ = shared.client.set(Arc::downgrade(&client));
+            track(&client);
+            let paired = client.pn().is_some();
+            let code_phone = match (&pairing, paired) {
+                (Pairing::Code { phone }, false) => Some(phone.clone()),
+                _ => None,
+            };
+            shared.paired.store(paired, Ordering::Relaxed);
+            shared.by_code.store(code_phone.is_some(), Ordering::Relaxed);
+            shared.set_link(if paired { Link::Connecting } else { Link::Pairing });
+
+            forward_in_order(queued, events);
+            let handle = bot.spawn();
+            let stop = CancellationToken::new();
+            let ended = CancellationToken::new();
+            tokio::spawn(watch(handle, sink.clone(), stop.clone(), ended.clone()));
+            if let Some(phone) = code_phone {
+                tokio::spawn(pair_by_code(
+                    client.clone(),
+                    phone,
+                    sink.clone(),
+                    pair_signals_rx,
+                    ended.clone(),
+                ));
+            }
+            tracing::info!(location.id = %location, paired, "WhatsApp client started");
+            Ok(Arc::new(WhatsAppSession {
+                shared,
+                client,
+                stop,
+                ended,
+            }) as Arc<dyn WaSession>)
+        })
+    }
+
+    fn wipe<'a>(&'a self, location: &'a LocationId) -> BoxFuture<'a, Result<(), WaError>> {
+        Box::pin(async move {
+            let db = self.db_path(location);
+            // The WAL goes first. A stale `-wal` next to a new database would be replayed into
+            // it and bring the old keys back.
+            for path in [
+                with_suffix(&db, "-wal"),
+                with_suffix(&db, "-shm"),
+                with_suffix(&db, "-journal"),
+                db.clone(),
+            ] {
+                match tokio::fs::remove_file(&path).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(WaError::Failed(format!("could not delete {}: {e}", path.display())));
+                    }
+                }
+            }
+            tracing::info!(location.id = %location, "WhatsApp device keys wiped");
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn wipe_deletes_the_database_and_its_companions_only() {
+        let temp = tempfile::tempdir().unwrap();
+        let transport = WhatsAppTransport::new(temp.path());
+        let location = LocationId::parse("loc1").unwrap();
+        let names = ["loc1.db", "loc1.db-wal", "loc1.db-shm", "loc2.db"];
+        for name in names {
+            std::fs::write(temp.path().join(name), b"x").unwrap();
+        }
+        transport.wipe(&location).await.unwrap();
+        for name in &names[..3] {
+            assert!(!temp.path().join(name).exists(), "{name} survived");
+        }
+        assert!(temp.path().join("loc2.db").exists());
+        // Wiping what is already gone is fine.
+        transport.wipe(&location).await.unwrap();
+    }
+}
