@@ -89,7 +89,13 @@ impl Application {
         crate::relay::spawn(&state);
         let app = crate::http::router(state.clone());
         state.mark_started();
-        tracing::info!(address = %listener.local_addr()?, database = state.store.dialect(), restored, "waghl is serving");
+        tracing::info!(
+            address = %listener.local_addr()?,
+            console = %format!("{}/", state.config.public_url),
+            database = state.store.dialect(),
+            restored,
+            "waghl is serving"
+        );
         let server = tokio::spawn(crate::http::serve(
             listener,
             app,

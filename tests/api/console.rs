@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, spawn_app_with};
-use crate::sessions::sim_bench;
+use crate::inbound::FAST_RETRIES;
+use crate::sessions::{sim_bench, sim_bench_on};
 
 /// A browser without a browser: keeps cookies, submits forms with their CSRF token.
 pub struct ConsoleClient<'a> {
@@ -242,6 +243,70 @@ async fn console_actions_run_the_admin_api_code_and_bad_input_reads_as_a_message
     assert!(connected.html.contains("+15551800001") && connected.html.contains("locActs"));
     let history = console.get("/locations/locActs").await;
     assert!(history.html.contains("State history") && history.html.contains(">pairing<"));
+}
+
+/// The list's queue depths come from one grouped scan: they must agree with the per-location
+/// count on both databases.
+#[tokio::test]
+async fn queue_depths_in_the_list_agree_with_each_location_on_both_databases() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(b) = sim_bench_on(backend, FAST_RETRIES).await else {
+            continue;
+        };
+        b.paired("locDepth", "+15551800002").await;
+        b.app.install(&b.fake, "locIdle").await;
+        b.fake.fail_next("/conversations/messages/inbound", 422, 2);
+        b.inbound(
+            "locDepth",
+            json!({ "from": "+15550600011", "id": "Q1", "text": "dies" }),
+        )
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let one: serde_json::Value = b
+                .app
+                .admin_get("/api/v1/locations/locDepth")
+                .await
+                .json()
+                .await
+                .unwrap();
+            if one["queues"]["dead"] == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never dead on {backend:?}");
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        b.fake.fail_next("/conversations/messages/inbound", 503, 100_000);
+        b.inbound(
+            "locDepth",
+            json!({ "from": "+15550600012", "id": "Q2", "text": "waits" }),
+        )
+        .await;
+        let list: serde_json::Value = b.app.admin_get("/api/v1/locations").await.json().await.unwrap();
+        for location in list["locations"].as_array().unwrap() {
+            let id = location["id"].as_str().unwrap();
+            let one: serde_json::Value = b
+                .app
+                .admin_get(&format!("/api/v1/locations/{id}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(location["queues"], one["queues"], "{id} on {backend:?}");
+        }
+        let depth = &list["locations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["id"] == "locDepth")
+            .unwrap()["queues"];
+        assert_eq!(
+            *depth,
+            json!({ "inbound_pending": 1, "outbound_pending": 0, "dead": 1 }),
+            "{backend:?}"
+        );
+        b.fake.clear_faults();
+    }
 }
 
 #[tokio::test]

@@ -56,7 +56,7 @@ h1 { font-size:1.5rem; margin:.5rem 0 1rem; }
 h2 { font-size:1.1rem; margin:0 0 .6rem; }
 h3 { font-size:1rem; margin:1rem 0 .4rem; }
 a { color:var(--accent); }
-code { background:#eef1f4; padding:.05rem .3rem; border-radius:4px; font-size:.9em; word-break:break-all; }
+code { background:#eef1f4; padding:.05rem .3rem; border-radius:4px; font-size:.9em; overflow-wrap:anywhere; }
 small, .muted { color:var(--muted); }
 .card { background:var(--card); border-radius:10px; padding:1rem 1.2rem; margin-bottom:1rem; box-shadow:0 1px 3px rgba(0,0,0,.08); }
 .card.narrow { max-width:30rem; margin:2rem auto; }
