@@ -226,6 +226,14 @@ async fn console_actions_run_the_admin_api_code_and_bad_input_reads_as_a_message
     assert!(unknown.html.contains("no location locNowhere"));
     let odd = console.get("/locations/bad%20id").await;
     assert_eq!(odd.status, 400);
+    for undecodable in ["/locations/%ff%fe", "/locations/%ff%fe/pair"] {
+        let page = match undecodable.ends_with("pair") {
+            true => console.post(undecodable, &[("csrf", &csrf)]).await,
+            false => console.get(undecodable).await,
+        };
+        assert_eq!(page.status, 400, "{undecodable}");
+        assert!(page.html.starts_with("<!doctype html>"), "a page, not plain text: {}", page.html);
+    }
     let filter = console.get("/?state=sleeping").await;
     assert_eq!(filter.status, 400);
     assert!(

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use axum::Form;
+use axum::extract::State;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use utoipa_axum::router::OpenApiRouter;
@@ -21,7 +21,7 @@ use super::super::pairing::create_pairing_link;
 use super::super::sessions::{logout_location, start_pairing_for};
 use super::auth::is_admin_token;
 use super::pages::{error_page, render_location, sign_in};
-use super::{Notice, Visitor};
+use super::{Notice, PagePath, Visitor};
 use crate::domain::LocationId;
 use crate::state::AppState;
 
@@ -141,7 +141,12 @@ async fn outcome<T>(
 /// Start pairing: by QR code, or by pairing code for the `phone` field.
 #[utoipa::path(post, operation_id = "console_pair", path = "/locations/{id}/pair", tag = "pages", params(IdPath),
     responses((status = 200, description = "The location page", content_type = "text/html")))]
-async fn pair(State(state): State<AppState>, visitor: Visitor, Path(id): Path<String>, fields: Fields) -> Response {
+async fn pair(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    PagePath(id): PagePath<String>,
+    fields: Fields,
+) -> Response {
     let (id, fields) = match action(&state, &visitor, &id, fields) {
         Ok(checked) => checked,
         Err(page) => return *page,
@@ -160,7 +165,12 @@ async fn pair(State(state): State<AppState>, visitor: Visitor, Path(id): Path<St
 /// Log the WhatsApp session out and wipe its keys.
 #[utoipa::path(post, operation_id = "console_unpair", path = "/locations/{id}/logout", tag = "pages", params(IdPath),
     responses((status = 200, description = "The location page", content_type = "text/html")))]
-async fn unpair(State(state): State<AppState>, visitor: Visitor, Path(id): Path<String>, fields: Fields) -> Response {
+async fn unpair(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    PagePath(id): PagePath<String>,
+    fields: Fields,
+) -> Response {
     let (id, _) = match action(&state, &visitor, &id, fields) {
         Ok(checked) => checked,
         Err(page) => return *page,
@@ -175,7 +185,12 @@ async fn unpair(State(state): State<AppState>, visitor: Visitor, Path(id): Path<
 /// Create a pairing link valid `days` days.
 #[utoipa::path(post, operation_id = "console_link", path = "/locations/{id}/link", tag = "pages", params(IdPath),
     responses((status = 200, description = "The location page with the link", content_type = "text/html")))]
-async fn link(State(state): State<AppState>, visitor: Visitor, Path(id): Path<String>, fields: Fields) -> Response {
+async fn link(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    PagePath(id): PagePath<String>,
+    fields: Fields,
+) -> Response {
     let (id, fields) = match action(&state, &visitor, &id, fields) {
         Ok(checked) => checked,
         Err(page) => return *page,
@@ -203,7 +218,12 @@ async fn link(State(state): State<AppState>, visitor: Visitor, Path(id): Path<St
 /// Test the location's GHL connection.
 #[utoipa::path(post, operation_id = "console_test", path = "/locations/{id}/test", tag = "pages", params(IdPath),
     responses((status = 200, description = "The location page with the result", content_type = "text/html")))]
-async fn test(State(state): State<AppState>, visitor: Visitor, Path(id): Path<String>, fields: Fields) -> Response {
+async fn test(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    PagePath(id): PagePath<String>,
+    fields: Fields,
+) -> Response {
     let (id, _) = match action(&state, &visitor, &id, fields) {
         Ok(checked) => checked,
         Err(page) => return *page,
@@ -228,7 +248,7 @@ async fn test(State(state): State<AppState>, visitor: Visitor, Path(id): Path<St
 async fn retry_dead(
     State(state): State<AppState>,
     visitor: Visitor,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
     fields: Fields,
 ) -> Response {
     let (id, _) = match action(&state, &visitor, &id, fields) {
@@ -252,7 +272,7 @@ async fn retry_dead(
 async fn retry_one(
     State(state): State<AppState>,
     visitor: Visitor,
-    Path((id, message)): Path<(String, String)>,
+    PagePath((id, message)): PagePath<(String, String)>,
     fields: Fields,
 ) -> Response {
     let (id, _) = match action(&state, &visitor, &id, fields) {

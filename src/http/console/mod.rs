@@ -12,9 +12,11 @@ mod assets;
 mod auth;
 mod pages;
 
+use axum::extract::{FromRequestParts, Path};
 use axum::http::HeaderValue;
 use axum::http::StatusCode;
 use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS};
+use axum::http::request::Parts;
 use axum::response::{Html, IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -126,6 +128,28 @@ pub fn layout(state: &AppState, visitor: &Visitor, frame: Frame<'_>, notice: Opt
     headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     visitor.set_cookies(state, &mut response);
     response
+}
+
+/// Path parameters of a console route; one that does not even decode gets the error page
+/// (axum's own rejection would answer plain text).
+pub struct PagePath<T>(pub T);
+
+impl<T> FromRequestParts<AppState> for PagePath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(e) => {
+                let Ok(visitor) = Visitor::from_request_parts(parts, state).await;
+                let error = ApiError::bad_request("invalid_path", e.body_text());
+                Err(pages::error_page(state, &visitor, &error))
+            }
+        }
+    }
 }
 
 /// The hidden field every form carries.

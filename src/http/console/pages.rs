@@ -9,13 +9,13 @@ use axum::response::Response;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::super::ApiError;
 use super::super::admin::{Location, all_locations, location};
 use super::super::messages::{Message, message_view};
 use super::super::openapi::IdPath;
 use super::super::page::escape;
 use super::super::pairing::qr_svg;
-use super::super::{ApiError, AppPath};
-use super::{Frame, Nav, Notice, Visitor, ago, badge, clipped, csrf_field, layout};
+use super::{Frame, Nav, Notice, PagePath, Visitor, ago, badge, clipped, csrf_field, layout};
 use crate::domain::LocationId;
 use crate::sessions::SessionState;
 use crate::state::AppState;
@@ -192,7 +192,7 @@ fn dead_count(dead: i64) -> String {
     (status = 200, description = "The location's page", content_type = "text/html"),
     (status = 401, description = "The sign-in page", content_type = "text/html"),
     (status = 404, description = "No such location", content_type = "text/html")))]
-async fn location_page(State(state): State<AppState>, visitor: Visitor, AppPath(id): AppPath) -> Response {
+async fn location_page(State(state): State<AppState>, visitor: Visitor, PagePath(id): PagePath<String>) -> Response {
     if !visitor.signed_in {
         return sign_in(&state, &visitor, None);
     }
