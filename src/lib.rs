@@ -2,6 +2,8 @@
 //! location, two durable message queues, and the GHL credentials of every installed location.
 //! ARCHITECTURE.md (in the shared folder beside the repository) is the map of these modules.
 
+/// The one retry backoff (exponential, capped, jittered), pure.
+pub mod backoff;
 /// Every setting, read once from the environment and validated.
 pub mod config;
 /// AES-256-GCM sealing of secrets at rest.

@@ -11,12 +11,15 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{Config, WaBackend};
 use crate::crypto::Secret;
 use crate::crypto::SecretKey;
 use crate::ghl::webhook::WebhookVerifier;
 use crate::state::AppState;
 use crate::store::Store;
+use crate::wa::Transport;
+use crate::wa::sim::{SimTransport, SimWorld};
+use crate::wa::whatsapp::WhatsAppTransport;
 
 pub struct Application {
     listener: TcpListener,
@@ -44,7 +47,8 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {} (WAGHL_LISTEN / PORT)", config.listen))?;
-        let state = AppState::new(Arc::new(config), store, admin_token, webhooks);
+        let (transport, sim) = transport_for(&config);
+        let state = AppState::new(Arc::new(config), store, admin_token, webhooks, transport, sim);
         Ok(Self { listener, state })
     }
 
@@ -121,6 +125,18 @@ impl Application {
         }
         state.store.close().await;
         Ok(())
+    }
+}
+
+/// The WhatsApp behind the transport seam: whatsapp-rust, or the simulated WhatsApp (whose
+/// world the `/sim` control routes also need).
+fn transport_for(config: &Config) -> (Arc<dyn Transport>, Option<Arc<SimWorld>>) {
+    match config.wa_backend {
+        WaBackend::Sim => {
+            let world = SimWorld::new(&config.sessions_dir, config.sim_time_scale);
+            (Arc::new(SimTransport::new(world.clone())), Some(world))
+        }
+        WaBackend::WhatsApp => (Arc::new(WhatsAppTransport::new(&config.sessions_dir)), None),
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, WaBackend};
+use crate::config::Config;
 use crate::crypto::Secret;
 use crate::crypto::random_hex;
 use crate::domain::Incarnation;
@@ -17,7 +17,6 @@ use crate::relay::Postbox;
 use crate::sessions::Supervisor;
 use crate::store::Store;
 use crate::wa::Transport;
-use crate::wa::sim::SimTransport;
 use crate::wa::sim::SimWorld;
 
 #[derive(Clone)]
@@ -46,16 +45,19 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>, store: Store, admin_token: Secret, webhooks: WebhookVerifier) -> Self {
+    /// The state around `transport` (chosen by `startup`); `sim` is the simulated world when
+    /// that is the transport, for its control routes.
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        admin_token: Secret,
+        webhooks: WebhookVerifier,
+        transport: Arc<dyn Transport>,
+        sim: Option<Arc<SimWorld>>,
+    ) -> Self {
         let metrics = Arc::new(Metrics::new());
         let ghl = GhlClient::new(config.ghl.clone(), &config.public_url, store.clone(), metrics.clone());
         let shutdown = CancellationToken::new();
-        let sim =
-            (config.wa_backend == WaBackend::Sim).then(|| SimWorld::new(&config.sessions_dir, config.sim_time_scale));
-        let transport: Arc<dyn Transport> = match &sim {
-            Some(world) => Arc::new(SimTransport::new(world.clone())),
-            None => Arc::new(crate::wa::whatsapp::WhatsAppTransport::new(&config.sessions_dir)),
-        };
         let postbox = Postbox::new(store.clone(), metrics.clone());
         let sessions = Supervisor::new(
             transport,

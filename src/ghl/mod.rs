@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use serde::de::DeserializeOwned;
 
 pub use api::Attachment;
@@ -25,6 +24,8 @@ pub use limiter::RateLimiter;
 pub use oauth::Installed;
 pub use settings::GhlConfig;
 
+use crate::backoff::Backoff;
+use crate::crypto::random_fraction;
 use crate::metrics::{GhlLabels, Metrics};
 use crate::store::{Store, TokenOwner};
 use tokens::TokenManager;
@@ -118,14 +119,11 @@ impl GhlClient {
         format!("{}{path}", self.inner.config.api_base_url)
     }
 
+    /// The delays between the attempts of one call: at most `max_retries` of them.
     fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
         let config = &self.inner.config;
-        ExponentialBuilder::default()
-            .with_min_delay(config.retry_base_delay)
-            .with_max_delay(config.retry_max_delay)
-            .with_max_times(config.max_retries)
-            .with_jitter()
-            .build()
+        let backoff = Backoff::new(config.retry_base_delay, config.retry_max_delay);
+        (0..config.max_retries as u32).map(move |attempt| backoff.delay(attempt, random_fraction()))
     }
 
     /// Runs a call with the policy every GHL call shares. With an owner (a location or a

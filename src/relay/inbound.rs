@@ -126,6 +126,7 @@ impl InboundRelay {
     }
 
     /// Relays one claimed row and records the outcome (a step a test can drive directly).
+    #[tracing::instrument(name = "relay_inbound", skip_all, fields(location.id = %row.location_id, inbox.id = row.inbox_id))]
     pub async fn relay_one(&self, row: InboxRow) {
         let outcome = self.relay(&row).await;
         let now = now_ms();
@@ -181,12 +182,12 @@ impl InboundRelay {
             }
         };
         match (&outcome, stored) {
-            (_, Err(e)) => tracing::error!(inbox.id = row.inbox_id, error = %e, "could not record a relay outcome"),
+            (_, Err(e)) => tracing::error!(error = %e, "could not record a relay outcome"),
             (Outcome::Relayed { .. }, Ok(())) => {
-                tracing::debug!(location.id = %row.location_id, inbox.id = row.inbox_id, "relayed to GHL")
+                tracing::debug!("relayed to GHL")
             }
             (Outcome::Dead(error), Ok(())) => {
-                tracing::warn!(location.id = %row.location_id, inbox.id = row.inbox_id, error = %error, "inbound message is dead")
+                tracing::warn!(error = %error, "inbound message is dead")
             }
             _ => {}
         }
@@ -371,7 +372,7 @@ impl InboundRelay {
                 // again once before giving up.
                 Err(e) if e.may_be_stale_reference() && !refreshed => {
                     refreshed = true;
-                    tracing::info!(location.id = %location, error = %e, "GHL refused cached ids; resolving them again");
+                    tracing::info!(error = %e, "GHL refused cached ids; resolving them again");
                     self.store.forget_contact(location.as_str(), phone).await?;
                     contact = self.resolve_contact(location, message, phone).await?;
                     self.store.remember_inbox_ids(row.inbox_id, &contact).await?;
@@ -395,7 +396,7 @@ impl InboundRelay {
         match find_post(&self.ghl, &self.store, location.as_str(), conversation, posted).await {
             Ok(Some(id)) => {
                 self.metrics.count_reconciled("found");
-                tracing::info!(location.id = %location, "an uncertain post was found in GHL; not posting it again");
+                tracing::info!("an uncertain post was found in GHL; not posting it again");
                 Ok(Some(id))
             }
             Ok(None) => {
@@ -408,7 +409,7 @@ impl InboundRelay {
             }),
             Err(e) => {
                 self.metrics.count_reconciled("unverifiable");
-                tracing::warn!(location.id = %location, error = %e, "GHL refused the lookup of an uncertain post; posting it");
+                tracing::warn!(error = %e, "GHL refused the lookup of an uncertain post; posting it");
                 Ok(None)
             }
         }

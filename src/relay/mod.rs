@@ -14,6 +14,7 @@ pub use postbox::Postbox;
 
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::crypto::random_fraction;
 use crate::domain::Incarnation;
 use crate::metrics::Metrics;
@@ -79,15 +80,11 @@ pub fn spawn(state: &crate::state::AppState) {
     );
 }
 
-/// When the next attempt of a message that failed `attempts` times before is due (unix ms):
-/// exponential backoff with jitter over 50–100 % of the delay.
+/// When the next attempt of a message that failed `attempts` times before is due (unix ms).
 pub fn retry_at(settings: &RelaySettings, attempts: i64) -> i64 {
-    let exponent = attempts.clamp(0, 20) as u32;
-    let delay = settings
-        .retry_base
-        .saturating_mul(1u32 << exponent)
-        .min(settings.retry_max);
-    now_ms() + delay.mul_f64(0.5 + random_fraction() / 2.0).as_millis() as i64
+    let delay =
+        Backoff::new(settings.retry_base, settings.retry_max).delay(attempts.clamp(0, 20) as u32, random_fraction());
+    now_ms() + delay.as_millis() as i64
 }
 
 /// A relay task panicked on `row`: count it, log it, and put the row back in its queue (after

@@ -187,6 +187,7 @@ impl OutboundRelay {
     }
 
     /// Sends one claimed row and records the outcome (a step a test can drive directly).
+    #[tracing::instrument(name = "send_outbound", skip_all, fields(location.id = %row.location_id, outbox.id = row.outbox_id))]
     pub async fn send_one(&self, row: OutboxRow) {
         let outcome = self.send(&row).await;
         let store = &self.store;
@@ -225,12 +226,12 @@ impl OutboundRelay {
             }
             Outcome::Failed(error) => {
                 self.metrics.count_relay("outbound", "failed");
-                tracing::warn!(location.id = %row.location_id, outbox.id = row.outbox_id, error = %error, "outbound message failed");
+                tracing::warn!(error = %error, "outbound message failed");
                 store.fail_outbound(row.outbox_id, OutboxState::Failed, &error).await
             }
         };
         if let Err(e) = recorded {
-            tracing::error!(outbox.id = row.outbox_id, error = %e, "could not record a send outcome");
+            tracing::error!(error = %e, "could not record a send outcome");
         }
     }
 
@@ -325,6 +326,7 @@ impl OutboundRelay {
 
     /// A receipt or server ack moves parts forward; the message follows its least advanced
     /// part, and GHL is told on the next round.
+    #[tracing::instrument(skip_all, fields(location.id = %location))]
     async fn apply_receipt(&self, location: &LocationId, event: WaEvent) {
         let (ids, status) = match event {
             WaEvent::ServerAck { id } => (vec![id], PartStatus::Sent),
@@ -349,7 +351,7 @@ impl OutboundRelay {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => tracing::error!(location.id = %location, error = %e, "could not apply a receipt"),
+                Err(e) => tracing::error!(error = %e, "could not apply a receipt"),
             }
         }
     }
@@ -366,7 +368,7 @@ impl OutboundRelay {
             Err(e) => Err(e),
         };
         if let Err(e) = outcome {
-            tracing::error!(location.id = %location, error = %e, "could not record a refused send");
+            tracing::error!(error = %e, "could not record a refused send");
         }
     }
 

@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 
+use crate::backoff::Backoff;
+use crate::crypto::random_fraction;
 use crate::domain::{InboundMessage, LocationId};
 use crate::metrics::Metrics;
 use crate::store::{InboxStart, Store, StoreError};
 use crate::wa::WaEvent;
 
 /// Attempts at an inbox write before the message is left to WhatsApp's redelivery, and the
-/// first delay between them (doubling).
+/// first delay between them (then the backoff's).
 const STORE_ATTEMPTS: usize = 5;
 const STORE_RETRY: Duration = Duration::from_millis(100);
 
@@ -63,7 +65,7 @@ impl Postbox {
         media_ref: Option<&[u8]>,
     ) -> Result<(), StoreError> {
         let start = inbox_start(message);
-        let mut delay = STORE_RETRY;
+        let backoff = Backoff::new(STORE_RETRY, STORE_RETRY * 16);
         let mut attempt = 1;
         let new = loop {
             match self
@@ -74,12 +76,11 @@ impl Postbox {
             {
                 Ok(new) => break new,
                 Err(e) if attempt < STORE_ATTEMPTS => {
-                    tracing::warn!(location.id = %location, error = %e, "storing an inbound message failed; retrying");
+                    tracing::warn!(error = %e, "storing an inbound message failed; retrying");
                 }
                 Err(e) => return Err(e),
             }
-            tokio::time::sleep(delay).await;
-            delay *= 2;
+            tokio::time::sleep(backoff.delay(attempt as u32 - 1, random_fraction())).await;
             attempt += 1;
         };
         if new {

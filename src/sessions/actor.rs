@@ -91,7 +91,7 @@ impl Actor<'_> {
                         self.shared.metrics.health_failures.inc();
                         // Twice in a row: a drop that is being reported right now is not a zombie.
                         if failed_checks >= 2 {
-                            tracing::warn!(location.id = %self.location, "health check: the client is dead but claims to run");
+                            tracing::warn!("health check: the client is dead but claims to run");
                             return Exit::Zombie;
                         }
                     } else {
@@ -155,7 +155,7 @@ impl Actor<'_> {
                 self.slot.show_code(None, None, None);
                 match shared.store.location_paired_to(&phone, self.location.as_str()).await {
                     Ok(Some(other)) => {
-                        tracing::warn!(location.id = %self.location, other.location = %other, "this WhatsApp number is paired to another location; unlinking");
+                        tracing::warn!(other.location = %other, "this WhatsApp number is paired to another location; unlinking");
                         let _ = self.session.logout().await;
                         return Some(Exit::PhoneInUse);
                     }
@@ -163,7 +163,7 @@ impl Actor<'_> {
                         shared.metrics.pairings.inc();
                     }
                     Err(e) => {
-                        tracing::error!(location.id = %self.location, error = %e, "could not check the paired number")
+                        tracing::error!(error = %e, "could not check the paired number")
                     }
                 }
             }
@@ -209,7 +209,7 @@ impl Actor<'_> {
                 Ok(()) => stored.confirm(),
                 // Unconfirmed: WhatsApp delivers it again.
                 Err(e) => {
-                    tracing::error!(location.id = %self.location, error = %e, "could not store an inbound message")
+                    tracing::error!(error = %e, "could not store an inbound message")
                 }
             },
             WaEvent::Receipt { .. } | WaEvent::ServerAck { .. } | WaEvent::ServerRefused { .. } => {

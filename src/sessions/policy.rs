@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
+
 #[derive(Clone, Debug)]
 pub struct PolicySettings {
     /// First restart delay; doubles each time up to `max_delay`.
@@ -79,12 +81,9 @@ impl RestartPolicy {
         if self.recent_exits.len() > settings.crash_limit {
             return Decision::Park;
         }
-        let backoff = settings
-            .base_delay
-            .saturating_mul(1u32 << self.attempts.min(20))
-            .min(settings.max_delay);
+        let delay = Backoff::new(settings.base_delay, settings.max_delay).delay(self.attempts, jitter);
         self.attempts += 1;
-        Decision::RestartAfter(backoff.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0))
+        Decision::RestartAfter(delay)
     }
 }
 

@@ -16,6 +16,7 @@ use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use super::actor::{Actor, Command, Exit};
 use super::policy::{Decision, PolicySettings, RestartPolicy};
@@ -316,6 +317,7 @@ impl Supervisor {
 
     /// Starts pairing (QR, or a pairing code for `Pairing::Code`), replacing a pairing in
     /// progress. A connected session must be logged out first.
+    #[tracing::instrument(skip_all, fields(location.id = %location))]
     pub async fn start_pairing(&self, location: &LocationId, pairing: Pairing) -> Result<StateView, SessionError> {
         let slot = self.slot(location);
         let _one_at_a_time = slot.operations.lock().await;
@@ -354,6 +356,7 @@ impl Supervisor {
 
     /// Unlinks the device (when a client runs), wipes the keys and leaves the session
     /// `unpaired`. Used by the admin API and when the app is uninstalled.
+    #[tracing::instrument(skip_all, fields(location.id = %location))]
     pub async fn logout(&self, location: &LocationId) -> Result<StateView, SessionError> {
         let slot = self.slot(location);
         let _one_at_a_time = slot.operations.lock().await;
@@ -366,9 +369,9 @@ impl Supervisor {
                 match tokio::time::timeout(LOGOUT_TIMEOUT, answer).await {
                     Ok(Ok(Ok(()))) => {}
                     Ok(Ok(Err(e))) => {
-                        tracing::warn!(location.id = %location, error = %e, "WhatsApp refused the logout; wiping the keys anyway")
+                        tracing::warn!(error = %e, "WhatsApp refused the logout; wiping the keys anyway")
                     }
-                    _ => tracing::warn!(location.id = %location, "the logout got no answer; wiping the keys anyway"),
+                    _ => tracing::warn!("the logout got no answer; wiping the keys anyway"),
                 }
             }
         }
@@ -390,6 +393,7 @@ impl Supervisor {
     }
 
     fn spawn_runner(&self, location: LocationId, pairing: Pairing, delay: Duration) {
+        let span = tracing::info_span!("session", location.id = %location);
         let slot = self.slot(&location);
         let stop = self.shutdown.child_token();
         let (commands_tx, commands) = mpsc::channel(8);
@@ -412,32 +416,35 @@ impl Supervisor {
             commands,
         };
         let shared = self.shared.clone();
-        self.runners.spawn(async move {
-            let (location, slot) = (runner.location.clone(), runner.slot.clone());
-            let stop = runner.stop.clone();
-            let run = async move {
-                tokio::select! {
-                    () = runner.stop.cancelled() => {}
-                    () = tokio::time::sleep(delay) => runner.run(pairing).await,
+        self.runners.spawn(
+            async move {
+                let (location, slot) = (runner.location.clone(), runner.slot.clone());
+                let stop = runner.stop.clone();
+                let run = async move {
+                    tokio::select! {
+                        () = runner.stop.cancelled() => {}
+                        () = tokio::time::sleep(delay) => runner.run(pairing).await,
+                    }
+                };
+                // The client's own panics are restarted inside `run`; one outside it (lease or
+                // state bookkeeping) parks the session visibly instead of leaving a dead slot.
+                if AssertUnwindSafe(run).catch_unwind().await.is_err() {
+                    shared.metrics.count_panic("session");
+                    tracing::error!("the session runner panicked; parking the session");
+                    let orphan = lock(&slot.session).take();
+                    if let Some(session) = orphan {
+                        session.stop().await;
+                    }
+                    if !stop.is_cancelled() {
+                        shared
+                            .transition(&location, &slot, SessionState::Parked, Some(reasons::CRASH_LOOP), None)
+                            .await;
+                    }
                 }
-            };
-            // The client's own panics are restarted inside `run`; one outside it (lease or
-            // state bookkeeping) parks the session visibly instead of leaving a dead slot.
-            if AssertUnwindSafe(run).catch_unwind().await.is_err() {
-                shared.metrics.count_panic("session");
-                tracing::error!(location.id = %location, "the session runner panicked; parking the session");
-                let orphan = lock(&slot.session).take();
-                if let Some(session) = orphan {
-                    session.stop().await;
-                }
-                if !stop.is_cancelled() {
-                    shared
-                        .transition(&location, &slot, SessionState::Parked, Some(reasons::CRASH_LOOP), None)
-                        .await;
-                }
+                let _ = done_tx.send(true);
             }
-            let _ = done_tx.send(true);
-        });
+            .instrument(span),
+        );
     }
 
     /// Stops every client (keys kept) and waits for the runners, at most `deadline`.
@@ -524,7 +531,7 @@ impl Runner {
                 Ok(exit) => exit,
                 Err(_) => {
                     self.shared.metrics.count_panic("session");
-                    tracing::error!(location.id = %self.location, "the WhatsApp client's task panicked; restarting it");
+                    tracing::error!("the WhatsApp client's task panicked; restarting it");
                     let orphan = lock(&self.slot.session).take();
                     if let Some(session) = orphan {
                         session.stop().await;
@@ -543,7 +550,7 @@ impl Runner {
                 Exit::LoggedOut => {
                     // The keys are dead; wipe them now so the next pairing starts clean.
                     if let Err(e) = shared.transport.wipe(location).await {
-                        tracing::error!(location.id = %location, error = %e, "could not wipe the keys of a logged-out session");
+                        tracing::error!(error = %e, "could not wipe the keys of a logged-out session");
                     }
                     shared
                         .transition(
@@ -598,7 +605,7 @@ impl Runner {
                                 SessionState::Reconnecting
                             };
                             shared.transition(location, slot, state, Some(reason), None).await;
-                            tracing::info!(location.id = %location, ?delay, ?exit, "restarting the WhatsApp client");
+                            tracing::info!(?delay, ?exit, "restarting the WhatsApp client");
                             tokio::select! {
                                 () = self.stop.cancelled() => {
                                     self.release().await;
@@ -634,7 +641,7 @@ impl Runner {
                 Ok(true) => return true,
                 Ok(false) if !waiting => {
                     waiting = true;
-                    tracing::warn!(location.id = %self.location, "another instance holds this session; waiting for its lease");
+                    tracing::warn!("another instance holds this session; waiting for its lease");
                     if !self.slot.view().is_pairing() {
                         self.shared
                             .transition(
@@ -648,7 +655,7 @@ impl Runner {
                     }
                 }
                 Ok(false) => {}
-                Err(e) => tracing::error!(location.id = %self.location, error = %e, "could not take the session lease"),
+                Err(e) => tracing::error!(error = %e, "could not take the session lease"),
             }
             tokio::select! {
                 () = self.stop.cancelled() => return false,
@@ -664,7 +671,7 @@ impl Runner {
             .release_lease(self.location.as_str(), &self.shared.instance)
             .await
         {
-            tracing::error!(location.id = %self.location, error = %e, "could not release the session lease");
+            tracing::error!(error = %e, "could not release the session lease");
         }
     }
 
@@ -679,7 +686,7 @@ impl Runner {
         {
             Ok(session) => session,
             Err(e) => {
-                tracing::warn!(location.id = %self.location, error = %e, "the WhatsApp client did not start");
+                tracing::warn!(error = %e, "the WhatsApp client did not start");
                 return Exit::Ended;
             }
         };

@@ -2,8 +2,8 @@
 //!
 //! Two backends: SQLite (embedded default) and PostgreSQL. Both speak `$N` parameters,
 //! `ON CONFLICT` and `RETURNING`, so a query is written once and run on whichever pool is open
-//! through [`on_db!`]; a function branches on the dialect only where they really differ (row
-//! locks, `BEGIN IMMEDIATE`). Times are unix milliseconds. Secrets are sealed here, on the way
+//! through [`on_db!`]; a function branches on the dialect only where they really differ (the
+//! row lock PostgreSQL takes around a token refresh, which SQLite's single writer does not need). Times are unix milliseconds. Secrets are sealed here, on the way
 //! in, so nothing else can write one in plaintext.
 
 mod claims;

@@ -176,7 +176,10 @@ async fn two_chats_interleaved_keep_their_own_order() {
 
 #[tokio::test]
 async fn fifty_messages_during_a_ghl_outage_all_arrive_once_after_it() {
-    let b = bench().await;
+    // The outage, not GHL's rate limit, is under test: retries during it would otherwise spend
+    // the limiter's window and leave the catch-up waiting for it.
+    let b = sim_bench(&[FAST_RETRIES, &[("WAGHL_GHL_RATE_LIMIT", "10000")]].concat()).await;
+    b.fake.set_rate_limit(10_000);
     b.paired("locOutage", "+15550100004").await;
     b.fake.fail_next("/conversations/messages/inbound", 503, 100_000);
     for i in 0..50 {
