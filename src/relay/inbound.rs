@@ -146,7 +146,7 @@ impl InboundRelay {
                     .observe((now - row.received_at).max(0) as f64 / 1000.0);
                 self.store
                     .finish_inbox(
-                        row.inbox_id,
+                        &row,
                         InboxOutcome::Relayed {
                             ghl_message_id,
                             contact_id: &contact.ghl_contact_id,
@@ -159,26 +159,20 @@ impl InboundRelay {
                 self.metrics.count_relay("inbound", "dead");
                 let error = format!("gave up after the retry budget: {error}");
                 self.store
-                    .finish_inbox(row.inbox_id, InboxOutcome::Dead { error: &error })
+                    .finish_inbox(&row, InboxOutcome::Dead { error: &error })
                     .await
             }
             Outcome::Retry(error) => {
                 let at = retry_at(&self.settings, row.attempts);
-                self.store
-                    .finish_inbox(row.inbox_id, InboxOutcome::Retry { at, error })
-                    .await
+                self.store.finish_inbox(&row, InboxOutcome::Retry { at, error }).await
             }
             Outcome::Skipped(reason) => {
                 self.metrics.count_relay("inbound", "skipped");
-                self.store
-                    .finish_inbox(row.inbox_id, InboxOutcome::Skipped { reason })
-                    .await
+                self.store.finish_inbox(&row, InboxOutcome::Skipped { reason }).await
             }
             Outcome::Dead(error) => {
                 self.metrics.count_relay("inbound", "dead");
-                self.store
-                    .finish_inbox(row.inbox_id, InboxOutcome::Dead { error })
-                    .await
+                self.store.finish_inbox(&row, InboxOutcome::Dead { error }).await
             }
         };
         match (&outcome, stored) {

@@ -197,7 +197,7 @@ impl OutboundRelay {
                 self.metrics
                     .send_latency
                     .observe((now_ms() - row.received_at).max(0) as f64 / 1000.0);
-                store.settle_outbound(row.outbox_id, true).await
+                store.settle_outbound(row.outbox_id, Some(&row)).await
             }
             Outcome::Wait(reason) => {
                 store
@@ -346,7 +346,7 @@ impl OutboundRelay {
         for id in ids {
             match self.store.advance_part(location.as_str(), &id, status).await {
                 Ok(Some(outbox_id)) => {
-                    if let Err(e) = self.store.settle_outbound(outbox_id, false).await {
+                    if let Err(e) = self.store.settle_outbound(outbox_id, None).await {
                         tracing::error!(outbox.id = outbox_id, error = %e, "could not apply a receipt");
                     }
                 }

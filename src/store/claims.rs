@@ -4,6 +4,7 @@
 //! lives at once — they are certainly dead, and waiting for them would stall every chat whose
 //! head they held.
 
+use super::heads::ChatKey;
 use super::{Result, Store, on_db};
 use crate::domain::Incarnation;
 
@@ -74,31 +75,42 @@ impl Store {
         dead_if_since_before: i64,
     ) -> Result<()> {
         const ERROR: &str = "the relay crashed while handling this message";
-        on_db!(self, pool => {
-            match queue {
-                Queue::Inbox => sqlx::query(
+        let chat: Option<(String, String)> = on_db!(self, pool => {
+            sqlx::query_as(match queue {
+                Queue::Inbox => {
                     "UPDATE inbox SET claimed_until = NULL, claimed_by = NULL, attempts = attempts + 1, \
                        next_attempt_at = $3, last_error = $4, updated_at = $5, \
-                       state = CASE WHEN retry_from < $6 THEN 'dead' ELSE state END \
-                     WHERE inbox_id = $1 AND claimed_by = $2 AND state = 'pending'",
-                ),
-                Queue::Outbox => sqlx::query(
+                       state = CASE WHEN retry_from < $6 THEN 'dead' ELSE state END, \
+                       head = CASE WHEN retry_from < $6 THEN 0 ELSE head END \
+                     WHERE inbox_id = $1 AND claimed_by = $2 AND state = 'pending' RETURNING location_id, chat"
+                }
+                Queue::Outbox => {
                     "UPDATE outbox SET claimed_until = NULL, claimed_by = NULL, attempts = attempts + 1, \
                        next_attempt_at = $3, last_error = $4, updated_at = $5, \
                        state = CASE WHEN retry_from < $6 THEN 'dead' ELSE state END, \
+                       head = CASE WHEN retry_from < $6 THEN 0 ELSE head END, \
                        report_after = CASE WHEN retry_from < $6 THEN $5 ELSE report_after END \
-                     WHERE outbox_id = $1 AND claimed_by = $2 AND state IN ('pending', 'sending')",
-                ),
-            }
+                     WHERE outbox_id = $1 AND claimed_by = $2 AND state IN ('pending', 'sending') \
+                     RETURNING location_id, to_phone"
+                }
+            })
             .bind(row_id)
             .bind(me.as_str())
             .bind(at)
             .bind(ERROR)
             .bind(crate::time::now_ms())
             .bind(dead_if_since_before)
-            .execute(pool)
-            .await?;
+            .fetch_optional(pool)
+            .await?
         });
+        // A row given up ends: its chat needs its next head.
+        if let Some((location, chat)) = &chat {
+            self.fix_head(match queue {
+                Queue::Inbox => ChatKey::Inbox { location, chat },
+                Queue::Outbox => ChatKey::Outbox { location, phone: chat },
+            })
+            .await?;
+        }
         Ok(())
     }
 }

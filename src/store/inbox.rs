@@ -1,7 +1,8 @@
 //! The inbound queue (WhatsApp → GHL). A row is committed before WhatsApp is told the message
 //! arrived; its key `(location_id, chat, sender, wa_message_id)` makes a redelivery a no-op.
 
-use super::{Result, Store, on_db};
+use super::heads::{ChatKey, in_chat_tx, promote_in};
+use super::{Db, Result, Store, on_db};
 use crate::domain::{InboundMessage, Incarnation};
 use crate::time::now_ms;
 
@@ -29,11 +30,19 @@ impl Store {
             InboxStart::Skipped(reason) => ("skipped", Some(reason)),
         };
         let now = now_ms();
-        let inserted = on_db!(self, pool => {
+        let key = ChatKey::Inbox {
+            location: location_id,
+            chat: &message.chat,
+        };
+        // A pending message is its chat's head when nothing of the chat is pending before it.
+        let inserted = in_chat_tx!(self, key, tx => {
             sqlx::query(
                 "INSERT INTO inbox (location_id, chat, sender, wa_message_id, from_me, push_name, kind, body, \
-                   media_ref, wa_timestamp, state, attempts, next_attempt_at, retry_from, last_error, received_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12, $12, $13, $12, $12) \
+                   media_ref, wa_timestamp, state, attempts, next_attempt_at, retry_from, last_error, received_at, \
+                   updated_at, head) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12, $12, $13, $12, $12, \
+                   CASE WHEN $11 = 'pending' AND NOT EXISTS (SELECT 1 FROM inbox WHERE location_id = $1 \
+                     AND chat = $2 AND state = 'pending') THEN 1 ELSE 0 END) \
                  ON CONFLICT (location_id, chat, sender, wa_message_id) DO NOTHING",
             )
             .bind(location_id)
@@ -49,7 +58,7 @@ impl Store {
             .bind(state)
             .bind(now)
             .bind(reason)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?
             .rows_affected()
         });
@@ -101,84 +110,113 @@ impl Store {
     /// in, first out per chat), only when it is due and unclaimed, and only for installed
     /// locations. A chat whose head waits blocks nothing else.
     pub async fn claim_inbox_batch(&self, limit: i64, claim_ms: i64, holder: &Incarnation) -> Result<Vec<InboxRow>> {
+        macro_rules! claim {
+            ($lock:literal) => {
+                concat!(
+                    "UPDATE inbox SET claimed_until = $3, claimed_by = $4 WHERE inbox_id IN ( \
+                       SELECT h.inbox_id FROM inbox h \
+                       JOIN locations l ON l.location_id = h.location_id AND l.status = 'installed' \
+                       WHERE h.state = 'pending' AND h.head = 1 AND h.next_attempt_at <= $1 \
+                         AND (h.claimed_until IS NULL OR h.claimed_until < $1) \
+                       ORDER BY h.next_attempt_at LIMIT $2",
+                    $lock,
+                    ") AND state = 'pending' AND (claimed_until IS NULL OR claimed_until < $1) \
+                     RETURNING inbox_id, location_id, chat, wa_message_id, body, media_ref, attempts, received_at, \
+                       retry_from, ghl_contact_id, ghl_conversation_id, posting_at"
+                )
+            };
+        }
         let now = now_ms();
-        Ok(on_db!(self, pool => {
-            sqlx::query_as(
-                "UPDATE inbox SET claimed_until = $3, claimed_by = $4 WHERE inbox_id IN ( \
-                   SELECT h.inbox_id FROM inbox h \
-                   JOIN locations l ON l.location_id = h.location_id AND l.status = 'installed' \
-                   WHERE h.state = 'pending' AND h.next_attempt_at <= $1 \
-                     AND (h.claimed_until IS NULL OR h.claimed_until < $1) \
-                     AND NOT EXISTS (SELECT 1 FROM inbox older WHERE older.location_id = h.location_id \
-                       AND older.chat = h.chat AND older.state = 'pending' AND older.inbox_id < h.inbox_id) \
-                   ORDER BY h.inbox_id LIMIT $2) \
-                 AND state = 'pending' AND (claimed_until IS NULL OR claimed_until < $1) \
-                 RETURNING inbox_id, location_id, chat, wa_message_id, body, media_ref, attempts, received_at, retry_from, \
-                   ghl_contact_id, ghl_conversation_id, posting_at",
-            )
-            .bind(now)
-            .bind(limit)
-            .bind(now + claim_ms)
-            .bind(holder.as_str())
-            .fetch_all(pool)
-            .await?
-        }))
+        Ok(match &self.db {
+            Db::Sqlite(pool) => {
+                sqlx::query_as(claim!(""))
+                    .bind(now)
+                    .bind(limit)
+                    .bind(now + claim_ms)
+                    .bind(holder.as_str())
+                    .fetch_all(pool)
+                    .await?
+            }
+            // Several workers (and instances) skip each other's rows instead of waiting.
+            Db::Postgres(pool) => {
+                sqlx::query_as(claim!(" FOR UPDATE OF h SKIP LOCKED"))
+                    .bind(now)
+                    .bind(limit)
+                    .bind(now + claim_ms)
+                    .bind(holder.as_str())
+                    .fetch_all(pool)
+                    .await?
+            }
+        })
     }
 
     /// Records what became of a claimed row and releases the claim.
-    pub async fn finish_inbox(&self, inbox_id: i64, outcome: InboxOutcome<'_>) -> Result<()> {
+    pub async fn finish_inbox(&self, row: &InboxRow, outcome: InboxOutcome<'_>) -> Result<()> {
         let now = now_ms();
-        on_db!(self, pool => {
+        let inbox_id = row.inbox_id;
+        if let InboxOutcome::Retry { at, error } = outcome {
+            // Still pending: it stays its chat's head.
+            on_db!(self, pool => {
+                sqlx::query(
+                    "UPDATE inbox SET next_attempt_at = $2, last_error = $3, attempts = attempts + 1, \
+                       claimed_until = NULL, claimed_by = NULL, updated_at = $4 WHERE inbox_id = $1",
+                )
+                .bind(inbox_id)
+                .bind(at)
+                .bind(error)
+                .bind(now)
+                .execute(pool)
+                .await?;
+            });
+            return Ok(());
+        }
+        // The row ends: the chat's next pending message becomes its head, in the same transaction.
+        let key = ChatKey::Inbox {
+            location: &row.location_id,
+            chat: &row.chat,
+        };
+        in_chat_tx!(self, key, tx => {
             match outcome {
                 InboxOutcome::Relayed { ghl_message_id, contact_id, conversation_id } => {
                     sqlx::query(
-                        "UPDATE inbox SET state = 'relayed', ghl_message_id = $2, ghl_contact_id = $3, \
-                           ghl_conversation_id = $4, relayed_at = $5, updated_at = $5, claimed_until = NULL, claimed_by = NULL, posting_at = NULL, \
-                           last_error = NULL, attempts = attempts + 1 WHERE inbox_id = $1",
+                        "UPDATE inbox SET state = 'relayed', head = 0, ghl_message_id = $2, ghl_contact_id = $3, \
+                           ghl_conversation_id = $4, relayed_at = $5, updated_at = $5, claimed_until = NULL, \
+                           claimed_by = NULL, posting_at = NULL, last_error = NULL, attempts = attempts + 1 \
+                         WHERE inbox_id = $1",
                     )
                     .bind(inbox_id)
                     .bind(ghl_message_id)
                     .bind(contact_id)
                     .bind(conversation_id)
                     .bind(now)
-                    .execute(pool)
-                    .await?;
-                }
-                InboxOutcome::Retry { at, error } => {
-                    sqlx::query(
-                        "UPDATE inbox SET next_attempt_at = $2, last_error = $3, attempts = attempts + 1, \
-                           claimed_until = NULL, claimed_by = NULL, updated_at = $4 WHERE inbox_id = $1",
-                    )
-                    .bind(inbox_id)
-                    .bind(at)
-                    .bind(error)
-                    .bind(now)
-                    .execute(pool)
+                    .execute(&mut *tx)
                     .await?;
                 }
                 InboxOutcome::Skipped { reason } => {
                     sqlx::query(
-                        "UPDATE inbox SET state = 'skipped', last_error = $2, claimed_until = NULL, claimed_by = NULL, updated_at = $3 \
-                         WHERE inbox_id = $1",
+                        "UPDATE inbox SET state = 'skipped', head = 0, last_error = $2, claimed_until = NULL, \
+                           claimed_by = NULL, updated_at = $3 WHERE inbox_id = $1",
                     )
                     .bind(inbox_id)
                     .bind(reason)
                     .bind(now)
-                    .execute(pool)
+                    .execute(&mut *tx)
                     .await?;
                 }
                 InboxOutcome::Dead { error } => {
                     sqlx::query(
-                        "UPDATE inbox SET state = 'dead', last_error = $2, attempts = attempts + 1, \
+                        "UPDATE inbox SET state = 'dead', head = 0, last_error = $2, attempts = attempts + 1, \
                            claimed_until = NULL, claimed_by = NULL, updated_at = $3 WHERE inbox_id = $1",
                     )
                     .bind(inbox_id)
                     .bind(error)
                     .bind(now)
-                    .execute(pool)
+                    .execute(&mut *tx)
                     .await?;
                 }
+                InboxOutcome::Retry { .. } => unreachable!("handled above"),
             }
+            promote_in!(tx, key);
         });
         Ok(())
     }
@@ -229,19 +267,31 @@ impl Store {
     /// Returns how many.
     pub async fn retry_dead_inbound(&self, location_id: &str, inbox_id: Option<i64>) -> Result<u64> {
         let now = now_ms();
-        Ok(on_db!(self, pool => {
-            sqlx::query(
-                "UPDATE inbox SET state = 'pending', attempts = 0, next_attempt_at = $3, retry_from = $3, \
+        let chats: Vec<String> = on_db!(self, pool => {
+            sqlx::query_scalar(
+                "UPDATE inbox SET state = 'pending', head = 0, attempts = 0, next_attempt_at = $3, retry_from = $3, \
                    claimed_until = NULL, claimed_by = NULL, updated_at = $3 \
-                 WHERE location_id = $1 AND state = 'dead' AND ($2 IS NULL OR inbox_id = $2) AND body IS NOT NULL",
+                 WHERE location_id = $1 AND state = 'dead' AND ($2 IS NULL OR inbox_id = $2) AND body IS NOT NULL \
+                 RETURNING chat",
             )
             .bind(location_id)
             .bind(inbox_id)
             .bind(now)
-            .execute(pool)
+            .fetch_all(pool)
             .await?
-            .rows_affected()
-        }))
+        });
+        let replayed = chats.len() as u64;
+        let mut chats = chats;
+        chats.sort();
+        chats.dedup();
+        for chat in &chats {
+            self.fix_head(ChatKey::Inbox {
+                location: location_id,
+                chat,
+            })
+            .await?;
+        }
+        Ok(replayed)
     }
 
     /// Inbound rows waiting to be relayed, over all locations (the queue-depth gauge).

@@ -10,6 +10,7 @@ mod claims;
 mod console;
 mod contacts;
 mod credentials;
+mod heads;
 mod inbox;
 mod locations;
 mod message_map;

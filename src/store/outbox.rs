@@ -1,6 +1,7 @@
 //! The outbound queue (GHL → WhatsApp): one row per GHL message, keyed by GHL's `messageId`.
 
-use super::{Result, Store, on_db};
+use super::heads::{ChatKey, in_chat_tx, promote_in};
+use super::{Db, Result, Store, on_db};
 use crate::domain::{Incarnation, OutboxState, PartStatus};
 use crate::time::now_ms;
 
@@ -70,11 +71,18 @@ impl Store {
             None => (OutboxState::Pending, None),
             Some(_) => (OutboxState::Failed, Some(now)),
         };
-        Ok(on_db!(self, pool => {
+        let key = ChatKey::Outbox {
+            location: new.location_id,
+            phone: new.to_phone,
+        };
+        // A pending message is its chat's head when nothing of the chat is unfinished before it.
+        Ok(in_chat_tx!(self, key, tx => {
             sqlx::query_scalar(
                 "INSERT INTO outbox (location_id, ghl_message_id, ghl_contact_id, to_phone, body, state, last_error, \
-                   attempts, next_attempt_at, retry_from, received_at, updated_at, report_after) \
-                 VALUES ($1, $2, $3, $4, $5, $7, $8, 0, $6, $6, $6, $6, $9) \
+                   attempts, next_attempt_at, retry_from, received_at, updated_at, report_after, head) \
+                 VALUES ($1, $2, $3, $4, $5, $7, $8, 0, $6, $6, $6, $6, $9, \
+                   CASE WHEN $7 = 'pending' AND NOT EXISTS (SELECT 1 FROM outbox WHERE location_id = $1 \
+                     AND to_phone = $4 AND state IN ('pending', 'sending')) THEN 1 ELSE 0 END) \
                  ON CONFLICT (location_id, ghl_message_id) DO NOTHING RETURNING outbox_id",
             )
             .bind(new.location_id)
@@ -86,7 +94,7 @@ impl Store {
             .bind(state.as_str())
             .bind(failure)
             .bind(report_after)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *tx)
             .await?
         }))
     }
@@ -105,48 +113,74 @@ impl Store {
     /// given a WhatsApp id keep it, so a replay never sends a second copy.
     pub async fn retry_dead_outbound(&self, location_id: &str, outbox_id: Option<i64>) -> Result<u64> {
         let now = now_ms();
-        Ok(on_db!(self, pool => {
-            sqlx::query(
-                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $3, retry_from = $3, \
+        let mut phones: Vec<String> = on_db!(self, pool => {
+            sqlx::query_scalar(
+                "UPDATE outbox SET state = 'pending', head = 0, attempts = 0, next_attempt_at = $3, retry_from = $3, \
                    claimed_until = NULL, claimed_by = NULL, updated_at = $3, reported_status = NULL, report_after = NULL \
-                 WHERE location_id = $1 AND state = 'dead' AND ($2 IS NULL OR outbox_id = $2) AND body IS NOT NULL",
+                 WHERE location_id = $1 AND state = 'dead' AND ($2 IS NULL OR outbox_id = $2) AND body IS NOT NULL \
+                 RETURNING to_phone",
             )
             .bind(location_id)
             .bind(outbox_id)
             .bind(now)
-            .execute(pool)
+            .fetch_all(pool)
             .await?
-            .rows_affected()
-        }))
+        });
+        let replayed = phones.len() as u64;
+        phones.sort();
+        phones.dedup();
+        for phone in &phones {
+            self.fix_head(ChatKey::Outbox {
+                location: location_id,
+                phone,
+            })
+            .await?;
+        }
+        Ok(replayed)
     }
 
     /// Claims up to `limit` rows: the oldest unfinished message of each chat (first in, first
     /// out per recipient), when due and unclaimed, for installed locations whose WhatsApp is
     /// connected. A message interrupted mid-send (`sending`) is resumed first.
     pub async fn claim_outbox_batch(&self, limit: i64, claim_ms: i64, holder: &Incarnation) -> Result<Vec<OutboxRow>> {
+        macro_rules! claim {
+            ($lock:literal) => {
+                concat!(
+                    "UPDATE outbox SET claimed_until = $3, claimed_by = $4 WHERE outbox_id IN ( \
+                       SELECT h.outbox_id FROM outbox h \
+                       JOIN locations l ON l.location_id = h.location_id AND l.status = 'installed' \
+                       JOIN wa_sessions s ON s.location_id = h.location_id AND s.state = 'connected' \
+                       WHERE h.state IN ('pending', 'sending') AND h.head = 1 AND h.next_attempt_at <= $1 \
+                         AND (h.claimed_until IS NULL OR h.claimed_until < $1) \
+                       ORDER BY h.next_attempt_at LIMIT $2",
+                    $lock,
+                    ") AND state IN ('pending', 'sending') AND (claimed_until IS NULL OR claimed_until < $1) \
+                     RETURNING outbox_id, location_id, ghl_message_id, to_phone, body, attempts, received_at, retry_from"
+                )
+            };
+        }
         let now = now_ms();
-        Ok(on_db!(self, pool => {
-            sqlx::query_as(
-                "UPDATE outbox SET claimed_until = $3, claimed_by = $4 WHERE outbox_id IN ( \
-                   SELECT h.outbox_id FROM outbox h \
-                   JOIN locations l ON l.location_id = h.location_id AND l.status = 'installed' \
-                   JOIN wa_sessions s ON s.location_id = h.location_id AND s.state = 'connected' \
-                   WHERE h.state IN ('pending', 'sending') AND h.next_attempt_at <= $1 \
-                     AND (h.claimed_until IS NULL OR h.claimed_until < $1) \
-                     AND NOT EXISTS (SELECT 1 FROM outbox older WHERE older.location_id = h.location_id \
-                       AND older.to_phone = h.to_phone AND older.state IN ('pending', 'sending') \
-                       AND older.outbox_id < h.outbox_id) \
-                   ORDER BY h.outbox_id LIMIT $2) \
-                 AND state IN ('pending', 'sending') AND (claimed_until IS NULL OR claimed_until < $1) \
-                 RETURNING outbox_id, location_id, ghl_message_id, to_phone, body, attempts, received_at, retry_from",
-            )
-            .bind(now)
-            .bind(limit)
-            .bind(now + claim_ms)
-            .bind(holder.as_str())
-            .fetch_all(pool)
-            .await?
-        }))
+        Ok(match &self.db {
+            Db::Sqlite(pool) => {
+                sqlx::query_as(claim!(""))
+                    .bind(now)
+                    .bind(limit)
+                    .bind(now + claim_ms)
+                    .bind(holder.as_str())
+                    .fetch_all(pool)
+                    .await?
+            }
+            // Several workers (and instances) skip each other's rows instead of waiting.
+            Db::Postgres(pool) => {
+                sqlx::query_as(claim!(" FOR UPDATE OF h SKIP LOCKED"))
+                    .bind(now)
+                    .bind(limit)
+                    .bind(now + claim_ms)
+                    .bind(holder.as_str())
+                    .fetch_all(pool)
+                    .await?
+            }
+        })
     }
 
     /// The parts committed so far, in order.
@@ -214,7 +248,7 @@ impl Store {
     /// Sets a message's state from its parts: the least advanced part's status. Never moves
     /// backwards, never leaves `failed`. With `all_sent` false (a receipt, not the sender) a
     /// message still being sent is left alone: its later parts are not committed yet.
-    pub async fn settle_outbound(&self, outbox_id: i64, all_sent: bool) -> Result<()> {
+    pub async fn settle_outbound(&self, outbox_id: i64, sender: Option<&OutboxRow>) -> Result<()> {
         let parts = self.outbound_parts(outbox_id).await?;
         // A refused part fails the message on its own path, with its reason.
         if parts.iter().any(|p| p.status == PartStatus::Failed) {
@@ -226,37 +260,72 @@ impl Store {
         if least < PartStatus::Sent {
             return Ok(());
         }
-        let now = now_ms();
-        on_db!(self, pool => {
-            sqlx::query(concat!(
-                "UPDATE outbox SET state = $2, sent_at = COALESCE(sent_at, $3), updated_at = $3, claimed_until = NULL, claimed_by = NULL, \
-                   last_error = NULL, report_after = $3 WHERE outbox_id = $1 AND state <> 'failed' AND state <> 'dead' \
-                   AND ($4 OR state NOT IN ('pending', 'sending')) AND ", rank!("state"), " < ", rank!("$2")
-            ))
-            .bind(outbox_id)
-            .bind(least.as_str())
-            .bind(now)
-            .bind(all_sent)
-            .execute(pool)
-            .await?;
-        });
+        macro_rules! settle {
+            ($executor:expr) => {
+                sqlx::query(concat!(
+                    "UPDATE outbox SET state = $2, head = 0, sent_at = COALESCE(sent_at, $3), updated_at = $3, \
+                       claimed_until = NULL, claimed_by = NULL, last_error = NULL, report_after = $3 \
+                     WHERE outbox_id = $1 AND state <> 'failed' AND state <> 'dead' \
+                       AND ($4 OR state NOT IN ('pending', 'sending')) AND ",
+                    rank!("state"),
+                    " < ",
+                    rank!("$2")
+                ))
+                .bind(outbox_id)
+                .bind(least.as_str())
+                .bind(now_ms())
+                .bind(sender.is_some())
+                .execute($executor)
+                .await?
+            };
+        }
+        match sender {
+            // The sender finished the message: its chat's next message becomes the head.
+            Some(row) => {
+                let key = ChatKey::Outbox {
+                    location: &row.location_id,
+                    phone: &row.to_phone,
+                };
+                in_chat_tx!(self, key, tx => {
+                    settle!(&mut *tx);
+                    promote_in!(tx, key);
+                });
+            }
+            // A receipt moves a message that was already sent: no head changes.
+            None => {
+                on_db!(self, pool => {
+                    settle!(pool);
+                });
+            }
+        }
         Ok(())
     }
 
     /// Terminal failure, reported to GHL as failed (`dead` when retries ran out: replayable).
     pub async fn fail_outbound(&self, outbox_id: i64, state: OutboxState, error: &str) -> Result<()> {
+        let (location, phone): (String, String) = on_db!(self, pool => {
+            sqlx::query_as("SELECT location_id, to_phone FROM outbox WHERE outbox_id = $1")
+                .bind(outbox_id)
+                .fetch_one(pool)
+                .await?
+        });
+        let key = ChatKey::Outbox {
+            location: &location,
+            phone: &phone,
+        };
         let now = now_ms();
-        on_db!(self, pool => {
+        in_chat_tx!(self, key, tx => {
             sqlx::query(
-                "UPDATE outbox SET state = $2, last_error = $3, attempts = attempts + 1, claimed_until = NULL, claimed_by = NULL, \
-                   updated_at = $4, report_after = $4 WHERE outbox_id = $1",
+                "UPDATE outbox SET state = $2, head = 0, last_error = $3, attempts = attempts + 1, claimed_until = NULL, \
+                   claimed_by = NULL, updated_at = $4, report_after = $4 WHERE outbox_id = $1",
             )
             .bind(outbox_id)
             .bind(state.as_str())
             .bind(error)
             .bind(now)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?;
+            promote_in!(tx, key);
         });
         Ok(())
     }
@@ -285,30 +354,36 @@ impl Store {
     /// session went away meanwhile): dead, so they can be replayed. Returns how many.
     pub async fn expire_outbound(&self, waiting_since_before: i64, budget_since_before: i64) -> Result<u64> {
         let now = now_ms();
-        Ok(on_db!(self, pool => {
-            let failed = sqlx::query(
-                "UPDATE outbox SET state = 'failed', last_error = 'WhatsApp not connected', updated_at = $2, \
+        let mut ended: Vec<(String, String)> = on_db!(self, pool => {
+            let mut failed: Vec<(String, String)> = sqlx::query_as(
+                "UPDATE outbox SET state = 'failed', head = 0, last_error = 'WhatsApp not connected', updated_at = $2, \
                    report_after = $2 WHERE state = 'pending' AND attempts = 0 AND retry_from < $1 \
-                   AND (claimed_until IS NULL OR claimed_until < $2)",
+                   AND (claimed_until IS NULL OR claimed_until < $2) RETURNING location_id, to_phone",
             )
             .bind(waiting_since_before)
             .bind(now)
-            .execute(pool)
-            .await?
-            .rows_affected();
-            let dead = sqlx::query(
-                "UPDATE outbox SET state = 'dead', \
+            .fetch_all(pool)
+            .await?;
+            let dead: Vec<(String, String)> = sqlx::query_as(
+                "UPDATE outbox SET state = 'dead', head = 0, \
                    last_error = 'gave up after the retry budget: ' || COALESCE(last_error, 'WhatsApp not connected'), \
                    updated_at = $2, report_after = $2 WHERE state IN ('pending', 'sending') AND attempts > 0 \
-                   AND retry_from < $1 AND (claimed_until IS NULL OR claimed_until < $2)",
+                   AND retry_from < $1 AND (claimed_until IS NULL OR claimed_until < $2) RETURNING location_id, to_phone",
             )
             .bind(budget_since_before)
             .bind(now)
-            .execute(pool)
-            .await?
-            .rows_affected();
-            failed + dead
-        }))
+            .fetch_all(pool)
+            .await?;
+            failed.extend(dead);
+            failed
+        });
+        let expired = ended.len() as u64;
+        ended.sort();
+        ended.dedup();
+        for (location, phone) in &ended {
+            self.fix_head(ChatKey::Outbox { location, phone }).await?;
+        }
+        Ok(expired)
     }
 
     /// Messages whose current status is ahead of what GHL was told, due for a report.

@@ -29,6 +29,8 @@ on_both_backends!(
     a_wrong_secret_key_is_refused_at_open,
     retention_purges_bodies_of_finished_messages_and_keeps_the_rows,
     a_redelivered_inbound_message_is_stored_once,
+    concurrent_enqueues_to_one_chat_leave_one_head_and_keep_their_order,
+    a_replayed_older_message_becomes_its_chats_head_again,
 );
 
 async fn run<F, Fut>(backend: Backend, test: F)
@@ -226,7 +228,7 @@ async fn retention_purges_bodies_of_finished_messages_and_keeps_the_rows(_db: Te
     assert_eq!(claimed.len(), 1, "one chat: only its head is claimed");
     store
         .finish_inbox(
-            claimed[0].inbox_id,
+            &claimed[0],
             InboxOutcome::Relayed {
                 ghl_message_id: "g1",
                 contact_id: "c",
@@ -268,4 +270,79 @@ async fn a_redelivered_inbound_message_is_stored_once(_db: TestDb, store: Store)
             .await
             .unwrap()
     );
+}
+
+async fn concurrent_enqueues_to_one_chat_leave_one_head_and_keep_their_order(_db: TestDb, store: Store) {
+    use waghl::domain::{Incarnation, OutboxState};
+    use waghl::store::NewOutbound;
+    install(&store, "locH").await;
+    store
+        .record_transition("locH", "connected", None, Some("+14155550100"))
+        .await
+        .unwrap();
+    // Twenty webhooks for one recipient at once, as GHL may send them.
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let id = format!("h{i}");
+                let new = NewOutbound {
+                    location_id: "locH",
+                    ghl_message_id: &id,
+                    ghl_contact_id: None,
+                    to_phone: "+14155550199",
+                    body: "{}",
+                };
+                store.enqueue_outbound(new, None).await.unwrap().unwrap()
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(task.await.unwrap());
+    }
+    ids.sort();
+    let me = Incarnation::new("test", "1");
+    for expected in ids {
+        let claimed = store.claim_outbox_batch(10, 60_000, &me).await.unwrap();
+        let claimed: Vec<i64> = claimed.iter().map(|r| r.outbox_id).collect();
+        assert_eq!(claimed, [expected], "one head, the oldest");
+        store
+            .fail_outbound(expected, OutboxState::Failed, "test")
+            .await
+            .unwrap();
+    }
+    assert!(store.claim_outbox_batch(10, 60_000, &me).await.unwrap().is_empty());
+}
+
+async fn a_replayed_older_message_becomes_its_chats_head_again(_db: TestDb, store: Store) {
+    use waghl::domain::Incarnation;
+    use waghl::store::{InboxOutcome, InboxStart};
+    install(&store, "locP").await;
+    for id in ["P1", "P2", "P3"] {
+        store
+            .insert_inbound("locP", &inbound_message(id), None, InboxStart::Pending)
+            .await
+            .unwrap();
+    }
+    let me = Incarnation::new("test", "1");
+    let first = store.claim_inbox_batch(10, 60_000, &me).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].wa_message_id, "P1");
+    store
+        .finish_inbox(&first[0], InboxOutcome::Dead { error: "test" })
+        .await
+        .unwrap();
+    // A dead head blocks nothing: the next message is the head.
+    let second = store.claim_inbox_batch(10, 60_000, &me).await.unwrap();
+    assert_eq!(second[0].wa_message_id, "P2");
+    store
+        .finish_inbox(&second[0], InboxOutcome::Retry { at: 0, error: "later" })
+        .await
+        .unwrap();
+    // Replayed, the older message goes first again.
+    assert_eq!(store.retry_dead_inbound("locP", None).await.unwrap(), 1);
+    let replayed = store.claim_inbox_batch(10, 60_000, &me).await.unwrap();
+    let claimed: Vec<&str> = replayed.iter().map(|r| r.wa_message_id.as_str()).collect();
+    assert_eq!(claimed, ["P1"]);
 }
