@@ -99,7 +99,9 @@ impl InboundRelay {
                     Ok(rows) => {
                         for row in rows {
                             let relay = self.clone();
-                            workers.start(row.inbox_id, async move { relay.relay_one(row).await });
+                            workers
+                                .start(row.inbox_id, async move { relay.relay_one(row).await })
+                                .await;
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "the inbound relay could not claim messages"),

@@ -127,7 +127,9 @@ impl OutboundRelay {
                     Ok(rows) => {
                         for row in rows {
                             let relay = self.clone();
-                            sending.start(row.outbox_id, async move { relay.send_one(row).await });
+                            sending
+                                .start(row.outbox_id, async move { relay.send_one(row).await })
+                                .await;
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "the outbound relay could not claim messages"),
@@ -137,7 +139,9 @@ impl OutboundRelay {
                 Ok(due) => {
                     for report in due {
                         let relay = self.clone();
-                        reporting.start(report.outbox_id, async move { relay.report(report).await });
+                        reporting
+                            .start(report.outbox_id, async move { relay.report(report).await })
+                            .await;
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "could not read the statuses to report"),

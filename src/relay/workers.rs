@@ -59,9 +59,16 @@ impl Workers {
         self.tasks.is_empty()
     }
 
-    /// Starts `work` on `row` unless the row has a task already (then returns false).
-    pub fn start(&mut self, row: i64, work: impl Future<Output = ()> + Send + 'static) -> bool {
+    /// Starts `work` on `row` unless the row has a task already (then returns false, and lets
+    /// go of the claim just taken: the task's own outcome already released it, and a claim
+    /// nobody works on would hold the row until it expires).
+    pub async fn start(&mut self, row: i64, work: impl Future<Output = ()> + Send + 'static) -> bool {
         if !self.in_flight.insert(row) {
+            if let Some(renewal) = &self.renewal
+                && let Err(e) = renewal.store.release_claim(renewal.queue, row, &renewal.holder).await
+            {
+                tracing::warn!(row, error = %e, "could not let go of a claim on a row in flight");
+            }
             return false;
         }
         let renewal = self.renewal.clone();
@@ -134,18 +141,22 @@ mod tests {
     #[tokio::test]
     async fn a_row_runs_once_at_a_time_and_a_panic_names_its_row() {
         let mut workers = Workers::new(None);
-        assert!(workers.start(1, async {}));
+        assert!(workers.start(1, async {}).await);
         let (release, wait) = tokio::sync::oneshot::channel::<()>();
-        assert!(workers.start(2, async move {
-            let _ = wait.await;
-            panic!("poison row");
-        }));
-        assert!(!workers.start(2, async {}), "a row in flight started twice");
+        assert!(
+            workers
+                .start(2, async move {
+                    let _ = wait.await;
+                    panic!("poison row");
+                })
+                .await
+        );
+        assert!(!workers.start(2, async {}).await, "a row in flight started twice");
         assert_eq!(workers.next().await, Some(Joined::Done(1)));
         release.send(()).unwrap();
         assert_eq!(workers.next().await, Some(Joined::Panicked(2)));
         assert!(workers.is_empty());
-        assert!(workers.start(2, async {}), "a panicked row stays blocked");
+        assert!(workers.start(2, async {}).await, "a panicked row stays blocked");
         assert_eq!(workers.next().await, Some(Joined::Done(2)));
         assert_eq!(workers.next().await, None);
     }

@@ -63,6 +63,27 @@ impl Store {
         Ok(renewed == 1)
     }
 
+    /// Lets go of a claim this incarnation took for a row it already works on (its task had
+    /// just finished, or not yet been reaped): left alone, the claim would hold the row until
+    /// it expires.
+    pub async fn release_claim(&self, queue: Queue, row_id: i64, me: &Incarnation) -> Result<()> {
+        on_db!(self, pool => {
+            match queue {
+                Queue::Inbox => sqlx::query(
+                    "UPDATE inbox SET claimed_until = NULL, claimed_by = NULL WHERE inbox_id = $1 AND claimed_by = $2",
+                ),
+                Queue::Outbox => sqlx::query(
+                    "UPDATE outbox SET claimed_until = NULL, claimed_by = NULL WHERE outbox_id = $1 AND claimed_by = $2",
+                ),
+            }
+            .bind(row_id)
+            .bind(me.as_str())
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
     /// A task panicked on a row this incarnation holds: count the attempt, say so, and try again
     /// at `at` — or give the row up as `dead` when it has been failing since before
     /// `dead_if_since_before` (a message that crashes the relay every time must not retry forever).

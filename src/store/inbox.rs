@@ -110,26 +110,24 @@ impl Store {
     /// in, first out per chat), only when it is due and unclaimed, and only for installed
     /// locations. A chat whose head waits blocks nothing else.
     pub async fn claim_inbox_batch(&self, limit: i64, claim_ms: i64, holder: &Incarnation) -> Result<Vec<InboxRow>> {
-        macro_rules! claim {
-            ($lock:literal) => {
-                concat!(
-                    "UPDATE inbox SET claimed_until = $3, claimed_by = $4 WHERE inbox_id IN ( \
-                       SELECT h.inbox_id FROM inbox h \
-                       JOIN locations l ON l.location_id = h.location_id AND l.status = 'installed' \
-                       WHERE h.state = 'pending' AND h.head = 1 AND h.next_attempt_at <= $1 \
-                         AND (h.claimed_until IS NULL OR h.claimed_until < $1) \
-                       ORDER BY h.next_attempt_at LIMIT $2",
-                    $lock,
-                    ") AND state = 'pending' AND (claimed_until IS NULL OR claimed_until < $1) \
-                     RETURNING inbox_id, location_id, chat, wa_message_id, body, media_ref, attempts, received_at, \
-                       retry_from, ghl_contact_id, ghl_conversation_id, posting_at"
-                )
+        macro_rules! heads {
+            () => {
+                "SELECT h.inbox_id FROM inbox h \
+                   JOIN locations l ON l.location_id = h.location_id AND l.status = 'installed' \
+                   WHERE h.state = 'pending' AND h.head = 1 AND h.next_attempt_at <= $1 \
+                     AND (h.claimed_until IS NULL OR h.claimed_until < $1) \
+                   ORDER BY h.next_attempt_at LIMIT $2"
             };
         }
         let now = now_ms();
         Ok(match &self.db {
             Db::Sqlite(pool) => {
-                sqlx::query_as(claim!(""))
+                sqlx::query_as(concat!(
+                    "UPDATE inbox SET claimed_until = $3, claimed_by = $4 WHERE inbox_id IN (",
+                    heads!(),
+                    ") AND state = 'pending' AND (claimed_until IS NULL OR claimed_until < $1) RETURNING inbox_id, location_id, chat, wa_message_id, body, media_ref, attempts, received_at, \
+                       retry_from, ghl_contact_id, ghl_conversation_id, posting_at"
+                ))
                     .bind(now)
                     .bind(limit)
                     .bind(now + claim_ms)
@@ -139,7 +137,16 @@ impl Store {
             }
             // Several workers (and instances) skip each other's rows instead of waiting.
             Db::Postgres(pool) => {
-                sqlx::query_as(claim!(" FOR UPDATE OF h SKIP LOCKED"))
+                // Picked once, in a CTE: a subquery with SKIP LOCKED inside `IN (…)` may run again per
+                // row and pick more than the limit.
+                sqlx::query_as(concat!(
+                    "WITH picked AS (",
+                    heads!(),
+                    " FOR UPDATE OF h SKIP LOCKED) UPDATE inbox SET claimed_until = $3, claimed_by = $4 FROM picked \
+                     WHERE inbox.inbox_id = picked.inbox_id AND inbox.state = 'pending' \
+                       AND (inbox.claimed_until IS NULL OR inbox.claimed_until < $1) RETURNING inbox.inbox_id, location_id, chat, wa_message_id, body, media_ref, attempts, received_at, \
+                       retry_from, ghl_contact_id, ghl_conversation_id, posting_at"
+                ))
                     .bind(now)
                     .bind(limit)
                     .bind(now + claim_ms)

@@ -143,26 +143,24 @@ impl Store {
     /// out per recipient), when due and unclaimed, for installed locations whose WhatsApp is
     /// connected. A message interrupted mid-send (`sending`) is resumed first.
     pub async fn claim_outbox_batch(&self, limit: i64, claim_ms: i64, holder: &Incarnation) -> Result<Vec<OutboxRow>> {
-        macro_rules! claim {
-            ($lock:literal) => {
-                concat!(
-                    "UPDATE outbox SET claimed_until = $3, claimed_by = $4 WHERE outbox_id IN ( \
-                       SELECT h.outbox_id FROM outbox h \
-                       JOIN locations l ON l.location_id = h.location_id AND l.status = 'installed' \
+        macro_rules! heads {
+            () => {
+                "SELECT h.outbox_id FROM outbox h \
+                   JOIN locations l ON l.location_id = h.location_id AND l.status = 'installed' \
                        JOIN wa_sessions s ON s.location_id = h.location_id AND s.state = 'connected' \
-                       WHERE h.state IN ('pending', 'sending') AND h.head = 1 AND h.next_attempt_at <= $1 \
-                         AND (h.claimed_until IS NULL OR h.claimed_until < $1) \
-                       ORDER BY h.next_attempt_at LIMIT $2",
-                    $lock,
-                    ") AND state IN ('pending', 'sending') AND (claimed_until IS NULL OR claimed_until < $1) \
-                     RETURNING outbox_id, location_id, ghl_message_id, to_phone, body, attempts, received_at, retry_from"
-                )
+                   WHERE h.state IN ('pending', 'sending') AND h.head = 1 AND h.next_attempt_at <= $1 \
+                     AND (h.claimed_until IS NULL OR h.claimed_until < $1) \
+                   ORDER BY h.next_attempt_at LIMIT $2"
             };
         }
         let now = now_ms();
         Ok(match &self.db {
             Db::Sqlite(pool) => {
-                sqlx::query_as(claim!(""))
+                sqlx::query_as(concat!(
+                    "UPDATE outbox SET claimed_until = $3, claimed_by = $4 WHERE outbox_id IN (",
+                    heads!(),
+                    ") AND state IN ('pending', 'sending') AND (claimed_until IS NULL OR claimed_until < $1) RETURNING outbox_id, location_id, ghl_message_id, to_phone, body, attempts, received_at, retry_from"
+                ))
                     .bind(now)
                     .bind(limit)
                     .bind(now + claim_ms)
@@ -172,7 +170,15 @@ impl Store {
             }
             // Several workers (and instances) skip each other's rows instead of waiting.
             Db::Postgres(pool) => {
-                sqlx::query_as(claim!(" FOR UPDATE OF h SKIP LOCKED"))
+                // Picked once, in a CTE: a subquery with SKIP LOCKED inside `IN (…)` may run again per
+                // row and pick more than the limit.
+                sqlx::query_as(concat!(
+                    "WITH picked AS (",
+                    heads!(),
+                    " FOR UPDATE OF h SKIP LOCKED) UPDATE outbox SET claimed_until = $3, claimed_by = $4 FROM picked \
+                     WHERE outbox.outbox_id = picked.outbox_id AND outbox.state IN ('pending', 'sending') \
+                       AND (outbox.claimed_until IS NULL OR outbox.claimed_until < $1) RETURNING outbox.outbox_id, location_id, ghl_message_id, to_phone, body, attempts, received_at, retry_from"
+                ))
                     .bind(now)
                     .bind(limit)
                     .bind(now + claim_ms)
