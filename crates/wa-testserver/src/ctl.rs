@@ -1,0 +1,283 @@
+//! The control API (`/_ctl/*`, JSON, loopback only): what a test does to the WhatsApp side —
+//! a phone scans a QR code, a contact sends a message or a receipt — and what it reads back.
+//! Names and shapes are the contract in ARCHITECTURE.md, "WhatsApp test server".
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::json;
+use whatsapp_rust::download::MediaType;
+use whatsapp_rust::media::{self, AudioOptions, DocumentOptions, ImageOptions, VideoOptions};
+use whatsapp_rust::proto_helpers::MessageBuilderExt;
+use whatsapp_rust::upload::UploadOptions;
+use whatsapp_rust::waproto::whatsapp as wa;
+use whatsapp_rust::wacore_binary::builder::NodeBuilder;
+use whatsapp_rust::{Jid, SendOptions};
+
+use crate::{Hub, pairing};
+
+pub fn routes() -> Router<Arc<Hub>> {
+    Router::new()
+        .route("/_ctl/scan", post(scan))
+        .route("/_ctl/send", post(send))
+        .route("/_ctl/acked/{id}", get(acked))
+        .route("/_ctl/received/{phone}", get(received))
+        .route("/_ctl/receipt", post(receipt))
+        .route("/_ctl/devices/{phone}", get(devices))
+        .route("/_ctl/stats", get(stats))
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// `+15551234567` (or bare digits) → `15551234567`.
+fn digits(phone: &str) -> Result<String, Response> {
+    let d = phone.strip_prefix('+').unwrap_or(phone);
+    if d.len() < 6 || d.len() > 15 || !d.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(error(StatusCode::BAD_REQUEST, format!("not an E.164 phone: {phone:?}")));
+    }
+    Ok(d.to_owned())
+}
+
+#[derive(Deserialize)]
+struct Scan {
+    phone: String,
+    qr: String,
+}
+
+async fn scan(State(hub): State<Arc<Hub>>, Json(body): Json<Scan>) -> Response {
+    let phone = match digits(&body.phone) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    match pairing::scan(&hub, &phone, &body.qr).await {
+        Ok(()) => Json(json!({})).into_response(),
+        Err(reason) => error(StatusCode::CONFLICT, reason),
+    }
+}
+
+#[derive(Deserialize)]
+struct Media {
+    kind: String,
+    mime: Option<String>,
+    data_base64: String,
+    caption: Option<String>,
+    file_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Send {
+    from: String,
+    to: String,
+    text: Option<String>,
+    media: Option<Media>,
+    id: Option<String>,
+    #[serde(default)]
+    from_me: bool,
+    reply_to: Option<String>,
+}
+
+/// A contact (or, with `from_me`, the account's own phone) sends a message: its client
+/// encrypts it to every device of the recipient. Answers once the server holds it.
+async fn send(State(hub): State<Arc<Hub>>, Json(body): Json<Send>) -> Response {
+    let (from, to) = match (digits(&body.from), digits(&body.to)) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let (sender, recipient) = if body.from_me { (to, from) } else { (from, to) };
+    let peer = match hub.peers.peer(&hub, &sender).await {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    };
+    if let Err(e) = hub.peers.peer(&hub, &recipient).await {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"));
+    }
+    let context = body.reply_to.as_ref().map(|id| {
+        Box::new(wa::ContextInfo {
+            stanza_id: Some(id.clone()),
+            participant: Some(format!("{recipient}@s.whatsapp.net")),
+            ..Default::default()
+        })
+    });
+    let message = match (&body.text, &body.media) {
+        (_, Some(m)) => match media_message(&peer.client, m, context).await {
+            Ok(message) => message,
+            Err(r) => return r,
+        },
+        (Some(text), None) => match context {
+            Some(context) => wa::Message::text_with_context(text.clone(), *context),
+            None => wa::Message::text(text.clone()),
+        },
+        (None, None) => return error(StatusCode::BAD_REQUEST, "text or media is required"),
+    };
+    let id = body.id.clone().unwrap_or_else(|| peer.client.generate_message_id());
+    let sent = peer
+        .client
+        .send_message_with_options(Jid::pn(&recipient), message, SendOptions::default().with_message_id(id.clone()))
+        .await;
+    if let Err(e) = sent {
+        return error(StatusCode::BAD_GATEWAY, format!("the sender's client could not send: {e}"));
+    }
+    // `send_message` returns once the stanza is written; the contract answers once the
+    // server has routed it.
+    for _ in 0..500 {
+        if hub.state.lock().expect("state lock").deliveries.contains_key(&id) {
+            return Json(json!({ "id": id })).into_response();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    error(StatusCode::GATEWAY_TIMEOUT, "the server never saw the message")
+}
+
+async fn media_message(
+    client: &whatsapp_rust::Client,
+    m: &Media,
+    context: Option<Box<wa::ContextInfo>>,
+) -> Result<wa::Message, Response> {
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(&m.data_base64)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("data_base64: {e}")))?;
+    let media_type = match m.kind.as_str() {
+        "image" => MediaType::Image,
+        "video" => MediaType::Video,
+        "audio" | "voice" => MediaType::Audio,
+        "document" => MediaType::Document,
+        "sticker" => MediaType::Sticker,
+        other => return Err(error(StatusCode::BAD_REQUEST, format!("unknown media kind {other:?}"))),
+    };
+    let upload = client
+        .upload(data, media_type, UploadOptions::new())
+        .await
+        .map_err(|e| error(StatusCode::BAD_GATEWAY, format!("upload failed: {e:#}")))?;
+    let mime = m.mime.clone();
+    Ok(match m.kind.as_str() {
+        "image" => media::image_message(upload, ImageOptions { caption: m.caption.clone(), mimetype: mime, context_info: context, ..Default::default() }),
+        "video" => media::video_message(upload, VideoOptions { caption: m.caption.clone(), mimetype: mime, context_info: context, ..Default::default() }),
+        "audio" | "voice" => media::audio_message(
+            upload,
+            AudioOptions { mimetype: mime, ptt: Some(m.kind == "voice"), context_info: context, ..Default::default() },
+        ),
+        "document" => media::document_message(
+            upload,
+            DocumentOptions { caption: m.caption.clone(), mimetype: mime, file_name: m.file_name.clone(), context_info: context, ..Default::default() },
+        ),
+        _ => sticker_message(upload, mime),
+    })
+}
+
+/// The crate has no sticker builder; this is the shape its downloader reads.
+fn sticker_message(upload: whatsapp_rust::upload::UploadResponse, mime: Option<String>) -> wa::Message {
+    wa::Message {
+        sticker_message: whatsapp_rust::buffa::MessageField::some(wa::message::StickerMessage {
+            url: Some(upload.url),
+            direct_path: Some(upload.direct_path),
+            media_key: Some(upload.media_key.to_vec()),
+            file_sha256: Some(upload.file_sha256.to_vec()),
+            file_enc_sha256: Some(upload.file_enc_sha256.to_vec()),
+            file_length: Some(upload.file_length),
+            mimetype: Some(mime.unwrap_or_else(|| "image/webp".into())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn acked(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
+    let state = hub.state.lock().expect("state lock");
+    let delivery = state.deliveries.get(&id).cloned().unwrap_or_default();
+    Json(json!({
+        "delivered_to_devices": delivery.delivered_to.len(),
+        "acked_by_devices": delivery.acked_by.len(),
+    }))
+    .into_response()
+}
+
+async fn received(State(hub): State<Arc<Hub>>, Path(phone): Path<String>) -> Response {
+    let phone = match digits(&phone) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let messages = hub
+        .peers
+        .get(&phone)
+        .map(|p| p.received.lock().expect("received lock").clone())
+        .unwrap_or_default();
+    Json(json!({ "messages": messages })).into_response()
+}
+
+#[derive(Deserialize)]
+struct Receipt {
+    phone: String,
+    id: String,
+    status: String,
+}
+
+/// The account `phone` sends a receipt for a message it received. Its client sends a delivery
+/// receipt by itself on decrypting; `delivered` sends one more, as a phone does again when it
+/// comes back online.
+async fn receipt(State(hub): State<Arc<Hub>>, Json(body): Json<Receipt>) -> Response {
+    let phone = match digits(&body.phone) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let Some(peer) = hub.peers.get(&phone) else {
+        return error(StatusCode::NOT_FOUND, "no such account");
+    };
+    let sender = peer
+        .received
+        .lock()
+        .expect("received lock")
+        .iter()
+        .find(|m| m.id == body.id)
+        .map(|m| m.from.trim_start_matches('+').to_owned());
+    let Some(sender) = sender else {
+        return error(StatusCode::NOT_FOUND, "that account did not receive this message");
+    };
+    let chat = Jid::pn(&sender);
+    let result = match body.status.as_str() {
+        "read" => peer.client.mark_as_read(&chat, None, &[body.id.as_str()]).await,
+        "delivered" => {
+            let node = NodeBuilder::new("receipt").attr("to", chat.to_string()).attr("id", body.id.clone()).build();
+            peer.client.send_node(node).await.map_err(Into::into)
+        }
+        other => return error(StatusCode::BAD_REQUEST, format!("unknown status {other:?}")),
+    };
+    match result {
+        Ok(()) => Json(json!({})).into_response(),
+        Err(e) => error(StatusCode::BAD_GATEWAY, format!("{e:#}")),
+    }
+}
+
+async fn devices(State(hub): State<Arc<Hub>>, Path(phone): Path<String>) -> Response {
+    let phone = match digits(&phone) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let state = hub.state.lock().expect("state lock");
+    let devices: Vec<_> = state
+        .accounts
+        .get(&phone)
+        .map(|a| {
+            a.devices
+                .iter()
+                .map(|(id, d)| {
+                    let addr = crate::state::DeviceAddr::new(phone.clone(), *id);
+                    json!({ "id": id, "linked_at": d.linked_at, "online": state.online.contains_key(&addr) })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Json(json!({ "devices": devices })).into_response()
+}
+
+async fn stats(State(hub): State<Arc<Hub>>) -> Response {
+    Json(hub.stats.json()).into_response()
+}

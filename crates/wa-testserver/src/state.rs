@@ -1,0 +1,175 @@
+//! What the server knows, in memory: accounts and their devices (keys, prekeys, offline
+//! queues), which devices are connected, pairings in progress, and counters.
+//!
+//! One `std::sync::Mutex` guards it all; it is never held across an `.await`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use whatsapp_rust::wacore_binary::Node;
+
+/// A device's address: the account's phone digits and the device number (0 = the phone).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceAddr {
+    pub user: String,
+    pub device: u16,
+}
+
+impl DeviceAddr {
+    pub fn new(user: impl Into<String>, device: u16) -> Self {
+        Self {
+            user: user.into(),
+            device,
+        }
+    }
+
+    /// `user:device@s.whatsapp.net`, or `user@s.whatsapp.net` for the phone.
+    pub fn jid(&self) -> String {
+        if self.device == 0 {
+            format!("{}@s.whatsapp.net", self.user)
+        } else {
+            format!("{}:{}@s.whatsapp.net", self.user, self.device)
+        }
+    }
+}
+
+/// The signed prekey of a device, as uploaded.
+#[derive(Clone, Debug)]
+pub struct SignedPreKey {
+    pub id: u32,
+    pub public: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// What the server stores of a device: the keys other clients fetch to talk to it.
+#[derive(Debug)]
+pub struct Device {
+    pub noise_pub: [u8; 32],
+    pub registration_id: u32,
+    pub identity: Vec<u8>,
+    pub signed_pre_key: Option<SignedPreKey>,
+    /// One-time prekeys; each bundle fetch hands one out and forgets it, like WhatsApp.
+    pub pre_keys: VecDeque<(u32, Vec<u8>)>,
+    /// The companion's `ADVSignedDeviceIdentity` (with its device signature), served with its
+    /// prekey bundle; `None` for the phone.
+    pub device_identity: Option<Vec<u8>>,
+    pub key_index: u32,
+    pub linked_at: i64,
+    /// Stanzas for this device that it has not been sent yet (it was offline), oldest first.
+    pub queue: VecDeque<Node>,
+}
+
+#[derive(Debug)]
+pub struct Account {
+    pub lid: String,
+    pub devices: BTreeMap<u16, Device>,
+    pub next_device: u16,
+    /// When the device list last changed (the key-index list's timestamp).
+    pub devices_changed_at: i64,
+}
+
+/// A message sent through the server, for `/_ctl/acked`.
+#[derive(Default, Debug, Clone)]
+pub struct Delivery {
+    pub delivered_to: Vec<DeviceAddr>,
+    pub acked_by: Vec<DeviceAddr>,
+}
+
+/// Commands to a connection's writer task.
+#[derive(Debug)]
+pub enum Out {
+    Node(Node),
+    /// Write this stanza (a `stream:error` or `failure`), then close the socket.
+    CloseWith(Node),
+    /// Close the socket without a word, like a network failure.
+    Drop,
+}
+
+/// A connected, logged-in device.
+pub struct Online {
+    pub conn: u64,
+    pub tx: mpsc::UnboundedSender<Out>,
+    /// Passive until the client sends `<active/>`: WhatsApp holds messages until then.
+    pub active: bool,
+}
+
+#[derive(Default)]
+pub struct State {
+    pub accounts: HashMap<String, Account>,
+    pub online: HashMap<DeviceAddr, Online>,
+    pub deliveries: HashMap<String, Delivery>,
+}
+
+impl State {
+    /// The account behind a user part, which is either its phone digits or its LID.
+    pub fn resolve_user(&self, user: &str) -> Option<String> {
+        if self.accounts.contains_key(user) {
+            return Some(user.to_owned());
+        }
+        self.accounts
+            .iter()
+            .find(|(_, a)| a.lid == user)
+            .map(|(phone, _)| phone.clone())
+    }
+
+    pub fn device(&self, addr: &DeviceAddr) -> Option<&Device> {
+        self.accounts.get(&addr.user)?.devices.get(&addr.device)
+    }
+
+    pub fn device_mut(&mut self, addr: &DeviceAddr) -> Option<&mut Device> {
+        self.accounts
+            .get_mut(&addr.user)?
+            .devices
+            .get_mut(&addr.device)
+    }
+
+    /// Sends a stanza to a device now if it is connected and active, else queues it for its
+    /// next login. Returns whether it went out now.
+    pub fn deliver(&mut self, to: &DeviceAddr, node: Node) -> bool {
+        if let Some(online) = self.online.get(to)
+            && online.active
+            && online.tx.send(Out::Node(node.clone())).is_ok()
+        {
+            return true;
+        }
+        if let Some(device) = self.device_mut(to) {
+            device.queue.push_back(node);
+        }
+        false
+    }
+}
+
+/// Counters for `/_ctl/stats`.
+#[derive(Default)]
+pub struct Stats {
+    pub usync_queries: AtomicU64,
+    pub prekey_fetches: AtomicU64,
+    pub connects: AtomicU64,
+    pub messages_routed: AtomicU64,
+}
+
+impl Stats {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "usync_queries": self.usync_queries.load(Ordering::Relaxed),
+            "prekey_fetches": self.prekey_fetches.load(Ordering::Relaxed),
+            "connects": self.connects.load(Ordering::Relaxed),
+            "messages_routed": self.messages_routed.load(Ordering::Relaxed),
+        })
+    }
+}
+
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
