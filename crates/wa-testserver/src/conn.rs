@@ -7,13 +7,13 @@ use anyhow::{Context, Result};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_websockets::WebSocketStream;
+use whatsapp_rust::wacore_binary::Node;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 use whatsapp_rust::wacore_binary::marshal::{marshal, unmarshal_ref};
 use whatsapp_rust::wacore_binary::util::unpack;
-use whatsapp_rust::wacore_binary::Node;
 
-use crate::noise::{self, FrameWriter, Sealer};
 use crate::nodes::attr;
+use crate::noise::{self, FrameWriter, Sealer};
 use crate::state::{DeviceAddr, Online, Out, Stats, now};
 use crate::{Hub, iq, pairing, routing};
 
@@ -96,12 +96,7 @@ where
 
 /// Checks the `ClientPayload`: a paired device logs in (`<success>` or `<failure>`); a new
 /// one gets its QR refs. Returns `None` when the connection is refused.
-fn login(
-    hub: &Arc<Hub>,
-    id: u64,
-    hello: &noise::Hello,
-    tx: &mpsc::UnboundedSender<Out>,
-) -> Option<Who> {
+fn login(hub: &Arc<Hub>, id: u64, hello: &noise::Hello, tx: &mpsc::UnboundedSender<Out>) -> Option<Who> {
     let payload = &hello.payload;
     if let Some(reg) = payload.device_pairing_data.as_option() {
         let registration = pairing::Registration::from_payload(reg, hello.client_static)?;
@@ -166,11 +161,8 @@ async fn handle(hub: &Arc<Hub>, conn: &Conn, node: Node) {
     }
 }
 
-async fn write_loop<S>(
-    mut writer: FrameWriter<S>,
-    mut sealer: Sealer,
-    mut rx: mpsc::UnboundedReceiver<Out>,
-) where
+async fn write_loop<S>(mut writer: FrameWriter<S>, mut sealer: Sealer, mut rx: mpsc::UnboundedReceiver<Out>)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     while let Some(out) = rx.recv().await {

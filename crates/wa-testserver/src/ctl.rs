@@ -17,8 +17,8 @@ use whatsapp_rust::download::MediaType;
 use whatsapp_rust::media::{self, AudioOptions, DocumentOptions, ImageOptions, VideoOptions};
 use whatsapp_rust::proto_helpers::MessageBuilderExt;
 use whatsapp_rust::upload::UploadOptions;
-use whatsapp_rust::waproto::whatsapp as wa;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
+use whatsapp_rust::waproto::whatsapp as wa;
 use whatsapp_rust::{Jid, SendOptions};
 
 use crate::{Hub, pairing};
@@ -34,12 +34,31 @@ pub fn routes() -> Router<Arc<Hub>> {
         .route("/_ctl/stats", get(stats))
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+/// A refusal: its status and the reason, answered as `{"error": reason}`.
+struct Fail(StatusCode, String);
+
+impl IntoResponse for Fail {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+type Reply = Result<Response, Fail>;
+
+fn error(status: StatusCode, message: impl Into<String>) -> Fail {
+    Fail(status, message.into())
+}
+
+fn internal(e: anyhow::Error) -> Fail {
+    error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+}
+
+fn ok(body: serde_json::Value) -> Reply {
+    Ok(Json(body).into_response())
 }
 
 /// `+15551234567` (or bare digits) → `15551234567`.
-fn digits(phone: &str) -> Result<String, Response> {
+fn digits(phone: &str) -> Result<String, Fail> {
     let d = phone.strip_prefix('+').unwrap_or(phone);
     if d.len() < 6 || d.len() > 15 || !d.bytes().all(|b| b.is_ascii_digit()) {
         return Err(error(StatusCode::BAD_REQUEST, format!("not an E.164 phone: {phone:?}")));
@@ -53,15 +72,12 @@ struct Scan {
     qr: String,
 }
 
-async fn scan(State(hub): State<Arc<Hub>>, Json(body): Json<Scan>) -> Response {
-    let phone = match digits(&body.phone) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    match pairing::scan(&hub, &phone, &body.qr).await {
-        Ok(()) => Json(json!({})).into_response(),
-        Err(reason) => error(StatusCode::CONFLICT, reason),
-    }
+async fn scan(State(hub): State<Arc<Hub>>, Json(body): Json<Scan>) -> Reply {
+    let phone = digits(&body.phone)?;
+    pairing::scan(&hub, &phone, &body.qr)
+        .await
+        .map_err(|reason| error(StatusCode::CONFLICT, reason))?;
+    ok(json!({}))
 }
 
 #[derive(Deserialize)]
@@ -87,19 +103,11 @@ struct Send {
 
 /// A contact (or, with `from_me`, the account's own phone) sends a message: its client
 /// encrypts it to every device of the recipient. Answers once the server holds it.
-async fn send(State(hub): State<Arc<Hub>>, Json(body): Json<Send>) -> Response {
-    let (from, to) = match (digits(&body.from), digits(&body.to)) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
+async fn send(State(hub): State<Arc<Hub>>, Json(body): Json<Send>) -> Reply {
+    let (from, to) = (digits(&body.from)?, digits(&body.to)?);
     let (sender, recipient) = if body.from_me { (to, from) } else { (from, to) };
-    let peer = match hub.peers.peer(&hub, &sender).await {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
-    };
-    if let Err(e) = hub.peers.peer(&hub, &recipient).await {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"));
-    }
+    let peer = hub.peers.peer(&hub, &sender).await.map_err(internal)?;
+    hub.peers.peer(&hub, &recipient).await.map_err(internal)?;
     let context = body.reply_to.as_ref().map(|id| {
         Box::new(wa::ContextInfo {
             stanza_id: Some(id.clone()),
@@ -108,40 +116,44 @@ async fn send(State(hub): State<Arc<Hub>>, Json(body): Json<Send>) -> Response {
         })
     });
     let message = match (&body.text, &body.media) {
-        (_, Some(m)) => match media_message(&peer.client, m, context).await {
-            Ok(message) => message,
-            Err(r) => return r,
-        },
+        (_, Some(m)) => media_message(&peer.client, m, context).await?,
         (Some(text), None) => match context {
             Some(context) => wa::Message::text_with_context(text.clone(), *context),
             None => wa::Message::text(text.clone()),
         },
-        (None, None) => return error(StatusCode::BAD_REQUEST, "text or media is required"),
+        (None, None) => return Err(error(StatusCode::BAD_REQUEST, "text or media is required")),
     };
     let id = body.id.clone().unwrap_or_else(|| peer.client.generate_message_id());
     let sent = peer
         .client
-        .send_message_with_options(Jid::pn(&recipient), message, SendOptions::default().with_message_id(id.clone()))
+        .send_message_with_options(
+            Jid::pn(&recipient),
+            message,
+            SendOptions::default().with_message_id(id.clone()),
+        )
         .await;
-    if let Err(e) = sent {
-        return error(StatusCode::BAD_GATEWAY, format!("the sender's client could not send: {e}"));
-    }
+    sent.map_err(|e| {
+        error(
+            StatusCode::BAD_GATEWAY,
+            format!("the sender's client could not send: {e}"),
+        )
+    })?;
     // `send_message` returns once the stanza is written; the contract answers once the
     // server has routed it.
     for _ in 0..500 {
         if hub.state.lock().expect("state lock").deliveries.contains_key(&id) {
-            return Json(json!({ "id": id })).into_response();
+            return ok(json!({ "id": id }));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    error(StatusCode::GATEWAY_TIMEOUT, "the server never saw the message")
+    Err(error(StatusCode::GATEWAY_TIMEOUT, "the server never saw the message"))
 }
 
 async fn media_message(
     client: &whatsapp_rust::Client,
     m: &Media,
     context: Option<Box<wa::ContextInfo>>,
-) -> Result<wa::Message, Response> {
+) -> Result<wa::Message, Fail> {
     let data = base64::engine::general_purpose::STANDARD
         .decode(&m.data_base64)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("data_base64: {e}")))?;
@@ -159,15 +171,42 @@ async fn media_message(
         .map_err(|e| error(StatusCode::BAD_GATEWAY, format!("upload failed: {e:#}")))?;
     let mime = m.mime.clone();
     Ok(match m.kind.as_str() {
-        "image" => media::image_message(upload, ImageOptions { caption: m.caption.clone(), mimetype: mime, context_info: context, ..Default::default() }),
-        "video" => media::video_message(upload, VideoOptions { caption: m.caption.clone(), mimetype: mime, context_info: context, ..Default::default() }),
+        "image" => media::image_message(
+            upload,
+            ImageOptions {
+                caption: m.caption.clone(),
+                mimetype: mime,
+                context_info: context,
+                ..Default::default()
+            },
+        ),
+        "video" => media::video_message(
+            upload,
+            VideoOptions {
+                caption: m.caption.clone(),
+                mimetype: mime,
+                context_info: context,
+                ..Default::default()
+            },
+        ),
         "audio" | "voice" => media::audio_message(
             upload,
-            AudioOptions { mimetype: mime, ptt: Some(m.kind == "voice"), context_info: context, ..Default::default() },
+            AudioOptions {
+                mimetype: mime,
+                ptt: Some(m.kind == "voice"),
+                context_info: context,
+                ..Default::default()
+            },
         ),
         "document" => media::document_message(
             upload,
-            DocumentOptions { caption: m.caption.clone(), mimetype: mime, file_name: m.file_name.clone(), context_info: context, ..Default::default() },
+            DocumentOptions {
+                caption: m.caption.clone(),
+                mimetype: mime,
+                file_name: m.file_name.clone(),
+                context_info: context,
+                ..Default::default()
+            },
         ),
         _ => sticker_message(upload, mime),
     })
@@ -190,27 +229,23 @@ fn sticker_message(upload: whatsapp_rust::upload::UploadResponse, mime: Option<S
     }
 }
 
-async fn acked(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
+async fn acked(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Reply {
     let state = hub.state.lock().expect("state lock");
     let delivery = state.deliveries.get(&id).cloned().unwrap_or_default();
-    Json(json!({
+    ok(json!({
         "delivered_to_devices": delivery.delivered_to.len(),
         "acked_by_devices": delivery.acked_by.len(),
     }))
-    .into_response()
 }
 
-async fn received(State(hub): State<Arc<Hub>>, Path(phone): Path<String>) -> Response {
-    let phone = match digits(&phone) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+async fn received(State(hub): State<Arc<Hub>>, Path(phone): Path<String>) -> Reply {
+    let phone = digits(&phone)?;
     let messages = hub
         .peers
         .get(&phone)
         .map(|p| p.received.lock().expect("received lock").clone())
         .unwrap_or_default();
-    Json(json!({ "messages": messages })).into_response()
+    ok(json!({ "messages": messages }))
 }
 
 #[derive(Deserialize)]
@@ -223,14 +258,12 @@ struct Receipt {
 /// The account `phone` sends a receipt for a message it received. Its client sends a delivery
 /// receipt by itself on decrypting; `delivered` sends one more, as a phone does again when it
 /// comes back online.
-async fn receipt(State(hub): State<Arc<Hub>>, Json(body): Json<Receipt>) -> Response {
-    let phone = match digits(&body.phone) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let Some(peer) = hub.peers.get(&phone) else {
-        return error(StatusCode::NOT_FOUND, "no such account");
-    };
+async fn receipt(State(hub): State<Arc<Hub>>, Json(body): Json<Receipt>) -> Reply {
+    let phone = digits(&body.phone)?;
+    let peer = hub
+        .peers
+        .get(&phone)
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "no such account"))?;
     let sender = peer
         .received
         .lock()
@@ -238,29 +271,25 @@ async fn receipt(State(hub): State<Arc<Hub>>, Json(body): Json<Receipt>) -> Resp
         .iter()
         .find(|m| m.id == body.id)
         .map(|m| m.from.trim_start_matches('+').to_owned());
-    let Some(sender) = sender else {
-        return error(StatusCode::NOT_FOUND, "that account did not receive this message");
-    };
+    let sender = sender.ok_or_else(|| error(StatusCode::NOT_FOUND, "that account did not receive this message"))?;
     let chat = Jid::pn(&sender);
     let result = match body.status.as_str() {
         "read" => peer.client.mark_as_read(&chat, None, &[body.id.as_str()]).await,
         "delivered" => {
-            let node = NodeBuilder::new("receipt").attr("to", chat.to_string()).attr("id", body.id.clone()).build();
+            let node = NodeBuilder::new("receipt")
+                .attr("to", chat.to_string())
+                .attr("id", body.id.clone())
+                .build();
             peer.client.send_node(node).await.map_err(Into::into)
         }
-        other => return error(StatusCode::BAD_REQUEST, format!("unknown status {other:?}")),
+        other => return Err(error(StatusCode::BAD_REQUEST, format!("unknown status {other:?}"))),
     };
-    match result {
-        Ok(()) => Json(json!({})).into_response(),
-        Err(e) => error(StatusCode::BAD_GATEWAY, format!("{e:#}")),
-    }
+    result.map_err(|e| error(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
+    ok(json!({}))
 }
 
-async fn devices(State(hub): State<Arc<Hub>>, Path(phone): Path<String>) -> Response {
-    let phone = match digits(&phone) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+async fn devices(State(hub): State<Arc<Hub>>, Path(phone): Path<String>) -> Reply {
+    let phone = digits(&phone)?;
     let state = hub.state.lock().expect("state lock");
     let devices: Vec<_> = state
         .accounts
@@ -275,9 +304,9 @@ async fn devices(State(hub): State<Arc<Hub>>, Path(phone): Path<String>) -> Resp
                 .collect()
         })
         .unwrap_or_default();
-    Json(json!({ "devices": devices })).into_response()
+    ok(json!({ "devices": devices }))
 }
 
-async fn stats(State(hub): State<Arc<Hub>>) -> Response {
-    Json(hub.stats.json()).into_response()
+async fn stats(State(hub): State<Arc<Hub>>) -> Reply {
+    ok(hub.stats.json())
 }

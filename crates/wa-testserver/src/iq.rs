@@ -47,17 +47,21 @@ pub async fn handle(hub: &Arc<Hub>, conn: &Conn, node: Node) {
                 .expect("state lock")
                 .device(&addr)
                 .map_or(0, |d| d.pre_keys.len());
-            iq_result(&id, vec![NodeBuilder::new("count").attr("value", count.to_string()).build()])
+            iq_result(
+                &id,
+                vec![NodeBuilder::new("count").attr("value", count.to_string()).build()],
+            )
         }
         ("encrypt", "registration") => {
             prekeys::store_upload(hub, &addr, &node);
             iq_result(&id, vec![])
         }
         ("encrypt", "rotate") => {
-            if let Some(skey) = child(&node, "rotate").and_then(|r| child(r, "skey")).and_then(signed_pre_key) {
-                if let Some(device) = hub.state.lock().expect("state lock").device_mut(&addr) {
-                    device.signed_pre_key = Some(skey);
-                }
+            let skey = child(&node, "rotate")
+                .and_then(|r| child(r, "skey"))
+                .and_then(signed_pre_key);
+            if let Some(device) = hub.state.lock().expect("state lock").device_mut(&addr) {
+                device.signed_pre_key = skey.or(device.signed_pre_key.take());
             }
             iq_result(&id, vec![])
         }
@@ -70,6 +74,28 @@ pub async fn handle(hub: &Arc<Hub>, conn: &Conn, node: Node) {
             Stats::bump(&hub.stats.usync_queries);
             iq_result(&id, vec![usync::answer(hub, child(&node, "usync").expect("matched"))])
         }
+        // No A/B experiments: an empty prop set under a stable hash.
+        ("abt", "props") => iq_result(
+            &id,
+            vec![
+                NodeBuilder::new("props")
+                    .attr("protocol", "1")
+                    .attr("hash", "wa-testserver")
+                    .build(),
+            ],
+        ),
+        // Everyone's defaults, read receipts on: the client sends `read` receipts.
+        ("privacy", "privacy") => iq_result(
+            &id,
+            vec![
+                NodeBuilder::new("privacy")
+                    .children([NodeBuilder::new("category")
+                        .attr("name", "readreceipts")
+                        .attr("value", "all")
+                        .build()])
+                    .build(),
+            ],
+        ),
         ("w:m", "media_conn") => iq_result(&id, vec![media::media_conn(hub)]),
         ("w:sync:app:state", "sync") => iq_result(&id, vec![empty_collections(&node)]),
         _ => {
@@ -96,7 +122,14 @@ fn empty_collections(request: &Node) -> Node {
     let sync = child(request, "sync");
     let collections = sync.map(children).unwrap_or_default().iter().filter_map(|c| {
         let name = attr(c, "name")?;
-        Some(NodeBuilder::new("collection").attr("name", name).attr("version", "0").build())
+        Some(
+            NodeBuilder::new("collection")
+                .attr("name", name)
+                .attr("version", "0")
+                .build(),
+        )
     });
-    NodeBuilder::new("sync").children(collections.collect::<Vec<_>>()).build()
+    NodeBuilder::new("sync")
+        .children(collections.collect::<Vec<_>>())
+        .build()
 }

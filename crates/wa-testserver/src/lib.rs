@@ -17,8 +17,8 @@ mod http;
 mod iq;
 mod loopback;
 mod media;
-mod noise;
 mod nodes;
+mod noise;
 mod pairing;
 mod peers;
 mod prekeys;
@@ -58,12 +58,7 @@ impl TestServer {
         let hub = Arc::new(Hub::new(addr));
         let stop = CancellationToken::new();
         let task = tokio::spawn(http::serve(listener, hub.clone(), stop.clone()));
-        Ok(Self {
-            addr,
-            hub,
-            stop,
-            task,
-        })
+        Ok(Self { addr, hub, stop, task })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -131,7 +126,10 @@ impl Hub {
     /// The account of `phone` (digits), created with a fresh LID on first mention.
     pub fn account_mut<'a>(&self, state: &'a mut State, phone: &str) -> &'a mut Account {
         state.accounts.entry(phone.to_owned()).or_insert_with(|| Account {
-            lid: format!("{}", 100_000_000_000_000u64 + rand::random_range(0..899_999_999_999_999u64)),
+            lid: format!(
+                "{}",
+                100_000_000_000_000u64 + rand::random_range(0..899_999_999_999_999u64)
+            ),
             devices: Default::default(),
             next_device: 0,
             devices_changed_at: now(),
@@ -231,7 +229,14 @@ impl Hub {
             return;
         };
         let list = usync::key_index_list(account);
-        let node = routing::devices_notification(phone, device, last.key_index, true, account.devices_changed_at, Some(list));
+        let node = routing::devices_notification(
+            phone,
+            device,
+            last.key_index,
+            true,
+            account.devices_changed_at,
+            Some(list),
+        );
         for (addr, online) in &state.online {
             if addr.device != device || addr.user != phone {
                 let _ = online.tx.send(Out::Node(node.clone()));

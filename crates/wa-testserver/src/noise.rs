@@ -61,9 +61,7 @@ pub struct FrameWriter<S> {
     ws: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
 }
 
-pub fn split<S: AsyncRead + AsyncWrite + Unpin>(
-    ws: WebSocketStream<S>,
-) -> (FrameReader<S>, FrameWriter<S>) {
+pub fn split<S: AsyncRead + AsyncWrite + Unpin>(ws: WebSocketStream<S>) -> (FrameReader<S>, FrameWriter<S>) {
     let (sink, stream) = ws.split();
     (
         FrameReader {
@@ -111,7 +109,9 @@ fn strip_connection_header(mut data: &[u8]) -> Result<&[u8]> {
             bail!("truncated edge-routing pre-intro");
         }
         let len = (usize::from(data[4]) << 16) | (usize::from(data[5]) << 8) | usize::from(data[6]);
-        data = data.get(7 + len..).ok_or_else(|| anyhow!("truncated edge-routing data"))?;
+        data = data
+            .get(7 + len..)
+            .ok_or_else(|| anyhow!("truncated edge-routing data"))?;
     }
     data.strip_prefix(&WA_CONN_HEADER[..])
         .ok_or_else(|| anyhow!("the first frame does not start with the WA header"))
@@ -137,7 +137,10 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     reader: &mut FrameReader<S>,
     writer: &mut FrameWriter<S>,
 ) -> Result<(Hello, Transport)> {
-    let frame = reader.next_frame().await?.ok_or_else(|| anyhow!("closed before hello"))?;
+    let frame = reader
+        .next_frame()
+        .await?
+        .ok_or_else(|| anyhow!("closed before hello"))?;
     let hello = wa::HandshakeMessage::decode_from_slice(&frame)?
         .client_hello
         .into_option()
@@ -216,7 +219,10 @@ async fn xx<S: AsyncRead + AsyncWrite + Unpin>(
     let enc_cert = noise.encrypt(&identity.cert_chain)?;
     send_server_hello(writer, public(&eph), Some(enc_static), enc_cert).await?;
 
-    let frame = reader.next_frame().await?.ok_or_else(|| anyhow!("closed before finish"))?;
+    let frame = reader
+        .next_frame()
+        .await?
+        .ok_or_else(|| anyhow!("closed before finish"))?;
     let finish = wa::HandshakeMessage::decode_from_slice(&frame)?
         .client_finish
         .into_option()
@@ -294,8 +300,7 @@ pub struct Opener {
 
 impl Opener {
     pub fn open(&mut self, mut frame: BytesMut) -> Result<BytesMut> {
-        self.cipher
-            .decrypt_in_place_with_counter(self.counter, &mut frame)?;
+        self.cipher.decrypt_in_place_with_counter(self.counter, &mut frame)?;
         self.counter += 1;
         Ok(frame)
     }

@@ -39,10 +39,7 @@ pub struct Registration {
 }
 
 impl Registration {
-    pub fn from_payload(
-        reg: &wa::client_payload::DevicePairingRegistrationData,
-        noise_pub: [u8; 32],
-    ) -> Option<Self> {
+    pub fn from_payload(reg: &wa::client_payload::DevicePairingRegistrationData, noise_pub: [u8; 32]) -> Option<Self> {
         let regid: [u8; 4] = reg.e_regid.as_deref()?.try_into().ok()?;
         let skey_id = reg.e_skey_id.as_deref()?;
         Some(Self {
@@ -85,12 +82,7 @@ pub struct Pairings {
 
 impl Pairings {
     /// Registers a new device's connection and returns its `<pair-device>` iq.
-    pub fn offer(
-        &self,
-        registration: &Arc<Registration>,
-        conn: u64,
-        tx: mpsc::UnboundedSender<Out>,
-    ) -> Node {
+    pub fn offer(&self, registration: &Arc<Registration>, conn: u64, tx: mpsc::UnboundedSender<Out>) -> Node {
         let mut waiting = self.waiting.lock().expect("pairings lock");
         let refs: Vec<String> = (0..REFS)
             .map(|_| {
@@ -114,7 +106,10 @@ impl Pairings {
             .attr("id", server_id())
             .attr("xmlns", "md")
             .children([NodeBuilder::new("pair-device")
-                .children(refs.into_iter().map(|r| NodeBuilder::new("ref").bytes(r.into_bytes()).build()))
+                .children(
+                    refs.into_iter()
+                        .map(|r| NodeBuilder::new("ref").bytes(r.into_bytes()).build()),
+                )
                 .build()])
             .build()
     }
@@ -138,7 +133,13 @@ pub async fn scan(hub: &Arc<Hub>, phone: &str, qr: &str) -> Result<(), String> {
         .nth(3)
         .and_then(|s| B64.decode(s).ok())
         .ok_or("the QR string has no ADV secret")?;
-    if !hub.pairings.waiting.lock().expect("pairings lock").contains_key(&qr_ref) {
+    if !hub
+        .pairings
+        .waiting
+        .lock()
+        .expect("pairings lock")
+        .contains_key(&qr_ref)
+    {
         return Err("unknown or expired QR code".into());
     }
     let client = hub.peers.phone(hub, phone).await.map_err(|e| format!("{e:#}"))?;
@@ -172,8 +173,7 @@ pub fn phone_confirmed(hub: &Arc<Hub>, conn: &Conn, node: &Node) {
     let Some(phone) = conn.device().filter(|a| a.device == 0).map(|a| a.user.clone()) else {
         return;
     };
-    let Some(mut linking) = hub.pairings.scanning.lock().expect("pairings lock").remove(&phone)
-    else {
+    let Some(mut linking) = hub.pairings.scanning.lock().expect("pairings lock").remove(&phone) else {
         return;
     };
     let Some(waiting) = hub
@@ -197,7 +197,12 @@ pub fn phone_confirmed(hub: &Arc<Hub>, conn: &Conn, node: &Node) {
         (account.next_device, account.lid.clone())
     };
     linking.device = device;
-    let identity = signed_identity(&account_key, &waiting.registration.identity, device, &linking.adv_secret);
+    let identity = signed_identity(
+        &account_key,
+        &waiting.registration.identity,
+        device,
+        &linking.adv_secret,
+    );
     let success = NodeBuilder::new("iq")
         .attr("from", SERVER)
         .attr("type", "set")

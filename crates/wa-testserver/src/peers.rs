@@ -138,7 +138,9 @@ async fn start(hub: &Arc<Hub>, phone: &str) -> Result<Peer> {
     let store = client.persistence_manager();
     store.process_command(DeviceCommand::SetId(Some(Jid::pn(phone)))).await;
     store.process_command(DeviceCommand::SetLid(Some(Jid::lid(lid)))).await;
-    store.process_command(DeviceCommand::SetPushName(format!("+{phone}"))).await;
+    store
+        .process_command(DeviceCommand::SetPushName(format!("+{phone}")))
+        .await;
     let device = store.get_device_snapshot();
     {
         // The phone was registered with WhatsApp long ago: the server knows its keys.
@@ -201,32 +203,51 @@ async fn describe(client: &Client, message: &wa::Message, info: &MessageInfo, fr
         file_name: None,
         reply_to: None,
     };
-    let media: Option<(&'static str, &dyn Downloadable, Option<&str>, Option<&wa::ContextInfo>)> =
-        if let Some(m) = base.image_message.as_option() {
-            Some(("image", m, m.mimetype.as_deref(), m.context_info.as_option()))
-        } else if let Some(m) = base.video_message.as_option() {
-            Some(("video", m, m.mimetype.as_deref(), m.context_info.as_option()))
-        } else if let Some(m) = base.audio_message.as_option() {
-            let kind = if m.ptt == Some(true) { "voice" } else { "audio" };
-            Some((kind, m, m.mimetype.as_deref(), m.context_info.as_option()))
-        } else if let Some(m) = base.document_message.as_option() {
-            entry.file_name = m.file_name.clone();
-            Some(("document", m, m.mimetype.as_deref(), m.context_info.as_option()))
-        } else if let Some(m) = base.sticker_message.as_option() {
-            Some(("sticker", m, m.mimetype.as_deref(), m.context_info.as_option()))
-        } else {
-            None
-        };
+    let media = if let Some(m) = base.image_message.as_option() {
+        Some(MediaRef::new(
+            "image",
+            m,
+            m.mimetype.as_deref(),
+            m.context_info.as_option(),
+        ))
+    } else if let Some(m) = base.video_message.as_option() {
+        Some(MediaRef::new(
+            "video",
+            m,
+            m.mimetype.as_deref(),
+            m.context_info.as_option(),
+        ))
+    } else if let Some(m) = base.audio_message.as_option() {
+        let kind = if m.ptt == Some(true) { "voice" } else { "audio" };
+        Some(MediaRef::new(
+            kind,
+            m,
+            m.mimetype.as_deref(),
+            m.context_info.as_option(),
+        ))
+    } else if let Some(m) = base.document_message.as_option() {
+        entry.file_name = m.file_name.clone();
+        Some(MediaRef::new(
+            "document",
+            m,
+            m.mimetype.as_deref(),
+            m.context_info.as_option(),
+        ))
+    } else {
+        base.sticker_message
+            .as_option()
+            .map(|m| MediaRef::new("sticker", m, m.mimetype.as_deref(), m.context_info.as_option()))
+    };
     let context = base
         .extended_text_message
         .as_option()
         .and_then(|m| m.context_info.as_option());
-    if let Some((kind, downloadable, mime, media_context)) = media {
-        entry.kind = kind;
-        entry.mime = mime.map(str::to_owned);
+    if let Some(media) = media {
+        entry.kind = media.kind;
+        entry.mime = media.mime.map(str::to_owned);
         entry.text = None;
-        entry.reply_to = media_context.and_then(|c| c.stanza_id.clone());
-        match client.download(downloadable).await {
+        entry.reply_to = media.context.and_then(|c| c.stanza_id.clone());
+        match client.download(media.file).await {
             Ok(data) => {
                 entry.bytes = Some(data.len());
                 entry.sha256 = Some(hex(&Sha256::digest(&data)));
@@ -237,6 +258,30 @@ async fn describe(client: &Client, message: &wa::Message, info: &MessageInfo, fr
         entry.reply_to = context.and_then(|c| c.stanza_id.clone());
     }
     entry
+}
+
+/// The parts of a media message `describe` reports.
+struct MediaRef<'a> {
+    kind: &'static str,
+    file: &'a dyn Downloadable,
+    mime: Option<&'a str>,
+    context: Option<&'a wa::ContextInfo>,
+}
+
+impl<'a> MediaRef<'a> {
+    fn new(
+        kind: &'static str,
+        file: &'a dyn Downloadable,
+        mime: Option<&'a str>,
+        context: Option<&'a wa::ContextInfo>,
+    ) -> Self {
+        Self {
+            kind,
+            file,
+            mime,
+            context,
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -2,7 +2,6 @@
 //! session (each fetch consumes one one-time prekey, as on WhatsApp), and a device can ask for
 //! a digest of what the server holds to check it.
 
-
 use whatsapp_rust::wacore::prekeys::compute_key_bundle_digest;
 use whatsapp_rust::wacore_binary::Node;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
@@ -56,13 +55,22 @@ pub fn bundles(hub: &Hub, request: &Node) -> Node {
                 let device = state.device_mut(&DeviceAddr::new(phone, addr.device))?;
                 let skey = device.signed_pre_key.clone()?;
                 let one_time = device.pre_keys.pop_front();
-                Some(bundle_children(device.registration_id, &device.identity, &skey, one_time, device.device_identity.clone()))
+                Some(bundle_children(
+                    device.registration_id,
+                    &device.identity,
+                    &skey,
+                    one_time,
+                    device.device_identity.clone(),
+                ))
             });
             let builder = NodeBuilder::new("user").attr("jid", jid.to_string());
             match found {
                 Some(children) => builder.children(children).build(),
                 None => builder
-                    .children([NodeBuilder::new("error").attr("code", "404").attr("text", "item-not-found").build()])
+                    .children([NodeBuilder::new("error")
+                        .attr("code", "404")
+                        .attr("text", "item-not-found")
+                        .build()])
                     .build(),
             }
         })
@@ -78,7 +86,9 @@ fn bundle_children(
     device_identity: Option<Vec<u8>>,
 ) -> Vec<Node> {
     let mut nodes = vec![
-        NodeBuilder::new("registration").bytes(registration_id.to_be_bytes().to_vec()).build(),
+        NodeBuilder::new("registration")
+            .bytes(registration_id.to_be_bytes().to_vec())
+            .build(),
         NodeBuilder::new("type").bytes(vec![5]).build(),
         NodeBuilder::new("identity").bytes(identity.to_vec()).build(),
         NodeBuilder::new("skey")
@@ -110,10 +120,7 @@ fn bundle_children(
 /// the client upload again.
 pub fn digest(hub: &Hub, addr: &DeviceAddr, id: &str) -> Node {
     let state = hub.state.lock().expect("state lock");
-    let Some((device, skey)) = state
-        .device(addr)
-        .and_then(|d| Some((d, d.signed_pre_key.clone()?)))
-    else {
+    let Some((device, skey)) = state.device(addr).and_then(|d| Some((d, d.signed_pre_key.clone()?))) else {
         return iq_error(id, 404, "item-not-found");
     };
     let publics: Vec<&[u8]> = device.pre_keys.iter().map(|(_, v)| v.as_slice()).collect();
@@ -124,22 +131,26 @@ pub fn digest(hub: &Hub, addr: &DeviceAddr, id: &str) -> Node {
         .map(|(id, _)| NodeBuilder::new("id").bytes(be3(*id)).build());
     iq_result(
         id,
-        vec![NodeBuilder::new("digest")
-            .children([
-                NodeBuilder::new("registration").bytes(device.registration_id.to_be_bytes().to_vec()).build(),
-                NodeBuilder::new("type").bytes(vec![5]).build(),
-                NodeBuilder::new("identity").bytes(device.identity.clone()).build(),
-                NodeBuilder::new("skey")
-                    .children([
-                        NodeBuilder::new("id").bytes(be3(skey.id)).build(),
-                        NodeBuilder::new("value").bytes(skey.public.clone()).build(),
-                        NodeBuilder::new("signature").bytes(skey.signature.clone()).build(),
-                    ])
-                    .build(),
-                NodeBuilder::new("list").children(ids.collect::<Vec<_>>()).build(),
-                NodeBuilder::new("hash").bytes(hash).build(),
-            ])
-            .build()],
+        vec![
+            NodeBuilder::new("digest")
+                .children([
+                    NodeBuilder::new("registration")
+                        .bytes(device.registration_id.to_be_bytes().to_vec())
+                        .build(),
+                    NodeBuilder::new("type").bytes(vec![5]).build(),
+                    NodeBuilder::new("identity").bytes(device.identity.clone()).build(),
+                    NodeBuilder::new("skey")
+                        .children([
+                            NodeBuilder::new("id").bytes(be3(skey.id)).build(),
+                            NodeBuilder::new("value").bytes(skey.public.clone()).build(),
+                            NodeBuilder::new("signature").bytes(skey.signature.clone()).build(),
+                        ])
+                        .build(),
+                    NodeBuilder::new("list").children(ids.collect::<Vec<_>>()).build(),
+                    NodeBuilder::new("hash").bytes(hash).build(),
+                ])
+                .build(),
+        ],
     )
 }
 

@@ -56,7 +56,8 @@ pub fn message(hub: &Arc<Hub>, conn: &Conn, node: Node) {
     };
     let mut delivered = Vec::new();
     for (jid, payload) in targets {
-        let Some(addr) = addr_of(&jid).and_then(|a| Some(DeviceAddr::new(state.resolve_user(&a.user)?, a.device))) else {
+        let Some(addr) = addr_of(&jid).and_then(|a| Some(DeviceAddr::new(state.resolve_user(&a.user)?, a.device)))
+        else {
             continue;
         };
         let mut stanza = NodeBuilder::new("message")
@@ -70,7 +71,9 @@ pub fn message(hub: &Arc<Hub>, conn: &Conn, node: Node) {
             // A copy for the sender's own other devices names the chat it was sent to.
             stanza = stanza.attr("recipient", to.to_non_ad().to_string());
         }
-        let stanza = stanza.children(payload.into_iter().chain(shared.iter().cloned())).build();
+        let stanza = stanza
+            .children(payload.into_iter().chain(shared.iter().cloned()))
+            .build();
         let own = addr.user == sender.user;
         if state.deliver(&addr, stanza) && !own {
             delivered.push(addr);
@@ -159,7 +162,14 @@ pub fn receipt(hub: &Arc<Hub>, conn: &Conn, node: Node) {
 
 /// `<notification type="devices">` telling everyone online that an account's device list
 /// changed, so cached lists are refreshed (wacore `stanza/devices.rs` reads it).
-pub fn devices_notification(phone: &str, device: u16, key_index: u32, added: bool, ts: i64, list: Option<Vec<u8>>) -> Node {
+pub fn devices_notification(
+    phone: &str,
+    device: u16,
+    key_index: u32,
+    added: bool,
+    ts: i64,
+    list: Option<Vec<u8>>,
+) -> Node {
     let mut key_index_list = NodeBuilder::new("key-index-list").attr("ts", ts.to_string());
     if let Some(list) = list {
         key_index_list = key_index_list.bytes(list);

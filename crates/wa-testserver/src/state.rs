@@ -120,10 +120,7 @@ impl State {
     }
 
     pub fn device_mut(&mut self, addr: &DeviceAddr) -> Option<&mut Device> {
-        self.accounts
-            .get_mut(&addr.user)?
-            .devices
-            .get_mut(&addr.device)
+        self.accounts.get_mut(&addr.user)?.devices.get_mut(&addr.device)
     }
 
     /// Sends a stanza to a device now if it is connected and active, else queues it for its
@@ -165,7 +162,6 @@ impl Stats {
         })
     }
 }
-
 
 pub fn now() -> i64 {
     SystemTime::now()

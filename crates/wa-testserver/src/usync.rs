@@ -77,7 +77,11 @@ fn answer_user(state: &State, user: &Node, protocols: &[String]) -> Node {
             }
             ("devices", Some((_, account))) => results.push(devices(account)),
             ("lid", Some((_, account))) => {
-                results.push(NodeBuilder::new("lid").attr("val", format!("{}@lid", account.lid)).build());
+                results.push(
+                    NodeBuilder::new("lid")
+                        .attr("val", format!("{}@lid", account.lid))
+                        .build(),
+                );
             }
             _ => {}
         }
@@ -94,7 +98,11 @@ fn devices(account: &Account) -> Node {
         }
         node.build()
     });
-    let mut nodes = vec![NodeBuilder::new("device-list").children(list.collect::<Vec<_>>()).build()];
+    let mut nodes = vec![
+        NodeBuilder::new("device-list")
+            .children(list.collect::<Vec<_>>())
+            .build(),
+    ];
     if account.devices.len() > 1 {
         nodes.push(
             NodeBuilder::new("key-index-list")

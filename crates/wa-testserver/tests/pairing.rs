@@ -14,7 +14,11 @@ async fn a_new_client_gets_qr_codes() {
     let device = Device::start(&server, &dir.path().join("wa.db")).await;
     let qr = device.qr().await;
     let fields: Vec<&str> = qr.split(',').collect();
-    assert_eq!(fields.len(), 5, "ref, noise key, identity key, ADV secret, client type: {qr}");
+    assert_eq!(
+        fields.len(),
+        5,
+        "ref, noise key, identity key, ADV secret, client type: {qr}"
+    );
     assert!(fields[0].starts_with("2@"), "{qr}");
     device.stop().await;
     server.shutdown().await;

@@ -144,7 +144,37 @@ impl Ctl {
 /// A started server, the device under test's store directory, and the control client.
 pub async fn server() -> (TestServer, Ctl, tempfile::TempDir) {
     logs();
-    let server = TestServer::start("127.0.0.1:0".parse().unwrap()).await.expect("start the server");
+    let server = TestServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("start the server");
     let ctl = Ctl::new(&server);
     (server, ctl, tempfile::tempdir().unwrap())
+}
+
+/// A device under test linked to `phone`'s account by a QR scan, and connected.
+pub async fn linked(server: &TestServer, ctl: &Ctl, store: &Path, phone: &str) -> Device {
+    let device = Device::start(server, store).await;
+    let qr = device.qr().await;
+    let (status, body) = ctl
+        .post("/_ctl/scan", serde_json::json!({"phone": phone, "qr": qr}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    device.connected().await;
+    device
+}
+
+/// Polls the control API until `check` accepts the answer.
+pub async fn until(ctl: &Ctl, path: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, body) = ctl.get(path).await;
+        if check(&body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out polling {path}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
