@@ -153,7 +153,7 @@ async fn handle(hub: &Arc<Hub>, conn: &Conn, node: Node) {
         "receipt" => routing::receipt(hub, conn, node),
         "presence" => {
             if let (Some(addr), Some(kind)) = (conn.device(), attr(&node, "type")) {
-                hub.set_presence(addr, kind);
+                hub.faults.set_presence(addr, kind);
             }
         }
         "ack" | "ib" | "chatstate" => {}

@@ -21,7 +21,7 @@ use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 use whatsapp_rust::waproto::whatsapp as wa;
 use whatsapp_rust::{Jid, SendOptions};
 
-use crate::{Hub, pairing};
+use crate::{Hub, faults, pairing};
 
 pub fn routes() -> Router<Arc<Hub>> {
     Router::new()
@@ -32,6 +32,14 @@ pub fn routes() -> Router<Arc<Hub>> {
         .route("/_ctl/receipt", post(receipt))
         .route("/_ctl/devices/{phone}", get(devices))
         .route("/_ctl/stats", get(stats))
+        .route("/_ctl/drop", post(drop_links))
+        .route("/_ctl/logout", post(logout))
+        .route("/_ctl/ban", post(ban))
+        .route("/_ctl/replace", post(replace))
+        .route("/_ctl/outdated", post(outdated))
+        .route("/_ctl/offline", post(offline))
+        .route("/_ctl/hold-acks", post(hold_acks))
+        .route("/_ctl/presence/{phone}", get(presence))
 }
 
 /// A refusal: its status and the reason, answered as `{"error": reason}`.
@@ -309,4 +317,55 @@ async fn devices(State(hub): State<Arc<Hub>>, Path(phone): Path<String>) -> Repl
 
 async fn stats(State(hub): State<Arc<Hub>>) -> Reply {
     ok(hub.stats.json())
+}
+
+#[derive(Deserialize)]
+struct Phone {
+    phone: String,
+}
+
+#[derive(Deserialize)]
+struct ForSeconds {
+    phone: String,
+    seconds: u64,
+}
+
+async fn drop_links(State(hub): State<Arc<Hub>>, Json(body): Json<Phone>) -> Reply {
+    let dropped = faults::drop_links(&hub, &digits(&body.phone)?);
+    ok(json!({ "dropped": dropped }))
+}
+
+async fn logout(State(hub): State<Arc<Hub>>, Json(body): Json<Phone>) -> Reply {
+    let removed = faults::logout(&hub, &digits(&body.phone)?);
+    ok(json!({ "removed": removed }))
+}
+
+async fn ban(State(hub): State<Arc<Hub>>, Json(body): Json<ForSeconds>) -> Reply {
+    faults::ban(&hub, &digits(&body.phone)?, body.seconds);
+    ok(json!({}))
+}
+
+async fn replace(State(hub): State<Arc<Hub>>, Json(body): Json<Phone>) -> Reply {
+    let replaced = faults::replace(&hub, &digits(&body.phone)?);
+    ok(json!({ "replaced": replaced }))
+}
+
+/// Not in the contract's list; the client-outdated case of the issue.
+async fn outdated(State(hub): State<Arc<Hub>>, Json(body): Json<Phone>) -> Reply {
+    faults::outdated(&hub, &digits(&body.phone)?);
+    ok(json!({}))
+}
+
+async fn offline(State(hub): State<Arc<Hub>>, Json(body): Json<ForSeconds>) -> Reply {
+    faults::offline(&hub, &digits(&body.phone)?, body.seconds);
+    ok(json!({}))
+}
+
+async fn hold_acks(State(hub): State<Arc<Hub>>, Json(body): Json<ForSeconds>) -> Reply {
+    faults::hold_acks(&hub, &digits(&body.phone)?, body.seconds);
+    ok(json!({}))
+}
+
+async fn presence(State(hub): State<Arc<Hub>>, Path(phone): Path<String>) -> Reply {
+    ok(json!({ "presence": hub.faults.presence(&digits(&phone)?) }))
 }

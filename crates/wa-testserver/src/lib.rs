@@ -13,6 +13,7 @@
 
 mod conn;
 mod ctl;
+mod faults;
 mod http;
 mod iq;
 mod loopback;
@@ -26,11 +27,9 @@ mod routing;
 mod state;
 mod usync;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use whatsapp_rust::wacore_binary::Node;
@@ -93,11 +92,7 @@ pub(crate) struct Hub {
     pub media: media::MediaStore,
     pub ws_url: String,
     pub http_url: String,
-    presence: Mutex<HashMap<DeviceAddr, String>>,
-    /// Accounts whose linked devices are refused at login until then (`/_ctl/ban`).
-    bans: Mutex<HashMap<String, Instant>>,
-    /// Devices whose message stanzas the server swallows until then (`/_ctl/hold-acks`).
-    holds: Mutex<HashMap<DeviceAddr, Instant>>,
+    pub faults: faults::Faults,
     next_conn: AtomicU64,
 }
 
@@ -112,9 +107,7 @@ impl Hub {
             media: media::MediaStore::default(),
             ws_url: format!("ws://{addr}/ws/chat"),
             http_url: format!("http://{addr}"),
-            presence: Mutex::default(),
-            bans: Mutex::default(),
-            holds: Mutex::default(),
+            faults: faults::Faults::default(),
             next_conn: AtomicU64::new(1),
         }
     }
@@ -152,19 +145,7 @@ impl Hub {
         if &device.noise_pub != noise_pub {
             return Some(failure("401"));
         }
-        if addr.device != 0
-            && let Some(until) = self.bans.lock().expect("bans lock").get(&addr.user)
-            && let Some(left) = until.checked_duration_since(Instant::now())
-        {
-            return Some(
-                NodeBuilder::new("failure")
-                    .attr("reason", "402")
-                    .attr("code", "101")
-                    .attr("expire", left.as_secs().max(1).to_string())
-                    .build(),
-            );
-        }
-        None
+        self.faults.login_failure(addr)
     }
 
     pub fn disconnected(&self, conn: &Conn) {
@@ -181,10 +162,14 @@ impl Hub {
     /// (`Connected` waits for that marker).
     pub fn went_active(&self, addr: &DeviceAddr) {
         let mut state = self.state.lock().expect("state lock");
-        let queued: Vec<Node> = state
-            .device_mut(addr)
-            .map(|d| d.queue.drain(..).collect())
-            .unwrap_or_default();
+        // While the server holds deliveries back (`/_ctl/offline`) the queue stays queued.
+        let queued: Vec<Node> = match state.paused(addr) {
+            true => Vec::new(),
+            false => state
+                .device_mut(addr)
+                .map(|d| d.queue.drain(..).collect())
+                .unwrap_or_default(),
+        };
         let Some(online) = state.online.get_mut(addr) else {
             return;
         };
@@ -205,18 +190,6 @@ impl Hub {
             .children([NodeBuilder::new("offline").attr("count", count.to_string()).build()])
             .build();
         let _ = tx.send(Out::Node(marker));
-    }
-
-    pub fn set_presence(&self, addr: &DeviceAddr, kind: String) {
-        self.presence.lock().expect("presence lock").insert(addr.clone(), kind);
-    }
-
-    pub fn holding(&self, addr: &DeviceAddr) -> bool {
-        self.holds
-            .lock()
-            .expect("holds lock")
-            .get(addr)
-            .is_some_and(|until| *until > Instant::now())
     }
 
     /// Tells every connected device that `phone`'s device list changed.

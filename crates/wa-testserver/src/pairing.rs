@@ -213,6 +213,11 @@ pub fn phone_confirmed(hub: &Arc<Hub>, conn: &Conn, node: &Node) {
             .children([
                 NodeBuilder::new("device-identity").bytes(identity).build(),
                 NodeBuilder::new("platform").attr("name", "android").build(),
+                // Accounts here are businesses (waghl's users are): WhatsApp names them in
+                // pair-success, and the device takes it as its push name.
+                NodeBuilder::new("biz")
+                    .attr("name", format!("Business +{phone}"))
+                    .build(),
                 NodeBuilder::new("device")
                     .attr("jid", format!("{phone}:{device}@s.whatsapp.net"))
                     .attr("lid", format!("{lid}:{device}@lid"))

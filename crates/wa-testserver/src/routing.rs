@@ -23,7 +23,7 @@ pub fn message(hub: &Arc<Hub>, conn: &Conn, node: Node) {
     let Some(sender) = conn.device().cloned() else {
         return;
     };
-    if hub.holding(&sender) {
+    if hub.faults.holding(&sender) {
         // As if the frame had been written just before a network failure: never seen.
         return;
     }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use whatsapp_rust::wacore_binary::Node;
@@ -101,6 +101,8 @@ pub struct State {
     pub accounts: HashMap<String, Account>,
     pub online: HashMap<DeviceAddr, Online>,
     pub deliveries: HashMap<String, Delivery>,
+    /// Devices the server delivers nothing to until then; their stanzas queue up.
+    pub paused: HashMap<DeviceAddr, Instant>,
 }
 
 impl State {
@@ -123,10 +125,15 @@ impl State {
         self.accounts.get_mut(&addr.user)?.devices.get_mut(&addr.device)
     }
 
+    pub fn paused(&self, addr: &DeviceAddr) -> bool {
+        self.paused.get(addr).is_some_and(|until| *until > Instant::now())
+    }
+
     /// Sends a stanza to a device now if it is connected and active, else queues it for its
     /// next login. Returns whether it went out now.
     pub fn deliver(&mut self, to: &DeviceAddr, node: Node) -> bool {
-        if let Some(online) = self.online.get(to)
+        if !self.paused(to)
+            && let Some(online) = self.online.get(to)
             && online.active
             && online.tx.send(Out::Node(node.clone())).is_ok()
         {

@@ -51,6 +51,20 @@ impl Events {
         }
     }
 
+    /// Waits until `n` events match.
+    pub async fn wait_count(&self, what: &str, n: usize, pick: impl Fn(&Event) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notified = self.changed.notified();
+            if self.count(&pick) >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("timed out waiting for {what}");
+            }
+        }
+    }
+
     pub fn count(&self, pick: impl Fn(&Event) -> bool) -> usize {
         self.seen.lock().unwrap().iter().filter(|e| pick(e)).count()
     }
