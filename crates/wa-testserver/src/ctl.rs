@@ -26,6 +26,7 @@ use crate::{Hub, faults, pairing};
 pub fn routes() -> Router<Arc<Hub>> {
     Router::new()
         .route("/_ctl/scan", post(scan))
+        .route("/_ctl/pair-code", post(pair_code))
         .route("/_ctl/send", post(send))
         .route("/_ctl/acked/{id}", get(acked))
         .route("/_ctl/received/{phone}", get(received))
@@ -83,6 +84,21 @@ struct Scan {
 async fn scan(State(hub): State<Arc<Hub>>, Json(body): Json<Scan>) -> Reply {
     let phone = digits(&body.phone)?;
     pairing::scan(&hub, &phone, &body.qr)
+        .await
+        .map_err(|reason| error(StatusCode::CONFLICT, reason))?;
+    ok(json!({}))
+}
+
+#[derive(Deserialize)]
+struct PairCode {
+    phone: String,
+    code: String,
+}
+
+/// The phone of `phone` enters the pairing code the new device shows.
+async fn pair_code(State(hub): State<Arc<Hub>>, Json(body): Json<PairCode>) -> Reply {
+    let phone = digits(&body.phone)?;
+    crate::pair_code::enter(&hub, &phone, &body.code)
         .await
         .map_err(|reason| error(StatusCode::CONFLICT, reason))?;
     ok(json!({}))

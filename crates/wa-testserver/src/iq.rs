@@ -10,7 +10,7 @@ use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 use crate::conn::{Conn, Who};
 use crate::nodes::{attr, bytes, child, children, iq_result};
 use crate::state::{SignedPreKey, Stats};
-use crate::{Hub, media, pairing, prekeys, usync};
+use crate::{Hub, media, pair_code, pairing, prekeys, usync};
 
 pub async fn handle(hub: &Arc<Hub>, conn: &Conn, node: Node) {
     let id = attr(&node, "id").unwrap_or_default();
@@ -25,10 +25,17 @@ pub async fn handle(hub: &Arc<Hub>, conn: &Conn, node: Node) {
         }
         return;
     }
-    let Some(addr) = conn.device().cloned() else {
-        // An unpaired device may only ping while it shows its QR codes.
-        conn.send(iq_result(&id, vec![]));
-        return;
+    let addr = match &conn.who {
+        Who::Device(addr) => addr.clone(),
+        Who::Unpaired(registration) if xmlns == "md" && first == "link_code_companion_reg" => {
+            pair_code::handle(hub, conn, &node, registration);
+            return;
+        }
+        // Otherwise an unpaired device only pings while it shows its codes.
+        Who::Unpaired(_) => {
+            conn.send(iq_result(&id, vec![]));
+            return;
+        }
     };
     let answer = match (xmlns.as_str(), first.as_str()) {
         ("md", "pair-device-sign") => {

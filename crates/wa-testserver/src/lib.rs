@@ -20,6 +20,7 @@ mod loopback;
 mod media;
 mod nodes;
 mod noise;
+mod pair_code;
 mod pairing;
 mod peers;
 mod prekeys;
@@ -88,6 +89,7 @@ pub(crate) struct Hub {
     pub stats: Stats,
     pub identity: noise::ServerIdentity,
     pub pairings: pairing::Pairings,
+    pub pair_codes: pair_code::PairCodes,
     pub peers: peers::Peers,
     pub media: media::MediaStore,
     pub ws_url: String,
@@ -103,6 +105,7 @@ impl Hub {
             stats: Stats::default(),
             identity: noise::ServerIdentity::generate(),
             pairings: pairing::Pairings::default(),
+            pair_codes: pair_code::PairCodes::default(),
             peers: peers::Peers::default(),
             media: media::MediaStore::default(),
             ws_url: format!("ws://{addr}/ws/chat"),
@@ -150,6 +153,7 @@ impl Hub {
 
     pub fn disconnected(&self, conn: &Conn) {
         self.pairings.forget(conn.id);
+        self.pair_codes.forget(conn.id);
         if let Some(addr) = conn.device() {
             let mut state = self.state.lock().expect("state lock");
             if state.online.get(addr).is_some_and(|o| o.conn == conn.id) {

@@ -62,21 +62,29 @@ struct Waiting {
     tx: mpsc::UnboundedSender<Out>,
 }
 
-/// A scan between the phone's confirmation and the device's countersignature.
+/// How a linking ends: `Ok` once the device countersigned, or why not.
+pub type Done = oneshot::Sender<Result<(), String>>;
+
+/// A scan waiting for the phone's confirmation.
+struct Scan {
+    qr_ref: String,
+    adv_secret: Vec<u8>,
+    done: Done,
+}
+
+/// A new device between `pair-success` and its countersignature.
 struct Linking {
     phone: String,
     device: u16,
-    adv_secret: Vec<u8>,
-    qr_ref: String,
-    done: oneshot::Sender<Result<(), String>>,
+    done: Done,
 }
 
 #[derive(Default)]
 pub struct Pairings {
     waiting: Mutex<HashMap<String, Waiting>>,
     /// Scans whose phone has not confirmed yet, by phone.
-    scanning: Mutex<HashMap<String, Linking>>,
-    /// Scans the phone confirmed, by the companion's connection.
+    scanning: Mutex<HashMap<String, Scan>>,
+    /// Devices sent `pair-success`, by their connection.
     linking: Mutex<HashMap<u64, Linking>>,
 }
 
@@ -146,11 +154,9 @@ pub async fn scan(hub: &Arc<Hub>, phone: &str, qr: &str) -> Result<(), String> {
     let (done, finished) = oneshot::channel();
     hub.pairings.scanning.lock().expect("pairings lock").insert(
         phone.to_owned(),
-        Linking {
-            phone: phone.to_owned(),
-            device: 0,
-            adv_secret,
+        Scan {
             qr_ref,
+            adv_secret,
             done,
         },
     );
@@ -158,10 +164,15 @@ pub async fn scan(hub: &Arc<Hub>, phone: &str, qr: &str) -> Result<(), String> {
     whatsapp_rust::pair::pair_with_qr_code(&client, qr)
         .await
         .map_err(|e| format!("the phone could not confirm: {e:#}"))?;
-    match tokio::time::timeout(Duration::from_secs(20), finished).await {
+    outcome(finished).await
+}
+
+/// Waits for a linking to end.
+pub async fn outcome(finished: oneshot::Receiver<Result<(), String>>) -> Result<(), String> {
+    match tokio::time::timeout(Duration::from_secs(30), finished).await {
         Ok(Ok(result)) => result,
         Ok(Err(_)) => Err("the new device went away while linking".into()),
-        Err(_) => Err("the new device did not answer pair-success".into()),
+        Err(_) => Err("the new device did not answer".into()),
     }
 }
 
@@ -173,36 +184,47 @@ pub fn phone_confirmed(hub: &Arc<Hub>, conn: &Conn, node: &Node) {
     let Some(phone) = conn.device().filter(|a| a.device == 0).map(|a| a.user.clone()) else {
         return;
     };
-    let Some(mut linking) = hub.pairings.scanning.lock().expect("pairings lock").remove(&phone) else {
+    let Some(scan) = hub.pairings.scanning.lock().expect("pairings lock").remove(&phone) else {
         return;
     };
-    let Some(waiting) = hub
-        .pairings
-        .waiting
-        .lock()
-        .expect("pairings lock")
-        .remove(&linking.qr_ref)
-    else {
-        let _ = linking.done.send(Err("the QR code expired".into()));
+    let Some(waiting) = hub.pairings.waiting.lock().expect("pairings lock").remove(&scan.qr_ref) else {
+        let _ = scan.done.send(Err("the QR code expired".into()));
         return;
     };
-    let Some(account_key) = hub.peers.identity_of(&phone) else {
-        let _ = linking.done.send(Err("the phone has no identity".into()));
+    send_pair_success(
+        hub,
+        &phone,
+        waiting.conn,
+        &waiting.tx,
+        &waiting.registration,
+        &scan.adv_secret,
+        scan.done,
+    );
+}
+
+/// Sends the new device `pair-success`: its identity signed with the phone's account key, in
+/// an HMAC under the ADV secret the two share (from the QR code, or derived in pairing by
+/// code). The device is linked once it countersigns (`device_answered`).
+pub fn send_pair_success(
+    hub: &Hub,
+    phone: &str,
+    conn: u64,
+    tx: &mpsc::UnboundedSender<Out>,
+    registration: &Registration,
+    adv_secret: &[u8],
+    done: Done,
+) {
+    let Some(account_key) = hub.peers.identity_of(phone) else {
+        let _ = done.send(Err("the phone has no identity".into()));
         return;
     };
     let (device, lid) = {
         let mut state = hub.state.lock().expect("state lock");
-        let account = hub.account_mut(&mut state, &phone);
+        let account = hub.account_mut(&mut state, phone);
         account.next_device += 1;
         (account.next_device, account.lid.clone())
     };
-    linking.device = device;
-    let identity = signed_identity(
-        &account_key,
-        &waiting.registration.identity,
-        device,
-        &linking.adv_secret,
-    );
+    let identity = signed_identity(&account_key, &registration.identity, device, adv_secret);
     let success = NodeBuilder::new("iq")
         .attr("from", SERVER)
         .attr("type", "set")
@@ -225,12 +247,15 @@ pub fn phone_confirmed(hub: &Arc<Hub>, conn: &Conn, node: &Node) {
             ])
             .build()])
         .build();
-    let _ = waiting.tx.send(Out::Node(success));
-    hub.pairings
-        .linking
-        .lock()
-        .expect("pairings lock")
-        .insert(waiting.conn, linking);
+    let _ = tx.send(Out::Node(success));
+    hub.pairings.linking.lock().expect("pairings lock").insert(
+        conn,
+        Linking {
+            phone: phone.to_owned(),
+            device,
+            done,
+        },
+    );
 }
 
 /// The account's signature over the new device's identity, wrapped in the HMAC the device

@@ -29,9 +29,14 @@ async fn an_image_and_a_voice_note_from_a_contact_download_intact() {
     let image = bytes(70_000, 1);
     let voice = bytes(12_345, 2);
     let mut ids = Vec::new();
-    for (kind, mime, data) in [("image", "image/jpeg", &image), ("voice", "audio/ogg; codecs=opus", &voice)] {
+    for (kind, mime, data) in [
+        ("image", "image/jpeg", &image),
+        ("voice", "audio/ogg; codecs=opus", &voice),
+    ] {
         let media = json!({"kind": kind, "mime": mime, "data_base64": b64.encode(data), "caption": "look"});
-        let (status, sent) = ctl.post("/_ctl/send", json!({"from": CONTACT, "to": ACCOUNT, "media": media})).await;
+        let (status, sent) = ctl
+            .post("/_ctl/send", json!({"from": CONTACT, "to": ACCOUNT, "media": media}))
+            .await;
         assert_eq!(status, 200, "{sent}");
         ids.push(sent["id"].as_str().unwrap().to_owned());
     }
@@ -48,7 +53,10 @@ async fn an_image_and_a_voice_note_from_a_contact_download_intact() {
         })
         .await;
     assert_eq!(got_image.caption.as_deref(), Some("look"));
-    assert_eq!(device.client.download(&got_image).await.expect("download the image"), image);
+    assert_eq!(
+        device.client.download(&got_image).await.expect("download the image"),
+        image
+    );
 
     let got_voice = device
         .events
@@ -62,7 +70,14 @@ async fn an_image_and_a_voice_note_from_a_contact_download_intact() {
         })
         .await;
     assert_eq!(got_voice.ptt, Some(true));
-    assert_eq!(device.client.download(&got_voice).await.expect("download the voice note"), voice);
+    assert_eq!(
+        device
+            .client
+            .download(&got_voice)
+            .await
+            .expect("download the voice note"),
+        voice
+    );
     device.stop().await;
     server.shutdown().await;
 }
@@ -71,7 +86,12 @@ async fn an_image_and_a_voice_note_from_a_contact_download_intact() {
 async fn an_image_from_the_device_reaches_the_contact_intact() {
     let (server, ctl, dir) = server().await;
     let device = linked(&server, &ctl, &dir.path().join("wa.db"), ACCOUNT).await;
-    let (status, _) = ctl.post("/_ctl/send", json!({"from": CONTACT, "to": ACCOUNT, "text": "send me the photo"})).await;
+    let (status, _) = ctl
+        .post(
+            "/_ctl/send",
+            json!({"from": CONTACT, "to": ACCOUNT, "text": "send me the photo"}),
+        )
+        .await;
     assert_eq!(status, 200);
 
     let image = bytes(150_000, 7);
@@ -82,15 +102,33 @@ async fn an_image_from_the_device_reaches_the_contact_intact() {
         .expect("upload");
     let message: wa::Message = media::image_message(
         upload,
-        ImageOptions { caption: Some("the photo".into()), mimetype: Some("image/png".into()), ..Default::default() },
+        ImageOptions {
+            caption: Some("the photo".into()),
+            mimetype: Some("image/png".into()),
+            ..Default::default()
+        },
     );
-    let sent = device.client.send_message(Jid::pn(&CONTACT[1..]), message).await.expect("send");
+    let sent = device
+        .client
+        .send_message(Jid::pn(&CONTACT[1..]), message)
+        .await
+        .expect("send");
     let id = sent.message_id;
     let received = until(&ctl, &format!("/_ctl/received/{CONTACT}"), |b| {
-        b["messages"].as_array().unwrap().iter().any(|m| m["id"] == id.as_str() && m["sha256"].is_string())
+        b["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == id.as_str() && m["sha256"].is_string())
     })
     .await;
-    let got = received["messages"].as_array().unwrap().iter().find(|m| m["id"] == id.as_str()).unwrap().clone();
+    let got = received["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id.as_str())
+        .unwrap()
+        .clone();
     assert_eq!(got["kind"], "image", "{got}");
     assert_eq!(got["caption"], "the photo", "{got}");
     assert_eq!(got["mime"], "image/png", "{got}");

@@ -6,6 +6,7 @@ mod common;
 
 use common::{Device, server};
 use serde_json::json;
+use whatsapp_rust::pair_code::PairCodeOptions;
 use whatsapp_rust::types::events::Event;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,5 +57,32 @@ async fn the_phone_scans_the_qr_code_and_a_restart_logs_in_without_a_scan() {
     again.connected().await;
     assert_eq!(again.events.count(|e| matches!(e, Event::PairingQrCode(_))), 0);
     again.stop().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_phone_enters_a_pairing_code() {
+    let (server, ctl, dir) = server().await;
+    let device = Device::start(&server, &dir.path().join("wa.db")).await;
+    device.qr().await;
+    let options = PairCodeOptions {
+        phone_number: "15550004444".into(),
+        ..Default::default()
+    };
+    let code = device.client.pair_with_code(options).await.expect("a pairing code");
+
+    // A number nobody asked a code for is refused.
+    let (status, body) = ctl
+        .post("/_ctl/pair-code", json!({"phone": "+15550009999", "code": code}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = ctl
+        .post("/_ctl/pair-code", json!({"phone": "+15550004444", "code": code}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    device.connected().await;
+    let (_, devices) = ctl.get("/_ctl/devices/+15550004444").await;
+    assert_eq!(devices["devices"][1]["online"], true, "{devices}");
+    device.stop().await;
     server.shutdown().await;
 }
