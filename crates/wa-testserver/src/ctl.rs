@@ -13,13 +13,14 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::json;
+use whatsapp_rust::buffa::MessageField;
 use whatsapp_rust::download::MediaType;
 use whatsapp_rust::media::{self, AudioOptions, DocumentOptions, ImageOptions, VideoOptions};
-use whatsapp_rust::proto_helpers::MessageBuilderExt;
+use whatsapp_rust::proto_helpers::{MessageBuilderExt, wrap_as_album_child};
 use whatsapp_rust::upload::UploadOptions;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 use whatsapp_rust::waproto::whatsapp as wa;
-use whatsapp_rust::{Jid, SendOptions};
+use whatsapp_rust::{Client, Jid, SendOptions};
 
 use crate::{Hub, faults, pairing};
 
@@ -123,6 +124,9 @@ struct Send {
     #[serde(default)]
     from_me: bool,
     reply_to: Option<String>,
+    #[serde(default)]
+    view_once: bool,
+    album: Option<Vec<Media>>,
 }
 
 /// A contact (or, with `from_me`, the account's own phone) sends a message: its client
@@ -139,45 +143,82 @@ async fn send(State(hub): State<Arc<Hub>>, Json(body): Json<Send>) -> Reply {
             ..Default::default()
         })
     });
-    let message = match (&body.text, &body.media) {
+    let to = Jid::pn(&recipient);
+    let id = body.id.clone().unwrap_or_else(|| peer.client.generate_message_id());
+    if let Some(items) = &body.album {
+        return send_album(&hub, &peer.client, &to, id, items).await;
+    }
+    let mut message = match (&body.text, &body.media) {
         (_, Some(m)) => media_message(&peer.client, m, context).await?,
         (Some(text), None) => match context {
             Some(context) => wa::Message::text_with_context(text.clone(), *context),
             None => wa::Message::text(text.clone()),
         },
-        (None, None) => return Err(error(StatusCode::BAD_REQUEST, "text or media is required")),
+        (None, None) => return Err(error(StatusCode::BAD_REQUEST, "text, media or album is required")),
     };
-    let id = body.id.clone().unwrap_or_else(|| peer.client.generate_message_id());
-    let sent = peer
-        .client
-        .send_message_with_options(
-            Jid::pn(&recipient),
-            message,
-            SendOptions::default().with_message_id(id.clone()),
-        )
-        .await;
-    sent.map_err(|e| {
-        error(
-            StatusCode::BAD_GATEWAY,
-            format!("the sender's client could not send: {e}"),
-        )
-    })?;
-    // `send_message` returns once the stanza is written; the contract answers once the
-    // server has routed it.
+    if body.view_once {
+        message = wa::Message {
+            view_once_message_v2: MessageField::some(wa::message::FutureProofMessage {
+                message: MessageField::some(message),
+            }),
+            ..Default::default()
+        };
+    }
+    send_one(&hub, &peer.client, &to, id.clone(), message).await?;
+    ok(json!({ "id": id }))
+}
+
+/// An album: the parent message announcing the count, then one child per item, each wrapped
+/// as WhatsApp Web does (`wrap_as_album_child`). Answers the parent's id and the children's.
+async fn send_album(hub: &Arc<Hub>, client: &Client, to: &Jid, id: String, items: &[Media]) -> Reply {
+    let images = items.iter().filter(|m| m.kind == "image").count() as u32;
+    let parent = wa::Message {
+        album_message: MessageField::some(wa::message::AlbumMessage {
+            expected_image_count: Some(images),
+            expected_video_count: Some(items.len() as u32 - images),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    send_one(hub, client, to, id.clone(), parent).await?;
+    let parent_key = wa::MessageKey {
+        remote_jid: Some(to.to_string()),
+        from_me: Some(true),
+        id: Some(id.clone()),
+        ..Default::default()
+    };
+    let mut children = Vec::new();
+    for item in items {
+        let child = wrap_as_album_child(media_message(client, item, None).await?, parent_key.clone());
+        let child_id = client.generate_message_id();
+        send_one(hub, client, to, child_id.clone(), child).await?;
+        children.push(child_id);
+    }
+    ok(json!({ "id": id, "children": children }))
+}
+
+/// Sends through the sender's client and returns once the server routed it (`send_message`
+/// itself returns when the stanza is written).
+async fn send_one(hub: &Hub, client: &Client, to: &Jid, id: String, message: wa::Message) -> Result<(), Fail> {
+    client
+        .send_message_with_options(to.clone(), message, SendOptions::default().with_message_id(id.clone()))
+        .await
+        .map_err(|e| {
+            error(
+                StatusCode::BAD_GATEWAY,
+                format!("the sender's client could not send: {e}"),
+            )
+        })?;
     for _ in 0..500 {
         if hub.state.lock().expect("state lock").deliveries.contains_key(&id) {
-            return ok(json!({ "id": id }));
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Err(error(StatusCode::GATEWAY_TIMEOUT, "the server never saw the message"))
 }
 
-async fn media_message(
-    client: &whatsapp_rust::Client,
-    m: &Media,
-    context: Option<Box<wa::ContextInfo>>,
-) -> Result<wa::Message, Fail> {
+async fn media_message(client: &Client, m: &Media, context: Option<Box<wa::ContextInfo>>) -> Result<wa::Message, Fail> {
     let data = base64::engine::general_purpose::STANDARD
         .decode(&m.data_base64)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("data_base64: {e}")))?;
@@ -239,7 +280,7 @@ async fn media_message(
 /// The crate has no sticker builder; this is the shape its downloader reads.
 fn sticker_message(upload: whatsapp_rust::upload::UploadResponse, mime: Option<String>) -> wa::Message {
     wa::Message {
-        sticker_message: whatsapp_rust::buffa::MessageField::some(wa::message::StickerMessage {
+        sticker_message: MessageField::some(wa::message::StickerMessage {
             url: Some(upload.url),
             direct_path: Some(upload.direct_path),
             media_key: Some(upload.media_key.to_vec()),

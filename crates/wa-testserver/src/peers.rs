@@ -190,13 +190,21 @@ fn key_bytes(keys: &KeyPair) -> [u8; 32] {
 /// What `/_ctl/received` reports of a message: its text, or its media downloaded (through
 /// this server's media endpoint) and decrypted by the phone's client.
 async fn describe(client: &Client, message: &wa::Message, info: &MessageInfo, from: String) -> Received {
-    let base = message.get_base_message();
+    let mut base = message.get_base_message();
+    // An album child comes wrapped; the phone app shows the media inside.
+    if let Some(inner) = base
+        .associated_child_message
+        .as_option()
+        .and_then(|f| f.message.as_option())
+    {
+        base = inner.get_base_message();
+    }
     let mut entry = Received {
         id: info.id.clone(),
         from,
         kind: "text",
-        text: message.text_content().map(str::to_owned),
-        caption: message.get_caption().map(str::to_owned),
+        text: base.text_content().map(str::to_owned),
+        caption: base.get_caption().map(str::to_owned),
         mime: None,
         bytes: None,
         sha256: None,
@@ -242,6 +250,9 @@ async fn describe(client: &Client, message: &wa::Message, info: &MessageInfo, fr
         .extended_text_message
         .as_option()
         .and_then(|m| m.context_info.as_option());
+    if base.album_message.is_set() {
+        entry.kind = "album";
+    }
     if let Some(media) = media {
         entry.kind = media.kind;
         entry.mime = media.mime.map(str::to_owned);

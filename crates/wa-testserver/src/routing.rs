@@ -54,12 +54,18 @@ pub fn message(hub: &Arc<Hub>, conn: &Conn, node: Node) {
             children(&node).iter().filter(|c| c.tag == "enc").cloned().collect(),
         )],
     };
+    // WhatsApp does not give view-once media to companion devices: they get a stub they
+    // cannot open (the client's `UndecryptableMessage` of type view-once).
+    let view_once = child(&node, "meta").and_then(|m| attr(m, "view_once")).as_deref() == Some("true");
     let mut delivered = Vec::new();
-    for (jid, payload) in targets {
+    for (jid, mut payload) in targets {
         let Some(addr) = addr_of(&jid).and_then(|a| Some(DeviceAddr::new(state.resolve_user(&a.user)?, a.device)))
         else {
             continue;
         };
+        if view_once && addr.device != 0 {
+            payload = vec![NodeBuilder::new("unavailable").attr("type", "view_once").build()];
+        }
         let mut stanza = NodeBuilder::new("message")
             .attr("from", sender.jid())
             .attr("id", id.clone())
