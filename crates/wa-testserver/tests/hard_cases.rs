@@ -67,7 +67,7 @@ async fn view_once_media_is_a_stub_on_the_device_but_opens_on_the_phone() {
     let kind = device
         .events
         .wait("the view-once stub", |e| match e {
-            Event::UndecryptableMessage(u) if u.info.id == id => Some(u.unavailable_type.clone()),
+            Event::UndecryptableMessage(u) if u.info.id == id => Some(u.unavailable_type),
             _ => None,
         })
         .await;
