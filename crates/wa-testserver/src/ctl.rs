@@ -42,6 +42,7 @@ pub fn routes() -> Router<Arc<Hub>> {
         .route("/_ctl/offline", post(offline))
         .route("/_ctl/hold-acks", post(hold_acks))
         .route("/_ctl/presence/{phone}", get(presence))
+        .route("/_ctl/reveal-lid", post(reveal_lid))
 }
 
 /// A refusal: its status and the reason, answered as `{"error": reason}`.
@@ -127,6 +128,9 @@ struct Send {
     #[serde(default)]
     view_once: bool,
     album: Option<Vec<Media>>,
+    /// The sender's LID (digits); the recipient knows the sender only by it until
+    /// `/_ctl/reveal-lid`.
+    lid: Option<String>,
 }
 
 /// A contact (or, with `from_me`, the account's own phone) sends a message: its client
@@ -134,6 +138,9 @@ struct Send {
 async fn send(State(hub): State<Arc<Hub>>, Json(body): Json<Send>) -> Reply {
     let (from, to) = (digits(&body.from)?, digits(&body.to)?);
     let (sender, recipient) = if body.from_me { (to, from) } else { (from, to) };
+    if let Some(lid) = &body.lid {
+        address_by_lid(&hub, &sender, lid)?;
+    }
     let peer = hub.peers.peer(&hub, &sender).await.map_err(internal)?;
     hub.peers.peer(&hub, &recipient).await.map_err(internal)?;
     let context = body.reply_to.as_ref().map(|id| {
@@ -166,6 +173,30 @@ async fn send(State(hub): State<Arc<Hub>>, Json(body): Json<Send>) -> Reply {
     }
     send_one(&hub, &peer.client, &to, id.clone(), message).await?;
     ok(json!({ "id": id }))
+}
+
+/// Makes `phone` an account known by its LID `lid` alone. Its LID is fixed when the account
+/// is created; naming another one later is a conflict.
+fn address_by_lid(hub: &Hub, phone: &str, lid: &str) -> Result<(), Fail> {
+    if lid.is_empty() || !lid.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(error(StatusCode::BAD_REQUEST, format!("not a LID: {lid:?}")));
+    }
+    let mut state = hub.state.lock().expect("state lock");
+    if state.resolve_user(lid).is_some_and(|owner| owner != phone) {
+        return Err(error(StatusCode::CONFLICT, "another account has this LID"));
+    }
+    let fresh = !state.accounts.contains_key(phone);
+    let account = hub.account_mut(&mut state, phone);
+    if fresh {
+        account.lid = lid.to_owned();
+        account.lid_only = true;
+    } else if account.lid != lid {
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!("this account's LID is {}", account.lid),
+        ));
+    }
+    Ok(())
 }
 
 /// An album: the parent message announcing the count, then one child per item, each wrapped
@@ -425,4 +456,18 @@ async fn hold_acks(State(hub): State<Arc<Hub>>, Json(body): Json<ForSeconds>) ->
 
 async fn presence(State(hub): State<Arc<Hub>>, Path(phone): Path<String>) -> Reply {
     ok(json!({ "presence": hub.faults.presence(&digits(&phone)?) }))
+}
+
+/// From now on the account's messages carry its phone number (`sender_pn`) next to its LID.
+async fn reveal_lid(State(hub): State<Arc<Hub>>, Json(body): Json<Phone>) -> Reply {
+    let phone = digits(&body.phone)?;
+    let mut state = hub.state.lock().expect("state lock");
+    let account = state
+        .accounts
+        .get_mut(&phone)
+        .filter(|a| a.lid_only || a.lid_revealed)
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "no account known by its LID"))?;
+    account.lid_only = false;
+    account.lid_revealed = true;
+    ok(json!({ "lid": account.lid }))
 }

@@ -126,6 +126,8 @@ impl Hub {
                 "{}",
                 100_000_000_000_000u64 + rand::random_range(0..899_999_999_999_999u64)
             ),
+            lid_only: false,
+            lid_revealed: false,
             devices: Default::default(),
             next_device: 0,
             devices_changed_at: now(),

@@ -57,6 +57,7 @@ pub fn message(hub: &Arc<Hub>, conn: &Conn, node: Node) {
     // WhatsApp does not give view-once media to companion devices: they get a stub they
     // cannot open (the client's `UndecryptableMessage` of type view-once).
     let view_once = child(&node, "meta").and_then(|m| attr(m, "view_once")).as_deref() == Some("true");
+    let sender_attrs = state.sender_attrs(&sender);
     let mut delivered = Vec::new();
     for (jid, mut payload) in targets {
         let Some(addr) = addr_of(&jid).and_then(|a| Some(DeviceAddr::new(state.resolve_user(&a.user)?, a.device)))
@@ -66,10 +67,15 @@ pub fn message(hub: &Arc<Hub>, conn: &Conn, node: Node) {
         if view_once && addr.device != 0 {
             payload = vec![NodeBuilder::new("unavailable").attr("type", "view_once").build()];
         }
-        let mut stanza = NodeBuilder::new("message")
-            .attr("from", sender.jid())
-            .attr("id", id.clone())
-            .attr("t", t.clone());
+        let own = addr.user == sender.user;
+        let mut stanza = NodeBuilder::new("message").attr("id", id.clone()).attr("t", t.clone());
+        if own {
+            stanza = stanza.attr("from", sender.jid());
+        } else {
+            for (key, value) in &sender_attrs {
+                stanza = stanza.attr(key, value.clone());
+            }
+        }
         if let Some(kind) = attr(&node, "type") {
             stanza = stanza.attr("type", kind);
         }
@@ -146,10 +152,14 @@ pub fn receipt(hub: &Arc<Hub>, conn: &Conn, node: Node) {
         .get(&owner)
         .map(|a| a.devices.keys().copied().collect())
         .unwrap_or_default();
-    let mut forwarded = NodeBuilder::new("receipt")
-        .attr("from", from.jid())
-        .attr("id", id)
-        .attr("t", now().to_string());
+    let mut forwarded = NodeBuilder::new("receipt").attr("id", id).attr("t", now().to_string());
+    if from.user == owner {
+        forwarded = forwarded.attr("from", from.jid());
+    } else {
+        for (key, value) in state.sender_attrs(&from) {
+            forwarded = forwarded.attr(key, value);
+        }
+    }
     for key in ["type", "recipient", "participant"] {
         if let Some(value) = attr(&node, key) {
             forwarded = forwarded.attr(key, value);

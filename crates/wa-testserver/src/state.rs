@@ -65,6 +65,12 @@ pub struct Device {
 #[derive(Debug)]
 pub struct Account {
     pub lid: String,
+    /// Known to others only by its LID: its messages come from `lid@lid` without the
+    /// `sender_pn` that would reveal the number (`/_ctl/send` with `lid`, until
+    /// `/_ctl/reveal-lid`).
+    pub lid_only: bool,
+    /// Was `lid_only`, then revealed: messages come from its LID with `sender_pn`.
+    pub lid_revealed: bool,
     pub devices: BTreeMap<u16, Device>,
     pub next_device: u16,
     /// When the device list last changed (the key-index list's timestamp).
@@ -117,6 +123,19 @@ impl State {
             .map(|(phone, _)| phone.clone())
     }
 
+    /// How a stanza from `addr` names its sender: the phone-number JID, or for an account
+    /// addressed by LID its LID JID and, once revealed, the number as `sender_pn`.
+    pub fn sender_attrs(&self, addr: &DeviceAddr) -> Vec<(&'static str, String)> {
+        match self.accounts.get(&addr.user) {
+            Some(account) if account.lid_only => vec![("from", lid_jid(&account.lid, addr.device))],
+            Some(account) if account.lid_revealed => vec![
+                ("from", lid_jid(&account.lid, addr.device)),
+                ("sender_pn", format!("{}@s.whatsapp.net", addr.user)),
+            ],
+            _ => vec![("from", addr.jid())],
+        }
+    }
+
     pub fn device(&self, addr: &DeviceAddr) -> Option<&Device> {
         self.accounts.get(&addr.user)?.devices.get(&addr.device)
     }
@@ -143,6 +162,14 @@ impl State {
             device.queue.push_back(node);
         }
         false
+    }
+}
+
+fn lid_jid(lid: &str, device: u16) -> String {
+    if device == 0 {
+        format!("{lid}@lid")
+    } else {
+        format!("{lid}:{device}@lid")
     }
 }
 
