@@ -86,3 +86,27 @@ async fn the_phone_enters_a_pairing_code() {
     device.stop().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_another_servers_key_falls_back_to_xx_and_is_refused() {
+    let (server, ctl, dir) = server().await;
+    let store = dir.path().join("wa.db");
+    let device = common::linked(&server, &ctl, &store, "+15550007777").await;
+    device.stop().await;
+    server.shutdown().await;
+
+    // A new server has a new Noise key (the client's IK hello cannot be read, so the server
+    // answers XXfallback) and knows no account (so the login is refused: logged out).
+    let (other, _ctl, _dir) = common::server().await;
+    let again = Device::start(&other, &store).await;
+    let on_connect = again
+        .events
+        .wait("LoggedOut", |e| match e {
+            Event::LoggedOut(out) => Some(out.on_connect),
+            _ => None,
+        })
+        .await;
+    assert!(on_connect);
+    again.stop().await;
+    other.shutdown().await;
+}
