@@ -156,7 +156,8 @@ async fn handle(hub: &Arc<Hub>, conn: &Conn, node: Node) {
                 hub.faults.set_presence(addr, kind);
             }
         }
-        "ack" | "ib" | "chatstate" => {}
+        "ack" => routing::client_ack(hub, conn, &node),
+        "ib" | "chatstate" => {}
         other => tracing::debug!(tag = other, "unhandled stanza"),
     }
 }

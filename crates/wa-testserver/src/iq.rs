@@ -79,7 +79,10 @@ pub async fn handle(hub: &Arc<Hub>, conn: &Conn, node: Node) {
         ("encrypt", "digest") => prekeys::digest(hub, &addr, &id),
         ("usync", "usync") => {
             Stats::bump(&hub.stats.usync_queries);
-            iq_result(&id, vec![usync::answer(hub, child(&node, "usync").expect("matched"))])
+            let (answer, asked_own) = usync::answer(hub, &addr, child(&node, "usync").expect("matched"));
+            conn.send(iq_result(&id, vec![answer]));
+            hub.usync_answered(&addr, asked_own);
+            return;
         }
         // No A/B experiments: an empty prop set under a stable hash.
         ("abt", "props") => iq_result(

@@ -28,9 +28,10 @@ mod routing;
 mod state;
 mod usync;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio_util::sync::CancellationToken;
 use whatsapp_rust::wacore_binary::Node;
@@ -55,7 +56,7 @@ impl TestServer {
     pub async fn start(addr: SocketAddr) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let hub = Arc::new(Hub::new(addr));
+        let hub = Arc::new_cyclic(|me| Hub::new(addr, me.clone()));
         let stop = CancellationToken::new();
         let task = tokio::spawn(http::serve(listener, hub.clone(), stop.clone()));
         Ok(Self { addr, hub, stop, task })
@@ -85,6 +86,8 @@ impl TestServer {
 
 /// Everything the server's parts share.
 pub(crate) struct Hub {
+    /// Itself, for tasks it starts.
+    me: Weak<Hub>,
     pub state: Mutex<State>,
     pub stats: Stats,
     pub identity: noise::ServerIdentity,
@@ -95,12 +98,15 @@ pub(crate) struct Hub {
     pub ws_url: String,
     pub http_url: String,
     pub faults: faults::Faults,
+    /// Phones whose own device list the server has answered (see `peers::start`).
+    own_lists_synced: Mutex<HashSet<String>>,
     next_conn: AtomicU64,
 }
 
 impl Hub {
-    fn new(addr: SocketAddr) -> Self {
+    fn new(addr: SocketAddr, me: Weak<Hub>) -> Self {
         Self {
+            me,
             state: Mutex::default(),
             stats: Stats::default(),
             identity: noise::ServerIdentity::generate(),
@@ -111,6 +117,7 @@ impl Hub {
             ws_url: format!("ws://{addr}/ws/chat"),
             http_url: format!("http://{addr}"),
             faults: faults::Faults::default(),
+            own_lists_synced: Mutex::default(),
             next_conn: AtomicU64::new(1),
         }
     }
@@ -160,6 +167,7 @@ impl Hub {
             let mut state = self.state.lock().expect("state lock");
             if state.online.get(addr).is_some_and(|o| o.conn == conn.id) {
                 state.online.remove(addr);
+                state.requeue_unacked(addr);
             }
         }
     }
@@ -184,6 +192,9 @@ impl Hub {
         let count = queued.len();
         for mut node in queued {
             node.attrs.insert("offline", "1");
+            if let Some(device) = state.device_mut(addr) {
+                device.in_flight(node.clone());
+            }
             if node.tag == "message"
                 && let Some(id) = nodes::attr(&node, "id")
                 && nodes::jid_attr(&node, "from").is_some_and(|f| f.user != addr.user)
@@ -192,10 +203,31 @@ impl Hub {
             }
             let _ = tx.send(Out::Node(node));
         }
+        let share = state
+            .device_mut(addr)
+            .is_some_and(|d| std::mem::take(&mut d.key_share_pending));
+        if share && let Some(hub) = self.me.upgrade() {
+            let addr = addr.clone();
+            tokio::spawn(async move { peers::share_app_state_key(&hub, &addr).await });
+        }
         let marker = NodeBuilder::new("ib")
             .children([NodeBuilder::new("offline").attr("count", count.to_string()).build()])
             .build();
         let _ = tx.send(Out::Node(marker));
+    }
+
+    /// A usync from `addr` was answered; note it if it asked for the phone's own devices.
+    pub fn usync_answered(&self, addr: &DeviceAddr, asked_own: bool) {
+        if addr.device == 0 && asked_own {
+            self.own_lists_synced
+                .lock()
+                .expect("synced lock")
+                .insert(addr.user.clone());
+        }
+    }
+
+    pub fn own_list_synced(&self, phone: &str) -> bool {
+        self.own_lists_synced.lock().expect("synced lock").contains(phone)
     }
 
     /// Tells every connected device that `phone`'s device list changed.

@@ -320,6 +320,8 @@ pub fn device_answered(hub: &Arc<Hub>, conn: &Conn, node: &Node, registration: &
                 key_index: u32::from(linking.device),
                 linked_at: now(),
                 queue: Default::default(),
+                unacked: Vec::new(),
+                key_share_pending: true,
             },
         );
         account.devices_changed_at = now();

@@ -12,6 +12,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use whatsapp_rust::Client;
 use whatsapp_rust::bot::{Bot, BotHandle};
+use whatsapp_rust::buffa::MessageField;
 use whatsapp_rust::download::Downloadable;
 use whatsapp_rust::proto_helpers::MessageExt;
 use whatsapp_rust::store::commands::DeviceCommand;
@@ -20,7 +21,7 @@ use whatsapp_rust::types::message::MessageInfo;
 use whatsapp_rust::wacore::libsignal::protocol::KeyPair;
 use whatsapp_rust::wacore::store::InMemoryBackend;
 use whatsapp_rust::waproto::whatsapp as wa;
-use whatsapp_rust::{Jid, TokioRuntime};
+use whatsapp_rust::{Jid, SendOptions, TokioRuntime};
 use whatsapp_rust_tokio_transport::TokioWebSocketTransportFactory;
 
 use crate::Hub;
@@ -162,6 +163,8 @@ async fn start(hub: &Arc<Hub>, phone: &str) -> Result<Peer> {
                 key_index: 0,
                 linked_at: now(),
                 queue: Default::default(),
+                unacked: Vec::new(),
+                key_share_pending: false,
             },
         );
     }
@@ -171,6 +174,15 @@ async fn start(hub: &Arc<Hub>, phone: &str) -> Result<Peer> {
         .wait_for_connected(Duration::from_secs(30))
         .await
         .with_context(|| format!("the phone of +{phone} did not connect"))?;
+    // A phone about to link a device must have its own device list first: a list it fetched
+    // before the link but stored after the server's "device added" notification would hide
+    // the new device from it (the client ignores a notification for a list it does not hold).
+    for _ in 0..500 {
+        if hub.own_list_synced(phone) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     tracing::info!(phone = %DeviceAddr::new(phone, 0).jid(), "phone online");
     Ok(Peer {
         client,
@@ -178,6 +190,76 @@ async fn start(hub: &Arc<Hub>, phone: &str) -> Result<Peer> {
         received,
         _handle: handle,
     })
+}
+
+/// What a phone does right after linking a device: it shares an app-state sync key with it.
+/// The device waits a grace period for that key before its first app-state sync, so without it
+/// `Connected` comes ten seconds later. (The collections are empty here; the key is never used
+/// to decrypt anything.) If the phone's own device list was stale, the message leaves the new
+/// device out; the server's phash in its ack makes the phone refetch the list, and it tries
+/// again.
+pub async fn share_app_state_key(hub: &Hub, device: &DeviceAddr) {
+    let Some(phone) = hub.peers.get(&device.user) else {
+        return;
+    };
+    for _ in 0..3 {
+        let id = phone.client.generate_message_id();
+        let sent = phone
+            .client
+            .send_message_with_options(
+                Jid::pn(&device.user),
+                key_share(),
+                SendOptions::default().with_message_id(id.clone()),
+            )
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(phone = %device.user, error = %e, "the phone could not share its app-state key");
+            return;
+        }
+        for _ in 0..100 {
+            // `None` until the server routed it; then whether the new device was among its
+            // recipients.
+            let reached = hub
+                .state
+                .lock()
+                .expect("state lock")
+                .deliveries
+                .get(&id)
+                .map(|d| d.encrypted_for.contains(device));
+            match reached {
+                Some(true) => return,
+                Some(false) => break,
+                None => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn key_share() -> wa::Message {
+    use wa::message::protocol_message::Type;
+    let key = wa::message::AppStateSyncKey {
+        key_id: MessageField::some(wa::message::AppStateSyncKeyId {
+            key_id: Some(rand::random::<[u8; 6]>().to_vec()),
+        }),
+        key_data: MessageField::some(wa::message::AppStateSyncKeyData {
+            key_data: Some(rand::random::<[u8; 32]>().to_vec()),
+            fingerprint: MessageField::some(wa::message::AppStateSyncKeyFingerprint {
+                raw_id: Some(rand::random()),
+                current_index: Some(0),
+                device_indexes: vec![0],
+            }),
+            timestamp: Some(now() * 1000),
+        }),
+    };
+    wa::Message {
+        protocol_message: MessageField::some(wa::message::ProtocolMessage {
+            r#type: Some(Type::APP_STATE_SYNC_KEY_SHARE),
+            app_state_sync_key_share: MessageField::some(wa::message::AppStateSyncKeyShare { keys: vec![key] }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 fn key_bytes(keys: &KeyPair) -> [u8; 32] {

@@ -7,13 +7,14 @@
 
 use std::sync::Arc;
 
+use whatsapp_rust::wacore::messages::MessageUtils;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 use whatsapp_rust::wacore_binary::{Jid, Node};
 
 use crate::Hub;
 use crate::conn::Conn;
 use crate::nodes::{SERVER, addr_of, attr, child, children, jid_attr};
-use crate::state::{DeviceAddr, Stats, now};
+use crate::state::{DeviceAddr, State, Stats, now};
 
 /// Receipt types that mean "this device has the message" (the client's delivery receipt is
 /// its acknowledgement of a message stanza).
@@ -58,7 +59,9 @@ pub fn message(hub: &Arc<Hub>, conn: &Conn, node: Node) {
     // cannot open (the client's `UndecryptableMessage` of type view-once).
     let view_once = child(&node, "meta").and_then(|m| attr(m, "view_once")).as_deref() == Some("true");
     let sender_attrs = state.sender_attrs(&sender);
+    let phash = participant_hash(&state, &sender, &to_user, &targets);
     let mut delivered = Vec::new();
+    let mut encrypted_for = Vec::new();
     for (jid, mut payload) in targets {
         let Some(addr) = addr_of(&jid).and_then(|a| Some(DeviceAddr::new(state.resolve_user(&a.user)?, a.device)))
         else {
@@ -67,6 +70,7 @@ pub fn message(hub: &Arc<Hub>, conn: &Conn, node: Node) {
         if view_once && addr.device != 0 {
             payload = vec![NodeBuilder::new("unavailable").attr("type", "view_once").build()];
         }
+        encrypted_for.push(addr.clone());
         let own = addr.user == sender.user;
         let mut stanza = NodeBuilder::new("message").attr("id", id.clone()).attr("t", t.clone());
         if own {
@@ -93,10 +97,46 @@ pub fn message(hub: &Arc<Hub>, conn: &Conn, node: Node) {
     }
     let entry = state.deliveries.entry(id.clone()).or_default();
     entry.delivered_to.extend(delivered);
+    entry.encrypted_for.extend(encrypted_for);
     drop(state);
     Stats::bump(&hub.stats.messages_routed);
     tracing::debug!(%id, from = %sender.jid(), to = %to_user, "message routed");
-    conn.send(ack(&id, &to, None));
+    let mut ack = ack(&id, &to, None);
+    if let Some(phash) = phash {
+        ack.attrs.insert("phash", phash);
+    }
+    conn.send(ack);
+}
+
+/// The participant hash the server puts in its ack: over the devices the sender encrypted for,
+/// plus any device of the recipient or of the sender's own account that it left out. The
+/// client compares it with its own hash of what it sent; a difference (a device list it held
+/// was stale) makes it drop its cached lists, so its next send fetches them again.
+fn participant_hash(
+    state: &State,
+    sender: &DeviceAddr,
+    recipient: &str,
+    targets: &[(Jid, Vec<Node>)],
+) -> Option<String> {
+    let mut devices: Vec<Jid> = targets.iter().map(|(jid, _)| jid.clone()).collect();
+    let present: Vec<DeviceAddr> = targets
+        .iter()
+        .filter_map(|(jid, _)| addr_of(jid).and_then(|a| Some(DeviceAddr::new(state.resolve_user(&a.user)?, a.device))))
+        .collect();
+    for user in [recipient, sender.user.as_str()] {
+        let known = state
+            .accounts
+            .get(user)
+            .map(|a| a.devices.keys().copied().collect::<Vec<_>>())
+            .unwrap_or_default();
+        for device in known {
+            let addr = DeviceAddr::new(user, device);
+            if addr != *sender && !present.contains(&addr) {
+                devices.push(Jid::pn_device(user, device));
+            }
+        }
+    }
+    MessageUtils::participant_list_hash(&devices).ok()
 }
 
 /// The server's acknowledgement of a message stanza (`error` set when it was refused).
@@ -135,6 +175,11 @@ pub fn receipt(hub: &Arc<Hub>, conn: &Conn, node: Node) {
         ids.extend(children(list).iter().filter_map(|item| attr(item, "id")));
     }
     let mut state = hub.state.lock().expect("state lock");
+    // Any answer but a retry request settles the message for this device; a retry means it
+    // could not decrypt, and the copy stays until the sender's resend is acknowledged.
+    if kind != "retry" {
+        state.acknowledged(&from, &ids);
+    }
     if DELIVERY_TYPES.contains(&kind.as_str()) {
         for id in &ids {
             let entry = state.deliveries.entry(id.clone()).or_default();
@@ -173,6 +218,14 @@ pub fn receipt(hub: &Arc<Hub>, conn: &Conn, node: Node) {
         if addr != from {
             state.deliver(&addr, forwarded.clone());
         }
+    }
+}
+
+/// A client's `<ack>`: for a message, the device refused or could not use it (a nack), and
+/// WhatsApp stops delivering it.
+pub fn client_ack(hub: &Arc<Hub>, conn: &Conn, node: &Node) {
+    if let (Some(from), Some(id), Some("message")) = (conn.device(), attr(node, "id"), attr(node, "class").as_deref()) {
+        hub.state.lock().expect("state lock").acknowledged(from, &[id]);
     }
 }
 

@@ -60,6 +60,22 @@ pub struct Device {
     pub linked_at: i64,
     /// Stanzas for this device that it has not been sent yet (it was offline), oldest first.
     pub queue: VecDeque<Node>,
+    /// Messages written to the device that it has not acknowledged yet, oldest first.
+    pub unacked: Vec<(String, Node)>,
+    /// A new companion whose phone has not shared its app-state key with it yet; the phone
+    /// does once the device is first active (by then the phone knows the device).
+    pub key_share_pending: bool,
+}
+
+impl Device {
+    /// A stanza written to the device: a message stays on the server until acknowledged.
+    pub fn in_flight(&mut self, node: Node) {
+        if node.tag == "message"
+            && let Some(id) = node.attrs.get("id")
+        {
+            self.unacked.push((id.as_str().into_owned(), node));
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -80,8 +96,12 @@ pub struct Account {
 /// A message sent through the server, for `/_ctl/acked`.
 #[derive(Default, Debug, Clone)]
 pub struct Delivery {
+    /// The recipient's devices the server handed the message to.
     pub delivered_to: Vec<DeviceAddr>,
+    /// The recipient's devices that sent their delivery receipt.
     pub acked_by: Vec<DeviceAddr>,
+    /// Every device the sender encrypted the message for, its own other devices included.
+    pub encrypted_for: Vec<DeviceAddr>,
 }
 
 /// Commands to a connection's writer task.
@@ -151,17 +171,37 @@ impl State {
     /// Sends a stanza to a device now if it is connected and active, else queues it for its
     /// next login. Returns whether it went out now.
     pub fn deliver(&mut self, to: &DeviceAddr, node: Node) -> bool {
-        if !self.paused(to)
-            && let Some(online) = self.online.get(to)
-            && online.active
-            && online.tx.send(Out::Node(node.clone())).is_ok()
-        {
-            return true;
-        }
+        let sent = !self.paused(to)
+            && self
+                .online
+                .get(to)
+                .is_some_and(|online| online.active && online.tx.send(Out::Node(node.clone())).is_ok());
         if let Some(device) = self.device_mut(to) {
-            device.queue.push_back(node);
+            if sent {
+                device.in_flight(node);
+            } else {
+                device.queue.push_back(node);
+            }
         }
-        false
+        sent
+    }
+
+    /// The device acknowledged these messages (its receipt or its `<ack>`): WhatsApp forgets
+    /// them.
+    pub fn acknowledged(&mut self, by: &DeviceAddr, ids: &[String]) {
+        if let Some(device) = self.device_mut(by) {
+            device.unacked.retain(|(id, _)| !ids.contains(id));
+        }
+    }
+
+    /// The device's connection ended: what it did not acknowledge goes back to the head of its
+    /// queue, to be delivered again at its next login.
+    pub fn requeue_unacked(&mut self, addr: &DeviceAddr) {
+        if let Some(device) = self.device_mut(addr) {
+            for (_, node) in device.unacked.drain(..).rev() {
+                device.queue.push_front(node);
+            }
+        }
     }
 }
 

@@ -12,9 +12,10 @@ use whatsapp_rust::waproto::whatsapp as wa;
 
 use crate::Hub;
 use crate::nodes::{attr, child, children, jid_attr, text};
-use crate::state::{Account, State};
+use crate::state::{Account, DeviceAddr, State};
 
-pub fn answer(hub: &Arc<Hub>, usync: &Node) -> Node {
+/// The answer, and whether the asker asked about its own account.
+pub fn answer(hub: &Arc<Hub>, asker: &DeviceAddr, usync: &Node) -> (Node, bool) {
     let protocols: Vec<String> = child(usync, "query")
         .map(children)
         .unwrap_or_default()
@@ -22,12 +23,14 @@ pub fn answer(hub: &Arc<Hub>, usync: &Node) -> Node {
         .map(|p| p.tag.to_string())
         .collect();
     let state = hub.state.lock().expect("state lock");
-    let users: Vec<Node> = child(usync, "list")
-        .map(children)
-        .unwrap_or_default()
-        .iter()
-        .map(|user| answer_user(&state, user, &protocols))
-        .collect();
+    let asked = child(usync, "list").map(children).unwrap_or_default();
+    let asked_own = asked.iter().any(|user| {
+        jid_attr(user, "jid")
+            .and_then(|j| state.resolve_user(&j.user))
+            .as_deref()
+            == Some(asker.user.as_str())
+    });
+    let users: Vec<Node> = asked.iter().map(|user| answer_user(&state, user, &protocols)).collect();
     let mut builder = NodeBuilder::new("usync");
     for key in ["sid", "mode", "context", "index", "last"] {
         if let Some(value) = attr(usync, key) {
@@ -37,9 +40,10 @@ pub fn answer(hub: &Arc<Hub>, usync: &Node) -> Node {
     let result = NodeBuilder::new("result")
         .children(protocols.iter().map(|p| NodeBuilder::new_dynamic(p.clone()).build()))
         .build();
-    builder
+    let node = builder
         .children([result, NodeBuilder::new("list").children(users).build()])
-        .build()
+        .build();
+    (node, asked_own)
 }
 
 fn answer_user(state: &State, user: &Node, protocols: &[String]) -> Node {

@@ -10,11 +10,12 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::Notify;
 use wa_testserver::{CLIENT_VERSION, LoopbackHttpClient, TestServer};
-use whatsapp_rust::Client;
 use whatsapp_rust::bot::{Bot, BotHandle};
 use whatsapp_rust::http::{HttpClient, HttpRequest};
 use whatsapp_rust::store::SqliteStore;
+use whatsapp_rust::types::durability_hook::InboundMessage;
 use whatsapp_rust::types::events::Event;
+use whatsapp_rust::{Client, InboundDurabilityHook};
 use whatsapp_rust_tokio_transport::TokioWebSocketTransportFactory;
 
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -70,7 +71,8 @@ impl Events {
     }
 }
 
-/// The device under test: an unmodified whatsapp-rust client with a SQLite store.
+/// The device under test: an unmodified whatsapp-rust client with a SQLite store and an
+/// inbound durability hook, as waghl builds it.
 pub struct Device {
     pub client: Arc<Client>,
     pub events: Arc<Events>,
@@ -79,6 +81,16 @@ pub struct Device {
 
 impl Device {
     pub async fn start(server: &TestServer, store: &Path) -> Device {
+        Device::build(server, store, false).await
+    }
+
+    /// A device whose durability hook fails every commit, like an app whose database is down
+    /// (or that was killed before committing): it never acknowledges a message.
+    pub async fn start_refusing(server: &TestServer, store: &Path) -> Device {
+        Device::build(server, store, true).await
+    }
+
+    async fn build(server: &TestServer, store: &Path, refuse: bool) -> Device {
         let events = Arc::new(Events::default());
         let sink = events.clone();
         let store = SqliteStore::new(store.to_str().unwrap()).await.expect("open the store");
@@ -87,7 +99,10 @@ impl Device {
             .with_transport_factory(TokioWebSocketTransportFactory::new().with_url(server.ws_url()))
             .with_http_client(LoopbackHttpClient::new(server.http_url()))
             .with_version(CLIENT_VERSION)
-            .skip_history_sync()
+            .skip_history_sync();
+        // Like waghl, every device commits inbound messages before they are acknowledged.
+        let bot = bot.with_inbound_durability_hook(Commit { refuse });
+        let bot = bot
             .on_event(move |event, _client| {
                 let sink = sink.clone();
                 async move {
@@ -120,6 +135,19 @@ impl Device {
 
     pub async fn stop(self) {
         self.handle.shutdown().await;
+    }
+}
+
+/// The device's durability hook: commits (there is nothing to store) or refuses every batch.
+struct Commit {
+    refuse: bool,
+}
+
+#[whatsapp_rust::async_trait]
+impl InboundDurabilityHook for Commit {
+    async fn on_messages(&self, _client: Arc<Client>, _batch: &[InboundMessage]) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.refuse, "the database is down");
+        Ok(())
     }
 }
 
