@@ -57,6 +57,9 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     pub sessions_dir: PathBuf,
     pub wa_backend: WaBackend,
+    /// The WhatsApp test server to talk to instead of WhatsApp (builds with the
+    /// `wa-test-server` feature only; loopback only).
+    pub wa_test_server: Option<crate::wa::whatsapp::TestServer>,
     /// The country whose numbering plan reads phone numbers written without a country code.
     pub default_country: crate::domain::phone::Region,
     /// Least gap between two sends of one WhatsApp session (jittered); zero turns pacing off.
@@ -147,6 +150,7 @@ impl Config {
             Some("sim") => WaBackend::Sim,
             Some(_) => return Err(bad("WAGHL_WA_BACKEND", "expected `whatsapp` or `sim`")),
         };
+        let wa_test_server = wa_test_server(get("WAGHL_WA_SERVER_URL"), get("WAGHL_WA_MEDIA_URL"))?;
         let default_country =
             crate::domain::phone::Region::parse(&get("WAGHL_DEFAULT_COUNTRY").unwrap_or_else(|| "US".into()))
                 .ok_or_else(|| {
@@ -251,6 +255,7 @@ impl Config {
             admin_token,
             sessions_dir: get("WAGHL_SESSIONS_DIR").unwrap_or_else(|| "sessions".into()).into(),
             wa_backend,
+            wa_test_server,
             default_country,
             send_gap: millis("WAGHL_SEND_GAP_MS", get("WAGHL_SEND_GAP_MS"), 1_500)?,
             retention_days: number("WAGHL_RETENTION_DAYS", get("WAGHL_RETENTION_DAYS"), 30)?,
@@ -353,9 +358,73 @@ fn pem(var: &'static str, value: Option<String>) -> Result<Option<String>, Confi
     Ok(Some(text))
 }
 
+/// `WAGHL_WA_SERVER_URL` and `WAGHL_WA_MEDIA_URL`: both or neither, only in a build with the
+/// `wa-test-server` feature (which trusts the test server's self-made certificate chain), and
+/// only on loopback, so such a build can never talk to anything but a test server.
+fn wa_test_server(
+    server: Option<String>,
+    media: Option<String>,
+) -> Result<Option<crate::wa::whatsapp::TestServer>, ConfigError> {
+    let (server, media) = match (server, media) {
+        (None, None) => return Ok(None),
+        (Some(server), Some(media)) => (server, media),
+        (Some(_), None) => return Err(bad("WAGHL_WA_MEDIA_URL", "required with WAGHL_WA_SERVER_URL")),
+        (None, Some(_)) => return Err(bad("WAGHL_WA_SERVER_URL", "required with WAGHL_WA_MEDIA_URL")),
+    };
+    if !cfg!(feature = "wa-test-server") {
+        return Err(bad(
+            "WAGHL_WA_SERVER_URL",
+            "only a test build talks to a WhatsApp test server (cargo feature wa-test-server)",
+        ));
+    }
+    let loopback = |url: &str, schemes: &[&str], var: &'static str| {
+        let parsed = url::Url::parse(url).map_err(|e| bad(var, format!("not a URL: {e}")))?;
+        let on_loopback = match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(name)) => name == "localhost",
+            None => false,
+        };
+        if !schemes.contains(&parsed.scheme()) || !on_loopback {
+            return Err(bad(
+                var,
+                format!(
+                    "expected a {} URL on loopback (127.0.0.1, [::1] or localhost)",
+                    schemes.join(" or ")
+                ),
+            ));
+        }
+        Ok(url.trim_end_matches('/').to_owned())
+    };
+    Ok(Some(crate::wa::whatsapp::TestServer {
+        ws_url: loopback(&server, &["ws"], "WAGHL_WA_SERVER_URL")?,
+        media_url: loopback(&media, &["http"], "WAGHL_WA_MEDIA_URL")?,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_test_server_is_taken_only_by_a_test_build_and_only_on_loopback() {
+        let both = |ws: &str, media: &str| wa_test_server(Some(ws.into()), Some(media.into()));
+        let local = both("ws://127.0.0.1:4000/ws/chat", "http://127.0.0.1:4000/");
+        if cfg!(feature = "wa-test-server") {
+            let server = local.unwrap().unwrap();
+            assert_eq!(server.media_url, "http://127.0.0.1:4000");
+            assert!(both("ws://192.0.2.1:4000/ws/chat", "http://127.0.0.1:4000").is_err());
+            assert!(both("wss://127.0.0.1:4000/ws/chat", "http://127.0.0.1:4000").is_err());
+            assert!(both("ws://[::1]:4000/ws/chat", "http://web.whatsapp.com").is_err());
+        } else {
+            assert_eq!(local.unwrap_err().var, "WAGHL_WA_SERVER_URL");
+        }
+        assert_eq!(
+            wa_test_server(Some("ws://127.0.0.1:1".into()), None).unwrap_err().var,
+            "WAGHL_WA_MEDIA_URL"
+        );
+        assert!(wa_test_server(None, None).unwrap().is_none());
+    }
     use std::collections::HashMap;
 
     fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {

@@ -47,6 +47,11 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {} (WAGHL_LISTEN / PORT)", config.listen))?;
+        if config.wa_test_server.is_some() {
+            tracing::warn!(
+                "this is a test build talking to a WhatsApp test server, not to WhatsApp (WAGHL_WA_SERVER_URL)"
+            );
+        }
         let (transport, sim) = transport_for(&config);
         let state = AppState::new(Arc::new(config), store, admin_token, webhooks, transport, sim);
         Ok(Self { listener, state })
@@ -136,7 +141,13 @@ fn transport_for(config: &Config) -> (Arc<dyn Transport>, Option<Arc<SimWorld>>)
             let world = SimWorld::new(&config.sessions_dir, config.sim_time_scale);
             (Arc::new(SimTransport::new(world.clone())), Some(world))
         }
-        WaBackend::WhatsApp => (Arc::new(WhatsAppTransport::new(&config.sessions_dir)), None),
+        WaBackend::WhatsApp => (
+            Arc::new(WhatsAppTransport::new(
+                &config.sessions_dir,
+                config.wa_test_server.clone(),
+            )),
+            None,
+        ),
     }
 }
 

@@ -12,6 +12,8 @@ mod openapi;
 mod outbound;
 mod pairing;
 mod phones;
+#[cfg(feature = "wa-test-server")]
+mod real_transport;
 mod recovery;
 mod screens;
 

@@ -86,12 +86,25 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Starts whatsapp-rust clients, one per location, each on its own SQLite store.
 pub struct WhatsAppTransport {
     sessions_dir: PathBuf,
+    /// The WhatsApp test server to talk to instead of WhatsApp (test builds only).
+    server: Option<TestServer>,
+}
+
+/// Where the WhatsApp test server (`crates/wa-testserver`) listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestServer {
+    /// Its WebSocket, `ws://127.0.0.1:PORT/ws/chat`.
+    pub ws_url: String,
+    /// Its media (and version) endpoint, `http://127.0.0.1:PORT`: the `https://` URLs the
+    /// crate builds for media go here.
+    pub media_url: String,
 }
 
 impl WhatsAppTransport {
-    pub fn new(sessions_dir: &Path) -> Self {
+    pub fn new(sessions_dir: &Path, server: Option<TestServer>) -> Self {
         Self {
             sessions_dir: sessions_dir.to_path_buf(),
+            server,
         }
     }
 
@@ -127,16 +140,28 @@ impl Transport for WhatsAppTransport {
                 shared: shared.clone(),
                 queue,
             };
-            let bot = Bot::builder()
+            let builder = Bot::builder()
                 .with_backend(store)
                 .with_event_handler(BusHandler { sink: sink.clone() })
                 .with_inbound_durability_hook(StoreHook { sink: sink.clone() })
                 // waghl relays what arrives from now on; history would only cost memory and CPU.
                 // LID↔phone mappings still come from `sender_alt` and usync.
-                .skip_history_sync()
-                .build()
-                .await
-                .map_err(|e| WaError::Failed(format!("could not build the WhatsApp client: {e}")))?;
+                .skip_history_sync();
+            let bot = match &self.server {
+                #[cfg(feature = "wa-test-server")]
+                Some(server) => {
+                    builder
+                        .with_transport_factory(
+                            whatsapp_rust::transport::TokioWebSocketTransportFactory::new().with_url(&server.ws_url),
+                        )
+                        .with_http_client(wa_testserver::LoopbackHttpClient::new(&server.media_url))
+                        .with_version(wa_testserver::CLIENT_VERSION)
+                        .build()
+                        .await
+                }
+                _ => builder.build().await,
+            }
+            .map_err(|e| WaError::Failed(format!("could not build the WhatsApp client: {e}")))?;
             let client = bot.client();
             let _ = shared.client.set(Arc::downgrade(&client));
             track(&client);
@@ -205,7 +230,7 @@ mod tests {
     #[tokio::test]
     async fn wipe_deletes_the_database_and_its_companions_only() {
         let temp = tempfile::tempdir().unwrap();
-        let transport = WhatsAppTransport::new(temp.path());
+        let transport = WhatsAppTransport::new(temp.path(), None);
         let location = LocationId::parse("loc1").unwrap();
         let names = ["loc1.db", "loc1.db-wal", "loc1.db-shm", "loc2.db"];
         for name in names {
