@@ -1,11 +1,14 @@
 //! The real whatsapp-rust transport end to end, against the WhatsApp test server on loopback
 //! (`crates/wa-testserver`, whose phones and contacts are themselves whatsapp-rust clients):
-//! waghl pairs by QR as a linked device, relays a contact's message into GHL, sends GHL's reply
-//! on WhatsApp (decrypted by the contact's client exactly as sent), and reports the contact's
-//! receipts back to GHL. Built only with the `wa-test-server` feature (as `.ci/run` does).
+//! waghl pairs as a linked device (QR or code), relays contacts' messages and media into GHL,
+//! sends GHL's replies on WhatsApp (decrypted by the contact's client exactly as sent), reports
+//! receipts, comes back from drops and restarts on its own, and parks or logs out when WhatsApp
+//! says so. Built only with the `wa-test-server` feature (as `.ci/run` does).
 
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use fake_ghl::FakeGhl;
 use serde_json::{Value, json};
 use wa_testserver::TestServer;
@@ -15,6 +18,148 @@ use crate::helpers::{Backend, TestApp, spawn_app_with_ghl};
 const KEY: &str = "real-transport-key";
 const BUSINESS: &str = "+14155550180";
 const CONTACT: &str = "+14155550181";
+const LOCATION: &str = "locReal";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The test server, the fake GHL and waghl on the real transport.
+struct Rig {
+    server: TestServer,
+    fake: FakeGhl,
+    app: TestApp,
+    ctl: reqwest::Client,
+}
+
+impl Rig {
+    async fn start(backend: Backend) -> Option<Rig> {
+        let server = TestServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let fake = FakeGhl::start().await;
+        let (ws, media) = (server.ws_url(), server.http_url());
+        let app = spawn_app_with_ghl(
+            backend,
+            &fake,
+            &[
+                ("WAGHL_WA_BACKEND", "whatsapp"),
+                ("WAGHL_WA_SERVER_URL", ws.as_str()),
+                ("WAGHL_WA_MEDIA_URL", media.as_str()),
+                ("WAGHL_WEBHOOK_KEY", KEY),
+                ("WAGHL_SEND_GAP_MS", "0"),
+                ("WAGHL_RELAY_POLL_MS", "50"),
+                ("WAGHL_ALLOW_HTTP_ATTACHMENTS", "true"),
+                ("WAGHL_HEALTH_INTERVAL_MS", "500"),
+                ("WAGHL_RESTART_BASE_MS", "100"),
+            ],
+        )
+        .await?;
+        app.install(&fake, LOCATION).await;
+        Some(Rig {
+            server,
+            fake,
+            app,
+            ctl: reqwest::Client::new(),
+        })
+    }
+
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.server.http_url())
+    }
+
+    async fn ctl_post(&self, path: &str, body: Value) -> Value {
+        let response = self.ctl.post(self.at(path)).json(&body).send().await.unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 200, "{path}: {body}");
+        body
+    }
+
+    async fn ctl_get(&self, path: &str) -> Value {
+        self.ctl.get(self.at(path)).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Pairs waghl's device by scanning the QR code it shows with the business's phone.
+    async fn pair_by_qr(&self) {
+        let started = self
+            .app
+            .admin_post(&format!("/api/v1/locations/{LOCATION}/session"), &json!({}))
+            .await;
+        assert_eq!(started.status(), 202);
+        let qr = self.code("qr").await;
+        self.ctl_post("/_ctl/scan", json!({ "phone": BUSINESS, "qr": qr }))
+            .await;
+        let session = self.app.wait_for_session(LOCATION, "connected", None).await;
+        assert_eq!(session["phone"], BUSINESS);
+    }
+
+    /// The session's `qr` or `pairing_code` once it shows.
+    async fn code(&self, field: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let session = self.app.session(LOCATION).await;
+            if let Some(code) = session[field].as_str() {
+                return code.to_owned();
+            }
+            assert!(started.elapsed() < WAIT, "no {field}: {session}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A contact's message to the business; its WhatsApp id.
+    async fn contact_sends(&self, body: Value) -> String {
+        let mut body = body;
+        body["from"] = json!(CONTACT);
+        body["to"] = json!(BUSINESS);
+        let sent = self.ctl_post("/_ctl/send", body).await;
+        sent["id"].as_str().unwrap().to_owned()
+    }
+
+    /// The GHL message relayed for WhatsApp message `id`.
+    async fn in_ghl(&self, id: &str) -> fake_ghl::AddedMessage {
+        wait(|| self.fake.messages().into_iter().find(|m| m.body["altId"] == id)).await
+    }
+
+    /// GHL's reply to the contact, through the provider webhook.
+    async fn reply(&self, ghl_id: &str, text: &str, attachments: &[String]) {
+        let webhook = json!({
+            "locationId": LOCATION, "messageId": ghl_id, "contactId": "c", "type": "SMS",
+            "phone": CONTACT, "message": text, "attachments": attachments,
+        });
+        let response = self
+            .app
+            .client
+            .post(self.app.url(&format!("/webhooks/ghl/provider?key={KEY}")))
+            .json(&webhook)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    /// What the contact's phone received and decrypted, once `pick` finds it.
+    async fn contact_received(&self, pick: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let list = self.ctl_get(&format!("/_ctl/received/{CONTACT}")).await;
+            if let Some(found) = list["messages"]
+                .as_array()
+                .and_then(|m| m.iter().find(|m| pick(m)).cloned())
+            {
+                return found;
+            }
+            assert!(started.elapsed() < WAIT, "the contact never got it: {list}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn wait<T>(mut found: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = found() {
+            return value;
+        }
+        assert!(started.elapsed() < WAIT, "timed out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 #[tokio::test]
 async fn the_real_transport_pairs_relays_both_ways_and_reports_receipts_on_sqlite() {
@@ -27,147 +172,250 @@ async fn the_real_transport_pairs_relays_both_ways_and_reports_receipts_on_postg
 }
 
 async fn both_ways(backend: Backend) {
+    let Some(rig) = Rig::start(backend).await else { return };
+    rig.pair_by_qr().await;
+
+    // Inbound: decrypted by waghl's client, in GHL, and acknowledged to WhatsApp once stored.
+    let id = rig.contact_sends(json!({ "text": "hello from a real client" })).await;
+    let inbound = rig.in_ghl(&id).await;
+    assert_eq!(inbound.body["message"], "hello from a real client");
+    assert_eq!(rig.fake.contacts()[0].phone, CONTACT);
+    let acked = rig.ctl_get(&format!("/_ctl/acked/{id}")).await;
+    assert!(acked["acked_by_devices"].as_u64().unwrap() >= 1, "{acked}");
+
+    // Outbound: decrypted by the contact's client exactly as sent; its receipts reach GHL.
+    rig.reply("ghl-real-1", "a reply through whatsapp-rust", &[]).await;
+    let received = rig
+        .contact_received(|m| m["text"] == "a reply through whatsapp-rust")
+        .await;
+    wait(|| {
+        rig.fake
+            .statuses("ghl-real-1")
+            .into_iter()
+            .find(|s| s["status"] == "delivered")
+    })
+    .await;
+    rig.ctl_post(
+        "/_ctl/receipt",
+        json!({ "phone": CONTACT, "id": received["id"], "status": "read" }),
+    )
+    .await;
+    wait(|| {
+        rig.fake
+            .statuses("ghl-real-1")
+            .into_iter()
+            .find(|s| s["status"] == "read")
+    })
+    .await;
+    rig.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn media_goes_both_ways_with_its_bytes_intact() {
+    let Some(rig) = Rig::start(Backend::Sqlite).await else {
+        return;
+    };
+    rig.pair_by_qr().await;
+    let image = b"\x89PNG\r\n\x1a\nnot a real picture, but real bytes".to_vec();
+    let voice = std::fs::read("tests/fixtures/voice-note-2s.ogg").unwrap();
+    let image_id = rig
+        .contact_sends(json!({ "media": {
+            "kind": "image", "mime": "image/png", "data_base64": BASE64.encode(&image), "caption": "a picture"
+        } }))
+        .await;
+    let voice_id = rig
+        .contact_sends(json!({ "media": {
+            "kind": "voice", "mime": "audio/ogg; codecs=opus", "data_base64": BASE64.encode(&voice)
+        } }))
+        .await;
+    let in_ghl = rig.in_ghl(&image_id).await;
+    assert_eq!(in_ghl.body["message"], "a picture");
+    rig.in_ghl(&voice_id).await;
+    let uploads = rig.fake.uploads();
+    assert!(
+        uploads.iter().any(|u| u.bytes.as_ref() == image.as_slice()),
+        "the image changed on the way"
+    );
+    // Voice notes reach GHL as WAV (GHL's player cannot play OGG/Opus).
+    assert!(
+        uploads
+            .iter()
+            .any(|u| u.content_type == "audio/wav" && u.bytes.len() > 44)
+    );
+
+    // An attachment from GHL reaches the contact as an image with the same bytes.
+    let url = rig.fake.host_file("reply.png", "image/png", image.clone());
+    rig.reply("ghl-real-img", "", &[url]).await;
+    let received = rig.contact_received(|m| m["kind"] == "image").await;
+    assert_eq!(received["bytes"], image.len());
+    rig.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn pairing_by_code_links_the_device() {
+    let Some(rig) = Rig::start(Backend::Sqlite).await else {
+        return;
+    };
+    let started = rig
+        .app
+        .admin_post(
+            &format!("/api/v1/locations/{LOCATION}/session"),
+            &json!({ "phone": BUSINESS }),
+        )
+        .await;
+    assert_eq!(started.status(), 202);
+    let code = rig.code("pairing_code").await;
+    rig.ctl_post("/_ctl/pair-code", json!({ "phone": BUSINESS, "code": code }))
+        .await;
+    let session = rig.app.wait_for_session(LOCATION, "connected", None).await;
+    assert_eq!(session["phone"], BUSINESS);
+    rig.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dropped_socket_and_a_restart_come_back_without_a_scan() {
+    let Some(mut rig) = Rig::start(Backend::Sqlite).await else {
+        return;
+    };
+    rig.pair_by_qr().await;
+    rig.ctl_post("/_ctl/drop", json!({ "phone": BUSINESS })).await;
+    let id = rig.contact_sends(json!({ "text": "after the drop" })).await;
+    rig.in_ghl(&id).await;
+
+    // A restart logs in from the stored keys: no QR code, no scan.
+    rig.app = rig.app.restart().await;
+    rig.app.wait_for_session(LOCATION, "connected", None).await;
+    let id = rig.contact_sends(json!({ "text": "after the restart" })).await;
+    rig.in_ghl(&id).await;
+    rig.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn whatsapp_logging_the_device_out_or_stopping_it_is_shown_with_its_reason() {
+    let Some(rig) = Rig::start(Backend::Sqlite).await else {
+        return;
+    };
+    rig.pair_by_qr().await;
+    rig.ctl_post("/_ctl/replace", json!({ "phone": BUSINESS })).await;
+    rig.app
+        .wait_for_session(LOCATION, "parked", Some("wa_stream_replaced"))
+        .await;
+
+    // Started again (from its keys), then banned for a while.
+    let restarted = rig
+        .app
+        .admin_post(&format!("/api/v1/locations/{LOCATION}/session"), &json!({}))
+        .await;
+    assert_eq!(restarted.status(), 202);
+    rig.app.wait_for_session(LOCATION, "connected", None).await;
+    rig.ctl_post("/_ctl/ban", json!({ "phone": BUSINESS, "seconds": 3600 }))
+        .await;
+    rig.app
+        .wait_for_session(LOCATION, "parked", Some("wa_temporary_ban"))
+        .await;
+    rig.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_phone_removing_the_device_logs_the_session_out() {
+    let Some(rig) = Rig::start(Backend::Sqlite).await else {
+        return;
+    };
+    rig.pair_by_qr().await;
+    rig.ctl_post("/_ctl/logout", json!({ "phone": BUSINESS })).await;
+    rig.app
+        .wait_for_session(LOCATION, "logged_out", Some("wa_logged_out"))
+        .await;
+    rig.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn kill_9_while_messages_arrive_loses_and_duplicates_nothing() {
+    use crate::crash::Daemon;
     let server = TestServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let fake = FakeGhl::start().await;
-    let ws = server.ws_url();
-    let media = server.http_url();
-    let Some(app) = spawn_app_with_ghl(
-        backend,
+    let (ws, media) = (server.ws_url(), server.http_url());
+    let mut daemon = Daemon::start(
         &fake,
         &[
             ("WAGHL_WA_BACKEND", "whatsapp"),
             ("WAGHL_WA_SERVER_URL", ws.as_str()),
             ("WAGHL_WA_MEDIA_URL", media.as_str()),
-            ("WAGHL_WEBHOOK_KEY", KEY),
-            ("WAGHL_SEND_GAP_MS", "0"),
-            ("WAGHL_RELAY_POLL_MS", "50"),
         ],
     )
-    .await
-    else {
-        return;
-    };
-    let ctl = reqwest::Client::new();
-    let at = |path: &str| format!("{}{path}", server.http_url());
-
-    // Pairing: the QR string waghl shows, scanned by the account's phone.
-    app.install(&fake, "locReal").await;
-    let started = app.admin_post("/api/v1/locations/locReal/session", &json!({})).await;
+    .await;
+    let http = reqwest::Client::new();
+    let code = fake.location_code(LOCATION);
+    let installed = http
+        .get(daemon.url(&format!("/oauth/callback?code={code}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(installed.status(), 200);
+    let started = daemon
+        .post(&format!("/api/v1/locations/{LOCATION}/session"), json!({}))
+        .await;
     assert_eq!(started.status(), 202);
-    let session = app.wait_for_session("locReal", "pairing", None).await;
-    let qr = wait_for_qr(&app, session).await;
-    let scanned = ctl
-        .post(at("/_ctl/scan"))
+    let started_at = Instant::now();
+    let qr = loop {
+        let location: Value = daemon
+            .get(&format!("/api/v1/locations/{LOCATION}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if let Some(qr) = location["session"]["qr"].as_str() {
+            break qr.to_owned();
+        }
+        assert!(started_at.elapsed() < WAIT, "no QR code: {location}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let scan = http
+        .post(format!("{media}/_ctl/scan"))
         .json(&json!({ "phone": BUSINESS, "qr": qr }))
         .send()
         .await
         .unwrap();
-    assert_eq!(scanned.status(), 200, "{}", scanned.text().await.unwrap());
-    let session = app.wait_for_session("locReal", "connected", None).await;
-    assert_eq!(session["phone"], BUSINESS);
+    assert_eq!(scan.status(), 200);
+    daemon.wait_for_state(LOCATION, "connected").await;
 
-    // Inbound: a contact's message, decrypted by waghl's client, lands in GHL.
-    let sent: Value = ctl
-        .post(at("/_ctl/send"))
-        .json(&json!({ "from": CONTACT, "to": BUSINESS, "text": "hello from a real client" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let inbound = wait(Duration::from_secs(60), || {
-        fake.messages().into_iter().find(|m| m.body["altId"] == sent["id"])
-    })
-    .await;
-    assert_eq!(inbound.body["message"], "hello from a real client");
-    assert_eq!(fake.contacts()[0].phone, CONTACT);
-    // Acknowledged to WhatsApp once stored.
-    let acked: Value = ctl
-        .get(at(&format!("/_ctl/acked/{}", sent["id"].as_str().unwrap())))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(acked["acked_by_devices"].as_u64().unwrap() >= 1, "{acked}");
-
-    // Outbound: GHL's reply, decrypted by the contact's client exactly as sent.
-    let webhook = json!({
-        "locationId": "locReal", "messageId": "ghl-real-1", "contactId": "c", "type": "SMS",
-        "phone": CONTACT, "message": "a reply through whatsapp-rust",
-    });
-    let response = app
-        .client
-        .post(app.url(&format!("/webhooks/ghl/provider?key={KEY}")))
-        .json(&webhook)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let started = Instant::now();
-    let received = loop {
-        let list: Value = ctl
-            .get(at(&format!("/_ctl/received/{CONTACT}")))
+    // Messages in flight between WhatsApp, the device's store and its acknowledgement.
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let sent: Value = http
+            .post(format!("{media}/_ctl/send"))
+            .json(&json!({ "from": CONTACT, "to": BUSINESS, "text": format!("in flight {i}") }))
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap();
-        let found = list["messages"].as_array().and_then(|messages| {
-            messages
-                .iter()
-                .find(|m| m["text"] == "a reply through whatsapp-rust")
-                .cloned()
-        });
-        if let Some(message) = found {
-            break message;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the contact never got the reply: {list}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    // The contact reads it: GHL hears `read` (after `sent`/`delivered`).
-    let read = ctl
-        .post(at("/_ctl/receipt"))
-        .json(&json!({ "phone": CONTACT, "id": received["id"], "status": "read" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(read.status(), 200);
-    wait(Duration::from_secs(60), || {
-        fake.statuses("ghl-real-1").into_iter().find(|s| s["status"] == "read")
-    })
-    .await;
-
+        ids.push(sent["id"].as_str().unwrap().to_owned());
+    }
+    daemon.kill9();
+    daemon.restart().await;
+    for id in &ids {
+        wait(|| fake.messages().into_iter().find(|m| m.body["altId"] == id.as_str())).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let relayed: Vec<String> = fake
+        .messages()
+        .iter()
+        .map(|m| m.body["altId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(relayed.len(), ids.len(), "a message reached GHL twice: {relayed:?}");
+    // Every one acknowledged to WhatsApp in the end (stored by one life or the other).
+    for id in &ids {
+        let acked: Value = http
+            .get(format!("{media}/_ctl/acked/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(acked["acked_by_devices"].as_u64().unwrap() >= 1, "{id}: {acked}");
+    }
     server.shutdown().await;
-}
-
-/// The QR string of a pairing session (it may take a moment to show).
-async fn wait_for_qr(app: &TestApp, mut session: Value) -> String {
-    let started = Instant::now();
-    loop {
-        if let Some(qr) = session["qr"].as_str() {
-            return qr.to_owned();
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "no QR code: {session}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        session = app.session("locReal").await;
-    }
-}
-
-/// Polls `found` until it yields, at most `limit`.
-async fn wait<T>(limit: Duration, mut found: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = found() {
-            return value;
-        }
-        assert!(started.elapsed() < limit, "timed out");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
