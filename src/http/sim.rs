@@ -14,8 +14,8 @@ use utoipa_axum::routes;
 use super::openapi::IdPath;
 use super::{AdminAuth, ApiError, AppJson, ErrorBody, LocationPath, MaybeJson};
 use crate::domain::LocationId;
-use crate::domain::MediaKind;
 use crate::domain::phone::Phone as E164;
+use crate::domain::{MediaKind, OutgoingContent};
 use crate::state::AppState;
 use crate::wa::ReceiptStatus;
 use crate::wa::sim::proto::{Body, Chat, Incoming};
@@ -323,13 +323,13 @@ impl TryFrom<SimInbound> for Incoming {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(media.data_base64.trim())
                 .map_err(|_| SimError::Invalid("media.data_base64 is not base64".into()))?;
-            Body::Media {
+            Body::Content(OutgoingContent::Media {
                 kind,
                 mime: media.mime,
                 bytes,
                 caption: media.caption,
                 file_name: media.file_name,
-            }
+            })
         } else if let Some(reaction) = request.reaction {
             Body::Reaction {
                 target: reaction.id,
@@ -354,7 +354,7 @@ impl TryFrom<SimInbound> for Incoming {
                 phones: contact.phones,
             }
         } else if let Some(text) = request.text {
-            Body::Text(text)
+            Body::Content(OutgoingContent::Text(text))
         } else {
             return Err(SimError::Invalid("give text, media, or another message kind".into()));
         };

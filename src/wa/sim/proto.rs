@@ -11,7 +11,7 @@ use whatsapp_rust::types::message::{MessageInfo, MessageSource};
 use whatsapp_rust::waproto::whatsapp as wa;
 
 use super::SentMessage;
-use crate::domain::{Content, InboundMessage, MediaKind, OutgoingContent};
+use crate::domain::{Content, InboundMessage, OutgoingContent};
 use crate::wa::whatsapp::convert::{self, OutgoingMedia, Uploaded};
 
 /// A message a contact (or the account's own phone) sends, as the simulated phone composes it.
@@ -41,14 +41,9 @@ pub enum Chat {
 
 #[derive(Clone, Debug)]
 pub enum Body {
-    Text(String),
-    Media {
-        kind: MediaKind,
-        mime: String,
-        bytes: Vec<u8>,
-        caption: Option<String>,
-        file_name: Option<String>,
-    },
+    /// A text or a file: composed as any WhatsApp client composes it (the same builders as
+    /// waghl's own sends).
+    Content(OutgoingContent),
     Reaction {
         target: String,
         emoji: String,
@@ -128,23 +123,7 @@ fn compose(body: &Body, reply_to: Option<&str>, chat: &Jid, media_path: Option<&
         })
     };
     match body {
-        Body::Text(text) => convert::outgoing_text(text, reply_to, chat),
-        Body::Media {
-            kind,
-            mime,
-            bytes,
-            caption,
-            file_name,
-        } => {
-            let media = OutgoingMedia {
-                kind: *kind,
-                mime,
-                caption: caption.clone(),
-                file_name: file_name.clone(),
-            };
-            let upload = simulated_upload(media_path.unwrap_or_default(), bytes.len());
-            convert::media_message(media, upload, reply_to, chat)
-        }
+        Body::Content(content) => outgoing(content, reply_to, chat, media_path.unwrap_or_default()),
         Body::Reaction { target, emoji } => wa::Message {
             reaction_message: MessageField::some(wa::message::ReactionMessage {
                 key: key(target),

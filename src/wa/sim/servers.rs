@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::client::{SimSession, load_sent};
 use super::proto::{self, Incoming};
 use super::{Delivery, Held, PanicAt, STORE_TIMEOUT, SentMessage, SimError, e164};
+use crate::domain::OutgoingContent;
 use crate::wa::{Link, ParkReason, ReceiptStatus, Stored, WaEvent};
 
 /// The simulated WhatsApp servers: every simulated session, and what they persisted.
@@ -96,7 +97,9 @@ impl SimWorld {
     pub async fn inbound(&self, location: &str, incoming: Incoming) -> Result<Delivery, SimError> {
         let session = self.session(location)?;
         let media_path = match &incoming.body {
-            proto::Body::Media { bytes, .. } => Some(session.store_media(&incoming.id, bytes)?),
+            proto::Body::Content(OutgoingContent::Media { bytes, .. }) => {
+                Some(session.store_media(&incoming.id, bytes)?)
+            }
             _ => None,
         };
         let (message, media_ref) = proto::deliver(&incoming, media_path.as_deref())
