@@ -135,12 +135,19 @@ async fn kill_9_mid_flight(backend: Backend, run: usize) {
         .map(|_| ready.elapsed());
     let deadline = Instant::now() + Duration::from_secs(60);
     while fake.messages().len() < PER_DIRECTION || sent(&daemon, &location).await.len() < PER_DIRECTION {
-        assert!(
-            Instant::now() < deadline,
-            "run {run}: GHL holds {} inbound, WhatsApp sent {}",
-            fake.messages().len(),
-            sent(&daemon, &location).await.len()
-        );
+        if Instant::now() >= deadline {
+            let waiting: Value = daemon
+                .get(&format!("/api/v1/locations/{location}/messages?limit=20"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            panic!(
+                "run {run}: GHL holds {} inbound, WhatsApp sent {}; newest messages: {waiting}",
+                fake.messages().len(),
+                sent(&daemon, &location).await.len()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     // Anything still to come (a duplicate) has had time to arrive.

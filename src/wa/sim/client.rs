@@ -341,6 +341,7 @@ impl Transport for SimTransport {
             let file = world.file(location.as_str());
             let persisted = load(&file);
             let sent_file = world.sent_file(location.as_str());
+            repair_sent_log(&sent_file);
             let sent_ids = load_sent(&sent_file).into_iter().map(|line| line.id).collect();
             if let Some(dir) = sent_file.parent() {
                 let _ = std::fs::create_dir_all(dir);
@@ -446,9 +447,43 @@ impl SentLine {
     }
 }
 
+/// Drops a line torn by a crash in the middle of its append (the file does not end with a
+/// newline); otherwise the next append would run on from it and spoil both. The send it
+/// recorded never got its server ack, so the bridge sends that id again and it is logged then.
+fn repair_sent_log(file: &Path) {
+    let Ok(bytes) = std::fs::read(file) else { return };
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return;
+    }
+    let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    if let Err(e) = std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .and_then(|f| f.set_len(keep as u64))
+    {
+        tracing::error!(error = %e, "could not repair the simulated device's sent log");
+    }
+}
+
 /// The sent log; lines that do not read (an older format) are skipped.
 pub(super) fn load_sent(file: &Path) -> Vec<SentLine> {
     std::fs::read_to_string(file)
         .map(|text| text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_torn_by_a_crash_is_dropped_and_the_next_append_starts_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("loc.sent.jsonl");
+        std::fs::write(&file, "{\"whole\":1}\n{\"torn\":").unwrap();
+        repair_sent_log(&file);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "{\"whole\":1}\n");
+        repair_sent_log(&file);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "{\"whole\":1}\n");
+    }
 }
