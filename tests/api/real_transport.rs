@@ -181,7 +181,8 @@ async fn both_ways(backend: Backend) {
     assert_eq!(inbound.body["message"], "hello from a real client");
     assert_eq!(rig.fake.contacts()[0].phone, CONTACT);
     let acked = rig.ctl_get(&format!("/_ctl/acked/{id}")).await;
-    assert!(acked["acked_by_devices"].as_u64().unwrap() >= 1, "{acked}");
+    // The business's phone and waghl's device.
+    assert!(acked["acked_by_devices"].as_u64() >= Some(2), "{acked}");
 
     // Outbound: decrypted by the contact's client exactly as sent; its receipts reach GHL.
     rig.reply("ghl-real-1", "a reply through whatsapp-rust", &[]).await;
@@ -344,6 +345,131 @@ async fn kill_9_while_messages_arrive_loses_and_duplicates_nothing() {
         ],
     )
     .await;
+    pair_daemon(&daemon, &fake, &media).await;
+    let http = reqwest::Client::new();
+
+    // Messages in flight between WhatsApp, the device's store and its acknowledgement.
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let sent: Value = http
+            .post(format!("{media}/_ctl/send"))
+            .json(&json!({ "from": CONTACT, "to": BUSINESS, "text": format!("in flight {i}") }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(sent["id"].as_str().unwrap().to_owned());
+    }
+    daemon.kill9();
+    daemon.restart().await;
+    for id in &ids {
+        wait(|| fake.messages().into_iter().find(|m| m.body["altId"] == id.as_str())).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let relayed: Vec<String> = fake
+        .messages()
+        .iter()
+        .map(|m| m.body["altId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(relayed.len(), ids.len(), "a message reached GHL twice: {relayed:?}");
+    // Every one acknowledged to WhatsApp in the end by both devices (waghl's once stored by one
+    // life or the other).
+    for id in &ids {
+        let acked: Value = http
+            .get(format!("{media}/_ctl/acked/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        // The business's phone and waghl's device.
+        assert!(acked["acked_by_devices"].as_u64() >= Some(2), "{id}: {acked}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_message_is_acknowledged_only_once_stored_and_a_kill_in_between_redelivers_it() {
+    use crate::crash::Daemon;
+    use sqlx::Connection as _;
+    let server = TestServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let fake = FakeGhl::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/waghl.db", dir.path().display());
+    let (ws, media) = (server.ws_url(), server.http_url());
+    let mut daemon = Daemon::start(
+        &fake,
+        &[
+            ("DATABASE_URL", db.as_str()),
+            ("WAGHL_WA_BACKEND", "whatsapp"),
+            ("WAGHL_WA_SERVER_URL", ws.as_str()),
+            ("WAGHL_WA_MEDIA_URL", media.as_str()),
+        ],
+    )
+    .await;
+    pair_daemon(&daemon, &fake, &media).await;
+    let http = reqwest::Client::new();
+    let acked = |id: String| {
+        let http = http.clone();
+        let url = format!("{media}/_ctl/acked/{id}");
+        async move { http.get(url).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+
+    // The database cannot be written: the message reaches the device but is not stored, so
+    // the device must not acknowledge it.
+    let mut blocker = sqlx::SqliteConnection::connect(&db).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut blocker).await.unwrap();
+    let sent: Value = http
+        .post(format!("{media}/_ctl/send"))
+        .json(&json!({ "from": CONTACT, "to": BUSINESS, "text": "stored before acked" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = sent["id"].as_str().unwrap().to_owned();
+    // Two devices get it: the business's phone (which acknowledges it at once) and waghl's.
+    let started = Instant::now();
+    loop {
+        let counts = acked(id.clone()).await;
+        if counts["delivered_to_devices"].as_u64() >= Some(2) {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "never delivered: {counts}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = acked(id.clone()).await;
+    assert_eq!(
+        counts["acked_by_devices"], 1,
+        "waghl acknowledged it before it was stored: {counts}"
+    );
+
+    // Killed in between; the database back; WhatsApp delivers it again to the new life.
+    daemon.kill9();
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    blocker.close().await.unwrap();
+    daemon.restart().await;
+    wait(|| fake.messages().into_iter().find(|m| m.body["altId"] == id.as_str())).await;
+    let started = Instant::now();
+    while acked(id.clone()).await["acked_by_devices"].as_u64() < Some(2) {
+        assert!(
+            started.elapsed() < WAIT,
+            "waghl never acknowledged it after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake.messages().len(), 1, "stored once, relayed once");
+    server.shutdown().await;
+}
+
+/// Installs the location on a daemon and pairs it by QR with the business's phone.
+async fn pair_daemon(daemon: &crate::crash::Daemon, fake: &FakeGhl, media: &str) {
     let http = reqwest::Client::new();
     let code = fake.location_code(LOCATION);
     let installed = http
@@ -378,44 +504,4 @@ async fn kill_9_while_messages_arrive_loses_and_duplicates_nothing() {
         .unwrap();
     assert_eq!(scan.status(), 200);
     daemon.wait_for_state(LOCATION, "connected").await;
-
-    // Messages in flight between WhatsApp, the device's store and its acknowledgement.
-    let mut ids = Vec::new();
-    for i in 0..20 {
-        let sent: Value = http
-            .post(format!("{media}/_ctl/send"))
-            .json(&json!({ "from": CONTACT, "to": BUSINESS, "text": format!("in flight {i}") }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        ids.push(sent["id"].as_str().unwrap().to_owned());
-    }
-    daemon.kill9();
-    daemon.restart().await;
-    for id in &ids {
-        wait(|| fake.messages().into_iter().find(|m| m.body["altId"] == id.as_str())).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let relayed: Vec<String> = fake
-        .messages()
-        .iter()
-        .map(|m| m.body["altId"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(relayed.len(), ids.len(), "a message reached GHL twice: {relayed:?}");
-    // Every one acknowledged to WhatsApp in the end (stored by one life or the other).
-    for id in &ids {
-        let acked: Value = http
-            .get(format!("{media}/_ctl/acked/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert!(acked["acked_by_devices"].as_u64().unwrap() >= 1, "{id}: {acked}");
-    }
-    server.shutdown().await;
 }
