@@ -161,17 +161,29 @@ async fn wait<T>(mut found: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-#[tokio::test]
-async fn the_real_transport_pairs_relays_both_ways_and_reports_receipts_on_sqlite() {
-    both_ways(Backend::Sqlite).await;
+/// Generates `sqlite::name` and `postgres::name` tests from `async fn name(backend: Backend)`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await })*
+        }
+    };
 }
 
-#[tokio::test]
-async fn the_real_transport_pairs_relays_both_ways_and_reports_receipts_on_postgres() {
-    both_ways(Backend::Postgres).await;
-}
+on_both_backends!(
+    the_real_transport_pairs_relays_both_ways_and_reports_receipts,
+    media_goes_both_ways_with_its_bytes_intact,
+    pairing_by_code_links_the_device,
+    a_dropped_socket_and_a_restart_come_back_without_a_scan,
+    whatsapp_logging_the_device_out_or_stopping_it_is_shown_with_its_reason,
+    the_phone_removing_the_device_logs_the_session_out,
+    kill_9_while_messages_arrive_loses_and_duplicates_nothing,
+);
 
-async fn both_ways(backend: Backend) {
+async fn the_real_transport_pairs_relays_both_ways_and_reports_receipts(backend: Backend) {
     let Some(rig) = Rig::start(backend).await else { return };
     rig.pair_by_qr().await;
 
@@ -211,9 +223,8 @@ async fn both_ways(backend: Backend) {
     rig.server.shutdown().await;
 }
 
-#[tokio::test]
-async fn media_goes_both_ways_with_its_bytes_intact() {
-    let Some(rig) = Rig::start(Backend::Sqlite).await else {
+async fn media_goes_both_ways_with_its_bytes_intact(backend: Backend) {
+    let Some(rig) = Rig::start(backend).await else {
         return;
     };
     rig.pair_by_qr().await;
@@ -252,9 +263,8 @@ async fn media_goes_both_ways_with_its_bytes_intact() {
     rig.server.shutdown().await;
 }
 
-#[tokio::test]
-async fn pairing_by_code_links_the_device() {
-    let Some(rig) = Rig::start(Backend::Sqlite).await else {
+async fn pairing_by_code_links_the_device(backend: Backend) {
+    let Some(rig) = Rig::start(backend).await else {
         return;
     };
     let started = rig
@@ -273,9 +283,8 @@ async fn pairing_by_code_links_the_device() {
     rig.server.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_dropped_socket_and_a_restart_come_back_without_a_scan() {
-    let Some(mut rig) = Rig::start(Backend::Sqlite).await else {
+async fn a_dropped_socket_and_a_restart_come_back_without_a_scan(backend: Backend) {
+    let Some(mut rig) = Rig::start(backend).await else {
         return;
     };
     rig.pair_by_qr().await;
@@ -291,9 +300,8 @@ async fn a_dropped_socket_and_a_restart_come_back_without_a_scan() {
     rig.server.shutdown().await;
 }
 
-#[tokio::test]
-async fn whatsapp_logging_the_device_out_or_stopping_it_is_shown_with_its_reason() {
-    let Some(rig) = Rig::start(Backend::Sqlite).await else {
+async fn whatsapp_logging_the_device_out_or_stopping_it_is_shown_with_its_reason(backend: Backend) {
+    let Some(rig) = Rig::start(backend).await else {
         return;
     };
     rig.pair_by_qr().await;
@@ -317,9 +325,8 @@ async fn whatsapp_logging_the_device_out_or_stopping_it_is_shown_with_its_reason
     rig.server.shutdown().await;
 }
 
-#[tokio::test]
-async fn the_phone_removing_the_device_logs_the_session_out() {
-    let Some(rig) = Rig::start(Backend::Sqlite).await else {
+async fn the_phone_removing_the_device_logs_the_session_out(backend: Backend) {
+    let Some(rig) = Rig::start(backend).await else {
         return;
     };
     rig.pair_by_qr().await;
@@ -330,15 +337,18 @@ async fn the_phone_removing_the_device_logs_the_session_out() {
     rig.server.shutdown().await;
 }
 
-#[tokio::test]
-async fn kill_9_while_messages_arrive_loses_and_duplicates_nothing() {
+async fn kill_9_while_messages_arrive_loses_and_duplicates_nothing(backend: Backend) {
     use crate::crash::Daemon;
+    let Some(db) = crate::helpers::TestDb::new(backend).await else {
+        return;
+    };
     let server = TestServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let fake = FakeGhl::start().await;
     let (ws, media) = (server.ws_url(), server.http_url());
     let mut daemon = Daemon::start(
         &fake,
         &[
+            ("DATABASE_URL", db.url.as_str()),
             ("WAGHL_WA_BACKEND", "whatsapp"),
             ("WAGHL_WA_SERVER_URL", ws.as_str()),
             ("WAGHL_WA_MEDIA_URL", media.as_str()),
