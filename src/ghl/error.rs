@@ -19,6 +19,10 @@ pub enum GhlError {
     /// 5xx, a timeout or a network error that outlasted the retries: retry later.
     #[error("GHL is unavailable: {0}")]
     Unavailable(String),
+    /// A call that must not be repeated blindly may have been carried out: it timed out, got a
+    /// 500/502/504, or lost its answer. Retry later, after finding out whether it was.
+    #[error("GHL may or may not have done it: {0}")]
+    Uncertain(String),
     /// GHL answered 4xx: retrying the same request will not help.
     #[error("GHL refused the request ({status}): {message}")]
     Rejected { status: u16, message: String },
@@ -37,7 +41,7 @@ pub enum Action {
 impl GhlError {
     pub fn action(&self) -> Action {
         match self {
-            Self::RateLimited { .. } | Self::Unavailable(_) | Self::Store(_) => Action::RetryLater,
+            Self::RateLimited { .. } | Self::Unavailable(_) | Self::Uncertain(_) | Self::Store(_) => Action::RetryLater,
             Self::NotConfigured(_) | Self::NotInstalled | Self::ReauthRequired(_) => Action::Reauthenticate,
             Self::Rejected { .. } => Action::GiveUp,
         }
@@ -62,7 +66,7 @@ impl GhlError {
             Self::NotInstalled => "ghl_not_installed",
             Self::ReauthRequired(_) => "ghl_reauth_required",
             Self::RateLimited { .. } => "ghl_rate_limited",
-            Self::Unavailable(_) => "ghl_unavailable",
+            Self::Unavailable(_) | Self::Uncertain(_) => "ghl_unavailable",
             Self::Rejected { .. } => "ghl_rejected",
             Self::Store(_) => "store_error",
         }

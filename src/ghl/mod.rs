@@ -204,7 +204,7 @@ impl GhlClient {
                     message,
                     maybe_done: true,
                 } if retries == Retries::UnlessMaybeDone => {
-                    return Err(GhlError::Unavailable(message));
+                    return Err(GhlError::Uncertain(message));
                 }
                 Attempt::Transient { message, .. } => match delays.next() {
                     Some(delay) => tokio::time::sleep(delay).await,

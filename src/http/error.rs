@@ -158,7 +158,7 @@ impl From<GhlError> for ApiError {
                 code: "ghl_not_configured",
                 message,
             },
-            GhlError::Unavailable(_) | GhlError::RateLimited { .. } => Self::Unavailable {
+            GhlError::Unavailable(_) | GhlError::Uncertain(_) | GhlError::RateLimited { .. } => Self::Unavailable {
                 code: "ghl_unavailable",
                 message,
             },

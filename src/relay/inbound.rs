@@ -529,8 +529,9 @@ impl InboundRelay {
     }
 }
 
-/// A failed post that may have added the message all the same: its answer was lost (timeout,
-/// network, 5xx), or GHL answered success with a body waghl could not read.
+/// A failed post that may have added the message all the same: its answer was lost (a timeout,
+/// a 500/502/504, a broken connection), or GHL answered success with a body waghl could not read.
+/// A refused connection, a 503 or a 429 did nothing: the row stays certain.
 fn may_have_added(e: &GhlError) -> bool {
-    matches!(e, GhlError::Unavailable(_) | GhlError::Rejected { status: 200, .. })
+    matches!(e, GhlError::Uncertain(_) | GhlError::Rejected { status: 200, .. })
 }

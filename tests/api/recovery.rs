@@ -72,6 +72,33 @@ async fn a_post_ghl_carried_out_but_answered_with_an_error_is_found_not_posted_a
     assert_eq!(lookups[0].status, 200);
 }
 
+#[tokio::test]
+async fn a_post_ghl_refused_with_503_is_not_looked_up_before_it_is_posted_again() {
+    let b = crate::sessions::sim_bench(&[
+        ("WAGHL_RETRY_BASE_MS", "20"),
+        ("WAGHL_RETRY_MAX_MS", "200"),
+        ("WAGHL_RELAY_POLL_MS", "20"),
+    ])
+    .await;
+    b.paired("locBusy", "+15550910003").await;
+    // More 503s than the client retries in place: the relay retries the row later.
+    b.fake.fail_next("/conversations/messages/inbound", 503, 10);
+    b.inbound(
+        "locBusy",
+        json!({ "from": "+14152090102", "id": "BUSY1", "text": "later" }),
+    )
+    .await;
+    b.wait_for_ghl_messages(1).await;
+    let lookups = b
+        .fake
+        .calls_to("/conversations/")
+        .into_iter()
+        .filter(|c| c.method == "GET" && c.path.ends_with("/messages"))
+        .count();
+    assert_eq!(lookups, 0, "a 503 did nothing: nothing to look up");
+    assert_eq!(b.fake.messages().len(), 1);
+}
+
 fn runs() -> usize {
     std::env::var("WAGHL_CRASH_RUNS")
         .ok()
