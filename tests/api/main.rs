@@ -13,6 +13,9 @@ mod outbound;
 mod pairing;
 mod phones;
 #[cfg(feature = "wa-test-server")]
+#[macro_use]
+mod wa_rig;
+#[cfg(feature = "wa-test-server")]
 mod real_transport;
 mod recovery;
 mod screens;
