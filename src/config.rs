@@ -60,6 +60,8 @@ pub struct Config {
     /// The WhatsApp test server to talk to instead of WhatsApp (builds with the
     /// `wa-test-server` feature only; loopback only).
     pub wa_test_server: Option<crate::wa::whatsapp::TestServer>,
+    /// What the business's presence shows while waghl is connected.
+    pub wa_presence: crate::wa::Presence,
     /// The country whose numbering plan reads phone numbers written without a country code.
     pub default_country: crate::domain::phone::Region,
     /// Least gap between two sends of one WhatsApp session (jittered); zero turns pacing off.
@@ -151,6 +153,11 @@ impl Config {
             Some(_) => return Err(bad("WAGHL_WA_BACKEND", "expected `whatsapp` or `sim`")),
         };
         let wa_test_server = wa_test_server(get("WAGHL_WA_SERVER_URL"), get("WAGHL_WA_MEDIA_URL"))?;
+        let wa_presence = match get("WAGHL_WA_PRESENCE").as_deref() {
+            None | Some("unavailable") => crate::wa::Presence::Unavailable,
+            Some("available") => crate::wa::Presence::Available,
+            Some(_) => return Err(bad("WAGHL_WA_PRESENCE", "expected `unavailable` or `available`")),
+        };
         let default_country =
             crate::domain::phone::Region::parse(&get("WAGHL_DEFAULT_COUNTRY").unwrap_or_else(|| "US".into()))
                 .ok_or_else(|| {
@@ -256,6 +263,7 @@ impl Config {
             sessions_dir: get("WAGHL_SESSIONS_DIR").unwrap_or_else(|| "sessions".into()).into(),
             wa_backend,
             wa_test_server,
+            wa_presence,
             default_country,
             send_gap: millis("WAGHL_SEND_GAP_MS", get("WAGHL_SEND_GAP_MS"), 1_500)?,
             retention_days: number("WAGHL_RETENTION_DAYS", get("WAGHL_RETENTION_DAYS"), 30)?,

@@ -145,6 +145,7 @@ fn transport_for(config: &Config) -> (Arc<dyn Transport>, Option<Arc<SimWorld>>)
             Arc::new(WhatsAppTransport::new(
                 &config.sessions_dir,
                 config.wa_test_server.clone(),
+                config.wa_presence,
             )),
             None,
         ),

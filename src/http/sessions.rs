@@ -5,15 +5,15 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{IdPath, one_of};
-use super::{AdminAuth, ApiError, ErrorBody, LocationPath, MaybeJson};
+use super::{AdminAuth, ApiError, AppQuery, ErrorBody, LocationPath, MaybeJson};
 use crate::domain::LocationId;
 use crate::domain::phone::Phone;
-use crate::sessions::{SessionError, SessionState, StateView};
+use crate::sessions::{SessionError, SessionState, StateView, Unlink};
 use crate::state::AppState;
 use crate::time::rfc3339;
 use crate::wa::Pairing;
@@ -87,9 +87,9 @@ pub async fn start_pairing_for(state: &AppState, id: &LocationId, phone: Option<
 }
 
 /// Logs the session out and wipes its keys.
-pub async fn logout_location(state: &AppState, id: &LocationId) -> Result<Session, ApiError> {
+pub async fn logout_location(state: &AppState, id: &LocationId, mode: Unlink) -> Result<Session, ApiError> {
     known_location(state, id).await?;
-    let view = state.sessions.logout(id).await.map_err(session_error)?;
+    let view = state.sessions.logout(id, mode).await.map_err(session_error)?;
     Ok(session_view(state, id, &view))
 }
 
@@ -108,16 +108,30 @@ async fn start_pairing(
     Ok((StatusCode::ACCEPTED, Json(session)))
 }
 
-/// Log out and wipe the device keys.
-#[utoipa::path(delete, path = "/api/v1/locations/{id}/session", tag = "sessions", params(IdPath),
+#[derive(Deserialize, IntoParams)]
+struct LogoutQuery {
+    /// Wipe the keys even when WhatsApp does not confirm the unlinking (the phone may then
+    /// still list the device).
+    force: Option<bool>,
+}
+
+/// Unlink the device from the phone and wipe its keys. Without `force`, a device WhatsApp
+/// did not confirm unlinking keeps its keys (503 `not_unlinked`), so it can be retried.
+#[utoipa::path(delete, path = "/api/v1/locations/{id}/session", tag = "sessions", params(IdPath, LogoutQuery),
     security(("admin" = [])),
     responses((status = 200, body = Session, description = "Done"), (status = "default", body = ErrorBody, description = "An error")))]
 async fn logout(
     _: AdminAuth,
     State(state): State<AppState>,
     LocationPath(id): LocationPath,
+    AppQuery(query): AppQuery<LogoutQuery>,
 ) -> Result<Json<Session>, ApiError> {
-    Ok(Json(logout_location(&state, &id).await?))
+    let mode = if query.force.unwrap_or(false) {
+        Unlink::BestEffort
+    } else {
+        Unlink::Required
+    };
+    Ok(Json(logout_location(&state, &id, mode).await?))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -163,6 +177,10 @@ fn session_error(e: SessionError) -> ApiError {
         },
         SessionError::WhatsApp(_) => ApiError::Unavailable {
             code: "whatsapp_unavailable",
+            message: e.to_string(),
+        },
+        SessionError::NotUnlinked(_) => ApiError::Unavailable {
+            code: "not_unlinked",
             message: e.to_string(),
         },
         SessionError::Store(e) => e.into(),

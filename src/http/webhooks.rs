@@ -310,7 +310,10 @@ async fn uninstall(state: &AppState, event: &AppEvent) -> Result<&'static str, c
     for location_id in &locations {
         if let Ok(location) = crate::domain::LocationId::parse(location_id)
             && state.sessions.view(&location).is_some()
-            && let Err(e) = state.sessions.logout(&location).await
+            && let Err(e) = state
+                .sessions
+                .logout(&location, crate::sessions::Unlink::BestEffort)
+                .await
         {
             tracing::warn!(location.id = %location_id, error = %e, "could not log the WhatsApp session out");
         }

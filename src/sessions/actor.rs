@@ -13,7 +13,7 @@ use super::policy::RestartPolicy;
 use super::state::{SessionState, reasons};
 use super::supervisor::{Shared, Slot};
 use crate::domain::LocationId;
-use crate::wa::{Link, WaError, WaEvent, WaSession};
+use crate::wa::{Link, ParkReason, WaError, WaEvent, WaSession};
 
 /// Requests to the actor from the rest of the daemon.
 pub(super) enum Command {
@@ -30,8 +30,8 @@ pub(super) enum Exit {
     LoggedOut,
     /// waghl unlinked the device on request.
     LoggedOutOnRequest,
-    /// WhatsApp stopped the session; the reason code says why.
-    Parked(&'static str),
+    /// WhatsApp stopped the session; the reason says why and when it may try again.
+    Parked(ParkReason),
     QrExhausted,
     /// The phone is already paired to another location.
     PhoneInUse,
@@ -86,6 +86,7 @@ impl Actor<'_> {
                     None => return Exit::Ended,
                 },
                 _ = health.tick() => {
+                    self.notice_silent_reconnect().await;
                     if self.is_zombie() {
                         failed_checks += 1;
                         self.shared.metrics.health_failures.inc();
@@ -128,11 +129,29 @@ impl Actor<'_> {
         }
     }
 
-    /// The client says it is gone, or waghl believes it connected while it is not.
+    /// The client says it is gone while its actor still runs. A client that is merely not
+    /// connected is reconnecting by itself (see [`Self::notice_silent_reconnect`]); restarting
+    /// it would cost a new login and count toward a crash loop.
     fn is_zombie(&self) -> bool {
-        let link = self.session.link();
-        let believed = self.slot.view().state;
-        link == Link::Dead || (believed == SessionState::Connected && link != Link::Connected)
+        self.session.link() == Link::Dead
+    }
+
+    /// The crate reconnects by itself after some stream errors (a server-side stream restart,
+    /// a failed keepalive) without reporting a disconnection; the session shows it then.
+    /// Its next `Connected` event brings the session back.
+    async fn notice_silent_reconnect(&self) {
+        if self.slot.view().state == SessionState::Connected && self.session.link() == Link::Reconnecting {
+            tracing::info!("the client is reconnecting by itself");
+            self.shared
+                .transition(
+                    self.location,
+                    self.slot,
+                    SessionState::Reconnecting,
+                    Some(reasons::WA_DISCONNECTED),
+                    None,
+                )
+                .await;
+        }
     }
 
     async fn handle(&mut self, event: WaEvent) -> Option<Exit> {
@@ -195,7 +214,7 @@ impl Actor<'_> {
                     .await;
             }
             WaEvent::LoggedOut => return Some(Exit::LoggedOut),
-            WaEvent::Parked(reason) => return Some(Exit::Parked(reason.code())),
+            WaEvent::Parked(reason) => return Some(Exit::Parked(reason)),
             WaEvent::Message {
                 message,
                 media_ref,

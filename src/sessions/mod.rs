@@ -9,4 +9,4 @@ mod supervisor;
 
 pub use policy::{Decision, PolicySettings, RestartPolicy};
 pub use state::{SessionState, StateView, reasons};
-pub use supervisor::{PairingCode, SessionError, SessionSettings, Supervisor};
+pub use supervisor::{PairingCode, SessionError, SessionSettings, Supervisor, Unlink};

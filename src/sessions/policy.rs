@@ -87,6 +87,19 @@ impl RestartPolicy {
     }
 }
 
+impl RestartPolicy {
+    /// WhatsApp refused the client in a way that may pass (an outdated version, a refused
+    /// connection): the delay before the next try, growing like a restart's, without counting
+    /// toward a crash loop — the session is parked with its reason meanwhile.
+    pub fn refused(&mut self, now: Instant, jitter: f64) -> Duration {
+        self.forget_if_stable(now);
+        let settings = &self.settings;
+        let delay = Backoff::new(settings.base_delay, settings.max_delay).delay(self.attempts, jitter);
+        self.attempts += 1;
+        delay
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::relay::Postbox;
 use crate::store::Store;
 use crate::time::now_ms;
-use crate::wa::{Pairing, Transport, WaError, WaSession};
+use crate::wa::{Pairing, Resume, Transport, WaError, WaSession};
 
 /// How long a logout waits for WhatsApp to confirm the unlinking.
 const LOGOUT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -197,6 +197,22 @@ pub enum SessionError {
     WhatsApp(#[from] WaError),
     #[error("database: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error(
+        "WhatsApp did not confirm that the device is unlinked ({0}); the phone still lists it, so \
+         its keys are kept: try again once the session is connected, or add ?force=true to wipe \
+         them anyway (then remove the device on the phone: Settings → Linked devices)"
+    )]
+    NotUnlinked(WaError),
+}
+
+/// Whether a logout must have unlinked the device from the phone before it wipes the keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unlink {
+    /// Keep the keys (and the session) when WhatsApp does not confirm the unlinking: the
+    /// phone would otherwise list a device nobody can remove from here any more.
+    Required,
+    /// Wipe the keys whatever WhatsApp answers (an operator's explicit force, an uninstall).
+    BestEffort,
 }
 
 impl Supervisor {
@@ -354,26 +370,40 @@ impl Supervisor {
         Ok(slot.view())
     }
 
-    /// Unlinks the device (when a client runs), wipes the keys and leaves the session
-    /// `unpaired`. Used by the admin API and when the app is uninstalled.
+    /// Unlinks the device from the phone, wipes the keys and leaves the session `unpaired`.
+    /// Used by the admin API and when the app is uninstalled. With [`Unlink::Required`], a
+    /// device that may still be linked is kept, keys and client, unless WhatsApp confirms.
     #[tracing::instrument(skip_all, fields(location.id = %location))]
-    pub async fn logout(&self, location: &LocationId) -> Result<StateView, SessionError> {
+    pub async fn logout(&self, location: &LocationId, mode: Unlink) -> Result<StateView, SessionError> {
         let slot = self.slot(location);
         let _one_at_a_time = slot.operations.lock().await;
+        // Only a paired device is on the phone's list; a logged-out one was removed there.
+        let linked = matches!(
+            slot.view().state,
+            SessionState::Connected | SessionState::Reconnecting | SessionState::Parked
+        );
         let client_is_live = lock(&slot.session).is_some();
-        if let Some((_, commands, _)) = slot.runner().filter(|_| client_is_live) {
-            // Unlink from the phone through the live client; a client that does not answer in
-            // time is stopped and its keys wiped all the same.
-            let (reply, answer) = oneshot::channel();
-            if commands.send(Command::Logout(reply)).await.is_ok() {
-                match tokio::time::timeout(LOGOUT_TIMEOUT, answer).await {
-                    Ok(Ok(Ok(()))) => {}
-                    Ok(Ok(Err(e))) => {
-                        tracing::warn!(error = %e, "WhatsApp refused the logout; wiping the keys anyway")
-                    }
-                    _ => tracing::warn!("the logout got no answer; wiping the keys anyway"),
+        let unlinked = match slot.runner().filter(|_| client_is_live) {
+            Some((_, commands, _)) => {
+                let (reply, answer) = oneshot::channel();
+                match commands.send(Command::Logout(reply)).await {
+                    Ok(()) => match tokio::time::timeout(LOGOUT_TIMEOUT, answer).await {
+                        Ok(Ok(outcome)) => outcome,
+                        _ => Err(WaError::Failed("the client did not answer".into())),
+                    },
+                    Err(_) => Err(WaError::NotConnected),
                 }
             }
+            None => Err(WaError::NotConnected),
+        };
+        if let Err(e) = unlinked
+            && linked
+        {
+            if mode == Unlink::Required {
+                tracing::warn!(error = %e, "WhatsApp did not confirm the unlinking; the keys are kept");
+                return Err(SessionError::NotUnlinked(e));
+            }
+            tracing::warn!(error = %e, "WhatsApp did not confirm the unlinking; wiping the keys anyway");
         }
         self.stop_runner(&slot).await;
         self.shared.transport.wipe(location).await?;
@@ -564,8 +594,21 @@ impl Runner {
                 }
                 Exit::Parked(reason) => {
                     shared
-                        .transition(location, slot, SessionState::Parked, Some(reason), None)
-                        .await
+                        .transition(location, slot, SessionState::Parked, Some(reason.code()), None)
+                        .await;
+                    let delay = match reason.resume() {
+                        Resume::Never => None,
+                        Resume::After(left) => Some(left),
+                        Resume::Backoff => Some(policy.refused(tokio::time::Instant::now(), random_fraction())),
+                    };
+                    if let Some(delay) = delay {
+                        tracing::info!(?delay, reason = reason.code(), "trying the parked session again later");
+                        if self.sleep_unless_stopped(delay).await {
+                            continue;
+                        }
+                        self.release().await;
+                        return;
+                    }
                 }
                 Exit::QrExhausted => {
                     slot.show_code(None, None, None);
@@ -606,20 +649,25 @@ impl Runner {
                             };
                             shared.transition(location, slot, state, Some(reason), None).await;
                             tracing::info!(?delay, ?exit, "restarting the WhatsApp client");
-                            tokio::select! {
-                                () = self.stop.cancelled() => {
-                                    self.release().await;
-                                    return;
-                                }
-                                () = tokio::time::sleep(delay) => {}
+                            if self.sleep_unless_stopped(delay).await {
+                                continue;
                             }
-                            continue;
+                            self.release().await;
+                            return;
                         }
                     }
                 }
             }
             self.release().await;
             return;
+        }
+    }
+
+    /// Sleeps for `delay`; false when told to stop first.
+    async fn sleep_unless_stopped(&self, delay: Duration) -> bool {
+        tokio::select! {
+            () = self.stop.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
         }
     }
 

@@ -50,20 +50,57 @@ pub enum Link {
 /// Why WhatsApp stopped a session that must not simply be restarted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParkReason {
-    TemporaryBan,
+    /// Banned for a while; `ends_in` when WhatsApp said how long.
+    TemporaryBan { ends_in: Option<Duration> },
+    /// Another client took the stream over.
     StreamReplaced,
+    /// WhatsApp refused the client's version.
     ClientOutdated,
+    /// WhatsApp refused the connection with this code (400, 413, 414, 501, …).
+    ConnectRefused(i32),
+}
+
+/// When a parked session tries again by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// Only when an operator pairs or restarts it.
+    Never,
+    /// Once this has passed (a ban's end).
+    After(Duration),
+    /// With the restart backoff, without counting toward a crash loop.
+    Backoff,
 }
 
 impl ParkReason {
     /// The stable reason code of ARCHITECTURE.md.
     pub fn code(self) -> &'static str {
         match self {
-            Self::TemporaryBan => "wa_temporary_ban",
+            Self::TemporaryBan { .. } => "wa_temporary_ban",
             Self::StreamReplaced => "wa_stream_replaced",
             Self::ClientOutdated => "wa_client_outdated",
+            Self::ConnectRefused(_) => "wa_connect_refused",
         }
     }
+
+    pub fn resume(self) -> Resume {
+        match self {
+            Self::TemporaryBan { ends_in: Some(left) } => Resume::After(left),
+            // Another client holds the number: two clients retrying would take turns forever.
+            Self::StreamReplaced => Resume::Never,
+            // An outdated client retries with the version fetched again (the transport refetches
+            // it after a refusal); a refusal or a ban without an end may be lifted any time.
+            Self::TemporaryBan { ends_in: None } | Self::ClientOutdated | Self::ConnectRefused(_) => Resume::Backoff,
+        }
+    }
+}
+
+/// What the business's presence shows while waghl is connected. WhatsApp clients announce
+/// `available` when they connect; a linked device that stays available shows the business
+/// "online" around the clock and may keep the owner's phone from getting notifications.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presence {
+    Available,
+    Unavailable,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

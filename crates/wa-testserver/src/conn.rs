@@ -109,8 +109,14 @@ fn login(hub: &Arc<Hub>, id: u64, hello: &noise::Hello, tx: &mpsc::UnboundedSend
     let device = u16::try_from(payload.device.unwrap_or(0)).ok()?;
     let addr = DeviceAddr::new(user, device);
     let mut state = hub.state.lock().expect("state lock");
-    if let Some(failure) = hub.login_refusal(&state, &addr, &hello.client_static) {
-        let _ = tx.send(Out::CloseWith(failure));
+    let revision = payload
+        .user_agent
+        .as_option()
+        .and_then(|agent| agent.app_version.as_option())
+        .and_then(|version| version.tertiary)
+        .unwrap_or(0);
+    if let Some(refusal) = hub.login_refusal(&state, &addr, &hello.client_static, revision) {
+        let _ = tx.send(refusal);
         return None;
     }
     let lid = state.accounts[&addr.user].lid.clone();

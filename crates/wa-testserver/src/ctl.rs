@@ -39,6 +39,7 @@ pub fn routes() -> Router<Arc<Hub>> {
         .route("/_ctl/ban", post(ban))
         .route("/_ctl/replace", post(replace))
         .route("/_ctl/outdated", post(outdated))
+        .route("/_ctl/restart-stream", post(restart_stream))
         .route("/_ctl/offline", post(offline))
         .route("/_ctl/hold-acks", post(hold_acks))
         .route("/_ctl/presence/{phone}", get(presence))
@@ -438,10 +439,24 @@ async fn replace(State(hub): State<Arc<Hub>>, Json(body): Json<Phone>) -> Reply 
     ok(json!({ "replaced": replaced }))
 }
 
+#[derive(Deserialize)]
+struct Outdated {
+    phone: String,
+    /// Only clients announcing a revision below this one are refused.
+    below: Option<u32>,
+}
+
 /// Not in the contract's list; the client-outdated case of the issue.
-async fn outdated(State(hub): State<Arc<Hub>>, Json(body): Json<Phone>) -> Reply {
-    faults::outdated(&hub, &digits(&body.phone)?);
+async fn outdated(State(hub): State<Arc<Hub>>, Json(body): Json<Outdated>) -> Reply {
+    faults::outdated(&hub, &digits(&body.phone)?, body.below);
     ok(json!({}))
+}
+
+/// Not in the contract's list: a stream restart the client rides out in its own reconnect
+/// loop, without reporting a disconnection.
+async fn restart_stream(State(hub): State<Arc<Hub>>, Json(body): Json<ForSeconds>) -> Reply {
+    let restarted = faults::restart_streams(&hub, &digits(&body.phone)?, body.seconds);
+    ok(json!({ "restarted": restarted }))
 }
 
 async fn offline(State(hub): State<Arc<Hub>>, Json(body): Json<ForSeconds>) -> Reply {

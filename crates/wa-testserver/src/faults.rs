@@ -4,11 +4,10 @@
 //! Each uses the stanza WhatsApp's server sends in that case (the client's handlers in
 //! whatsapp-rust `client/node_io.rs` are the reference).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use whatsapp_rust::wacore_binary::Node;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 
 use crate::Hub;
@@ -20,8 +19,12 @@ use crate::state::{DeviceAddr, Out, now};
 pub struct Faults {
     /// Accounts whose linked devices are refused at login until then.
     bans: Mutex<HashMap<String, Instant>>,
-    /// Accounts whose linked devices are refused at login as outdated clients.
-    outdated: Mutex<HashSet<String>>,
+    /// Accounts whose linked devices are refused at login as outdated clients: always
+    /// (`None`) or when the client announces a revision below this one.
+    outdated: Mutex<HashMap<String, Option<u32>>>,
+    /// Accounts whose linked devices cannot log in until then: the socket closes after the
+    /// handshake without a word, as an unreachable network looks to the client.
+    unreachable: Mutex<HashMap<String, Instant>>,
     /// Devices whose message stanzas the server swallows until then.
     holds: Mutex<HashMap<DeviceAddr, Instant>>,
     /// The last presence each device set.
@@ -29,24 +32,38 @@ pub struct Faults {
 }
 
 impl Faults {
-    /// The `<failure>` a linked device gets at login while banned or outdated.
-    pub fn login_failure(&self, addr: &DeviceAddr) -> Option<Node> {
+    /// What a linked device gets at login while banned, outdated or unreachable: a
+    /// `<failure>`, or a silent close. `revision` is the client's announced app version.
+    pub fn login_failure(&self, addr: &DeviceAddr, revision: u32) -> Option<Out> {
         if addr.device == 0 {
             return None;
         }
         if let Some(until) = self.bans.lock().expect("bans lock").get(&addr.user)
             && let Some(left) = until.checked_duration_since(Instant::now())
         {
-            return Some(
+            return Some(Out::CloseWith(
                 NodeBuilder::new("failure")
                     .attr("reason", "402")
                     .attr("code", "101")
                     .attr("expire", left.as_secs().max(1).to_string())
                     .build(),
-            );
+            ));
         }
-        if self.outdated.lock().expect("outdated lock").contains(&addr.user) {
-            return Some(NodeBuilder::new("failure").attr("reason", "405").build());
+        if let Some(below) = self.outdated.lock().expect("outdated lock").get(&addr.user)
+            && below.is_none_or(|below| revision < below)
+        {
+            return Some(Out::CloseWith(
+                NodeBuilder::new("failure").attr("reason", "405").build(),
+            ));
+        }
+        if self
+            .unreachable
+            .lock()
+            .expect("unreachable lock")
+            .get(&addr.user)
+            .is_some_and(|until| *until > Instant::now())
+        {
+            return Some(Out::Drop);
         }
         None
     }
@@ -114,12 +131,21 @@ pub fn drop_links(hub: &Hub, phone: &str) -> usize {
 /// that is offline gets `<failure reason="401">` at its next login, since the server no longer
 /// knows it. Everyone else learns of the removal from a devices notification.
 pub fn logout(hub: &Hub, phone: &str) -> usize {
+    remove_linked(hub, phone, None)
+}
+
+/// Removes the linked devices of `phone` (all of them, or only `only`), as [`logout`] says.
+/// A linked device asking to be removed (`remove-companion-device`) goes the same way.
+pub fn remove_linked(hub: &Hub, phone: &str, only: Option<u16>) -> usize {
+    let chosen = |device: u16| device != 0 && only.is_none_or(|o| o == device);
     let removed_error = NodeBuilder::new("stream:error")
         .attr("code", "401")
         .children([NodeBuilder::new("conflict").attr("type", "device_removed").build()])
         .build();
-    for (_, tx) in linked_online(hub, phone) {
-        let _ = tx.send(Out::CloseWith(removed_error.clone()));
+    for (addr, tx) in linked_online(hub, phone) {
+        if chosen(addr.device) {
+            let _ = tx.send(Out::CloseWith(removed_error.clone()));
+        }
     }
     let mut state = hub.state.lock().expect("state lock");
     let Some(account) = state.accounts.get_mut(phone) else {
@@ -128,10 +154,10 @@ pub fn logout(hub: &Hub, phone: &str) -> usize {
     let removed: Vec<(u16, u32)> = account
         .devices
         .iter()
-        .filter(|(id, _)| **id != 0)
+        .filter(|(id, _)| chosen(**id))
         .map(|(id, d)| (*id, d.key_index))
         .collect();
-    account.devices.retain(|id, _| *id == 0);
+    account.devices.retain(|id, _| !chosen(*id));
     account.devices_changed_at = now();
     let ts = account.devices_changed_at;
     for (device, key_index) in &removed {
@@ -165,14 +191,32 @@ pub fn replace(hub: &Hub, phone: &str) -> usize {
 }
 
 /// From now on the linked devices' logins are refused as an outdated client version
-/// (`<failure reason="405">`, the client's `ClientOutdated`).
-pub fn outdated(hub: &Hub, phone: &str) {
+/// (`<failure reason="405">`, the client's `ClientOutdated`): every login, or with `below`
+/// only those announcing an older revision (a client that fetched the current one gets in).
+pub fn outdated(hub: &Hub, phone: &str, below: Option<u32>) {
     hub.faults
         .outdated
         .lock()
         .expect("outdated lock")
-        .insert(phone.to_owned());
+        .insert(phone.to_owned(), below);
     drop_links(hub, phone);
+}
+
+/// The server restarts the linked devices' streams (`<stream:error code="515"/>`, which the
+/// client answers by reconnecting at once, without reporting a disconnection), and for
+/// `seconds` their logins fail silently, so the client sits in its own reconnect loop.
+pub fn restart_streams(hub: &Hub, phone: &str, seconds: u64) -> usize {
+    hub.faults
+        .unreachable
+        .lock()
+        .expect("unreachable lock")
+        .insert(phone.to_owned(), Instant::now() + Duration::from_secs(seconds));
+    let restart = NodeBuilder::new("stream:error").attr("code", "515").build();
+    let online = linked_online(hub, phone);
+    for (_, tx) in &online {
+        let _ = tx.send(Out::CloseWith(restart.clone()));
+    }
+    online.len()
 }
 
 /// For `seconds` the server delivers nothing to the linked devices and queues it; then it

@@ -12,10 +12,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
-use crate::{Hub, conn, ctl, media};
+use crate::{Hub, conn, ctl, media, web};
 
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>, stop: CancellationToken) {
-    let app: Router = ctl::routes().merge(media::routes()).with_state(hub.clone());
+    let app: Router = ctl::routes()
+        .merge(media::routes())
+        .merge(web::routes())
+        .with_state(hub.clone());
     let tasks = TaskTracker::new();
     loop {
         let stream = tokio::select! {

@@ -42,6 +42,13 @@ pub async fn handle(hub: &Arc<Hub>, conn: &Conn, node: Node) {
             pairing::phone_confirmed(hub, conn, &node);
             return;
         }
+        // The linked device unlinks itself (its client's logout): the server answers, then
+        // removes it like the phone would, stream error included.
+        ("md", "remove-companion-device") => {
+            conn.send(iq_result(&id, vec![]));
+            crate::faults::remove_linked(hub, &addr.user, Some(addr.device));
+            return;
+        }
         ("passive", "active") => {
             conn.send(iq_result(&id, vec![]));
             hub.went_active(&addr);

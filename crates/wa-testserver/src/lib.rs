@@ -27,6 +27,7 @@ mod prekeys;
 mod routing;
 mod state;
 mod usync;
+mod web;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -98,6 +99,7 @@ pub(crate) struct Hub {
     pub ws_url: String,
     pub http_url: String,
     pub faults: faults::Faults,
+    pub web: web::WebRelease,
     /// Phones whose own device list the server has answered (see `peers::start`).
     own_lists_synced: Mutex<HashSet<String>>,
     next_conn: AtomicU64,
@@ -117,6 +119,7 @@ impl Hub {
             ws_url: format!("ws://{addr}/ws/chat"),
             http_url: format!("http://{addr}"),
             faults: faults::Faults::default(),
+            web: web::WebRelease::default(),
             own_lists_synced: Mutex::default(),
             next_conn: AtomicU64::new(1),
         }
@@ -148,8 +151,8 @@ impl Hub {
     }
 
     /// Why a device may not log in, as the `<failure>` WhatsApp sends; `None` lets it in.
-    pub fn login_refusal(&self, state: &State, addr: &DeviceAddr, noise_pub: &[u8; 32]) -> Option<Node> {
-        let failure = |reason: &str| NodeBuilder::new("failure").attr("reason", reason).build();
+    pub fn login_refusal(&self, state: &State, addr: &DeviceAddr, noise_pub: &[u8; 32], revision: u32) -> Option<Out> {
+        let failure = |reason: &str| Out::CloseWith(NodeBuilder::new("failure").attr("reason", reason).build());
         let Some(device) = state.device(addr) else {
             // Unknown or removed device: logged out.
             return Some(failure("401"));
@@ -157,7 +160,7 @@ impl Hub {
         if &device.noise_pub != noise_pub {
             return Some(failure("401"));
         }
-        self.faults.login_failure(addr)
+        self.faults.login_failure(addr, revision)
     }
 
     pub fn disconnected(&self, conn: &Conn) {

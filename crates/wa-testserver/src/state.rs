@@ -220,6 +220,7 @@ pub struct Stats {
     pub prekey_fetches: AtomicU64,
     pub connects: AtomicU64,
     pub messages_routed: AtomicU64,
+    pub sw_js_fetches: AtomicU64,
 }
 
 impl Stats {
@@ -233,6 +234,7 @@ impl Stats {
             "prekey_fetches": self.prekey_fetches.load(Ordering::Relaxed),
             "connects": self.connects.load(Ordering::Relaxed),
             "messages_routed": self.messages_routed.load(Ordering::Relaxed),
+            "sw_js_fetches": self.sw_js_fetches.load(Ordering::Relaxed),
         })
     }
 }

@@ -23,6 +23,7 @@ use super::auth::is_admin_token;
 use super::pages::{error_page, render_location, sign_in};
 use super::{Notice, PagePath, Visitor};
 use crate::domain::LocationId;
+use crate::sessions::Unlink;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -175,7 +176,7 @@ async fn unpair(
         Ok(checked) => checked,
         Err(page) => return *page,
     };
-    let result = logout_location(&state, &id).await;
+    let result = logout_location(&state, &id, Unlink::Required).await;
     outcome(&state, &visitor, &id, result, |_| {
         (Notice::done("Logged out; the device keys are wiped."), String::new())
     })

@@ -12,6 +12,9 @@ use super::{Delivery, Held, PanicAt, STORE_TIMEOUT, SentMessage, SimError, e164}
 use crate::domain::OutgoingContent;
 use crate::wa::{Link, ParkReason, ReceiptStatus, Stored, WaEvent};
 
+/// How long a simulated ban lasts (`POST /sim/{id}/ban`); the session tries again after it.
+const SIM_BAN: Duration = Duration::from_secs(3600);
+
 /// The simulated WhatsApp servers: every simulated session, and what they persisted.
 pub struct SimWorld {
     pub(super) dir: PathBuf,
@@ -173,10 +176,10 @@ impl SimWorld {
         Ok(())
     }
 
-    /// WhatsApp bans the number for a while.
+    /// WhatsApp bans the number for an hour.
     pub fn ban(&self, location: &str) -> Result<(), SimError> {
         let session = self.session(location)?;
-        session.emit(WaEvent::Parked(ParkReason::TemporaryBan));
+        session.emit(WaEvent::Parked(ParkReason::TemporaryBan { ends_in: Some(SIM_BAN) }));
         session.end();
         Ok(())
     }

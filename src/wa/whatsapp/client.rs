@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use whatsapp_rust::wacore::iq::devices::RemoveCompanionDeviceSpec;
 use whatsapp_rust::{
     Client, ClientError, ContactError, IqError, IsOnWhatsAppResult, Jid, SendError, SendOptions, UploadOptions,
 };
@@ -16,11 +17,14 @@ use whatsapp_rust::{
 use super::SHUTDOWN_TIMEOUT;
 use super::convert::{OutgoingMedia, downloadable, media_message, media_type, outgoing_text, phone_of_jid};
 use super::pairing::PairSignal;
+use super::version::WebVersion;
 use crate::domain::OutgoingContent;
-use crate::wa::{BoxFuture, Link, WaError, WaSession};
+use crate::wa::{BoxFuture, Link, Presence, WaError, WaSession};
 
 /// How long `logout` waits for a dropped connection to come back, to unlink the device.
 const LOGOUT_CONNECT_WAIT: Duration = Duration::from_secs(5);
+/// How long a failed unlink request waits for the server's word that the device was removed.
+const REMOVAL_WAIT: Duration = Duration::from_secs(2);
 /// Bound on the set of LIDs already announced as `LidMapping` (a cache, not a record).
 const MAX_ANNOUNCED_LIDS: usize = 10_000;
 
@@ -199,16 +203,27 @@ impl WaSession for WhatsAppSession {
                     return Err(WaError::NotConnected);
                 }
             }
-            // Sends the unlink request (the crate only logs a failed one), dispatches
-            // `LoggedOut` and disconnects. The run loop then ends.
-            self.client.logout().await;
+            let own = self.client.pn().ok_or(WaError::NotConnected)?;
+            // Our own request rather than the crate's `logout`, which skips it when offline and
+            // only logs a refusal: a device the phone still lists must not be reported gone.
+            if let Err(e) = self.client.execute(RemoveCompanionDeviceSpec::new(&own)).await {
+                // The server may end the stream (device removed) before its answer is read.
+                let _ = tokio::time::timeout(REMOVAL_WAIT, self.ended.cancelled()).await;
+                if !self.shared.removed.load(Ordering::Acquire) {
+                    return Err(match iq_error(e) {
+                        WaError::NotConnected => WaError::NotConnected,
+                        other => WaError::Rejected(format!("WhatsApp did not unlink the device: {other}")),
+                    });
+                }
+            }
+            // Unlinked: the server ends the stream; the client stops with its keys, which the
+            // caller wipes.
+            self.stop.cancel();
             if tokio::time::timeout(SHUTDOWN_TIMEOUT, self.ended.cancelled())
                 .await
                 .is_err()
             {
-                tracing::warn!(location.id = %self.shared.location, "the client did not end after logging out; stopping it");
-                self.stop.cancel();
-                let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, self.ended.cancelled()).await;
+                tracing::warn!(location.id = %self.shared.location, "the client did not stop after unlinking");
             }
             tracing::info!(location.id = %self.shared.location, "WhatsApp device unlinked");
             Ok(())
@@ -235,6 +250,8 @@ pub(super) struct Shared {
     pub(super) link: AtomicU8,
     /// The store holds a linked device (known at start, or paired since).
     pub(super) paired: AtomicBool,
+    /// WhatsApp said this device was removed (logged out).
+    pub(super) removed: AtomicBool,
     /// Pairing by phone number: QR codes are not shown, and QR exhaustion is not terminal.
     pub(super) by_code: AtomicBool,
     /// A `Weak`, set once after the build (see the module docs on cycles).
@@ -242,18 +259,30 @@ pub(super) struct Shared {
     pub(super) pair_signals: mpsc::UnboundedSender<PairSignal>,
     /// LIDs already announced as `WaEvent::LidMapping` during this client's life.
     pub(super) announced_lids: Mutex<HashSet<String>>,
+    /// The process's WhatsApp Web version, told when WhatsApp refuses it.
+    pub(super) version: Arc<WebVersion>,
+    /// What the business's presence shows while connected.
+    pub(super) presence: Presence,
 }
 
 impl Shared {
-    pub(super) fn new(location: &str, pair_signals: mpsc::UnboundedSender<PairSignal>) -> Self {
+    pub(super) fn new(
+        location: &str,
+        pair_signals: mpsc::UnboundedSender<PairSignal>,
+        version: Arc<WebVersion>,
+        presence: Presence,
+    ) -> Self {
         Self {
             location: location.to_owned(),
             link: AtomicU8::new(link_code(Link::Connecting)),
             paired: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
             by_code: AtomicBool::new(false),
             client: OnceLock::new(),
             pair_signals,
             announced_lids: Mutex::new(HashSet::new()),
+            version,
+            presence,
         }
     }
 
@@ -271,6 +300,28 @@ impl Shared {
 
     pub(super) fn signal(&self, signal: PairSignal) {
         let _ = self.pair_signals.send(signal);
+    }
+
+    /// Sets the business's presence to `unavailable` (unless it is kept available), `after` a
+    /// while: the crate announces `available` on every connection and after every push-name
+    /// change, and ours must come after its own.
+    pub(super) fn keep_presence(&self, after: Duration) {
+        if self.presence == Presence::Available {
+            return;
+        }
+        let Some(client) = self.client.get().cloned() else {
+            return;
+        };
+        let location = self.location.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let Some(client) = client.upgrade() else {
+                return;
+            };
+            if let Err(e) = client.presence().set_unavailable().await {
+                tracing::debug!(location.id = %location, error = ?e, "could not set the presence to unavailable");
+            }
+        });
     }
 
     /// The device's own number (E.164), or `""` before pairing.
@@ -357,10 +408,15 @@ fn send_error(error: SendError) -> WaError {
 mod tests {
     use super::*;
 
+    fn shared(signals: mpsc::UnboundedSender<PairSignal>) -> Shared {
+        let version = WebVersion::new(Arc::new(whatsapp_rust::http::UreqHttpClient::new()));
+        Shared::new("loc", signals, Arc::new(version), Presence::Unavailable)
+    }
+
     #[test]
     fn the_link_never_comes_back_from_dead() {
         let (signals, _) = mpsc::unbounded_channel();
-        let shared = Shared::new("loc", signals);
+        let shared = shared(signals);
         shared.set_link(Link::Connected);
         assert_eq!(shared.link(), Link::Connected);
         shared.set_link(Link::Dead);
@@ -371,7 +427,7 @@ mod tests {
     #[test]
     fn each_lid_is_announced_once() {
         let (signals, _) = mpsc::unbounded_channel();
-        let shared = Shared::new("loc", signals);
+        let shared = shared(signals);
         assert!(shared.announce_lid("123"));
         assert!(!shared.announce_lid("123"));
         assert!(shared.announce_lid("456"));

@@ -15,14 +15,18 @@ use whatsapp_rust::{Client, InboundDurabilityHook};
 
 use super::SHUTDOWN_TIMEOUT;
 use super::client::Shared;
-use super::convert::{lid_mapping, map_message, park_reason, phone_of_jid, receipt_status};
+use super::convert::{Ending, ending, lid_mapping, map_message, phone_of_jid, receipt_status};
 use super::pairing::PairSignal;
-use crate::wa::{Link, Stored, WaEvent};
+use crate::wa::{Link, ParkReason, Stored, WaEvent};
 
 /// How long the hook waits for waghl to store a batch before it gives up. WhatsApp then
 /// delivers the batch again on the next connection. waghl dedupes, so one that was stored
 /// late does no harm.
 const STORE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long after a push-name change the presence is set again: the crate's own `available`
+/// goes out from a task it starts at that moment.
+const PUSH_NAME_PRESENCE_DELAY: Duration = Duration::from_secs(2);
 
 /// An entry of the ordered queue between the client and waghl's channel.
 pub(super) enum Queued {
@@ -124,9 +128,15 @@ impl Sink {
             Event::Connected(_) => {
                 shared.paired.store(true, Ordering::Relaxed);
                 shared.set_link(Link::Connected);
+                shared.keep_presence(Duration::ZERO);
                 WaEvent::Connected {
                     phone: shared.own_phone(),
                 }
+            }
+            Event::SelfPushNameUpdated(_) => {
+                // The crate announces `available` right after this event, from its own task.
+                shared.keep_presence(PUSH_NAME_PRESENCE_DELAY);
+                return;
             }
             Event::Disconnected(_) => {
                 shared.set_link(Link::Reconnecting);
@@ -134,6 +144,7 @@ impl Sink {
             }
             Event::LoggedOut(logged_out) => {
                 tracing::warn!(location.id = %location, reason = ?logged_out.reason, "WhatsApp logged this device out");
+                shared.removed.store(true, Ordering::Release);
                 shared.set_link(Link::Dead);
                 WaEvent::LoggedOut
             }
@@ -173,24 +184,33 @@ impl Sink {
                 }
                 return;
             }
-            other => match park_reason(other) {
-                Some(reason) => {
-                    if let Event::TemporaryBan(ban) = other {
-                        tracing::warn!(location.id = %location, code = %ban.code, seconds = ban.expire.num_seconds(), "WhatsApp banned this number for a while");
-                    } else {
-                        tracing::warn!(location.id = %location, reason = reason.code(), "WhatsApp stopped this session");
+            other => match ending(other) {
+                Some(Ending::Parked(reason)) => {
+                    match other {
+                        Event::TemporaryBan(ban) => {
+                            tracing::warn!(location.id = %location, code = %ban.code, seconds = ban.expire.num_seconds(), "WhatsApp banned this number for a while")
+                        }
+                        Event::ConnectFailure(failure) => {
+                            tracing::warn!(location.id = %location, reason = ?failure.reason, "WhatsApp refused the connection; the client stops")
+                        }
+                        _ => {
+                            tracing::warn!(location.id = %location, reason = reason.code(), "WhatsApp stopped this session")
+                        }
+                    }
+                    if reason == ParkReason::ClientOutdated {
+                        shared.version.refused();
                     }
                     shared.set_link(Link::Dead);
                     WaEvent::Parked(reason)
                 }
+                Some(Ending::LoggedOut) => {
+                    tracing::warn!(location.id = %location, "WhatsApp no longer knows this device; it must be paired again");
+                    shared.set_link(Link::Dead);
+                    WaEvent::LoggedOut
+                }
                 None => {
                     if let Event::ConnectFailure(failure) = other {
-                        if failure.reason.should_reconnect() {
-                            tracing::info!(location.id = %location, reason = ?failure.reason, "WhatsApp refused the connection for now; retrying");
-                        } else {
-                            // The crate stops reconnecting; the watcher ends the stream.
-                            tracing::warn!(location.id = %location, reason = ?failure.reason, "WhatsApp refused the connection; the client stops");
-                        }
+                        tracing::info!(location.id = %location, reason = ?failure.reason, "WhatsApp refused the connection for now; retrying");
                     }
                     return;
                 }
@@ -230,6 +250,7 @@ impl EventHandler for BusHandler {
             EventKind::StreamReplaced,
             EventKind::TemporaryBan,
             EventKind::ConnectFailure,
+            EventKind::SelfPushNameUpdated,
         ])
     }
 }

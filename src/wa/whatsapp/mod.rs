@@ -59,6 +59,7 @@ pub mod convert;
 mod events;
 mod files;
 mod pairing;
+mod version;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,14 +69,15 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use whatsapp_rust::bot::Bot;
-use whatsapp_rust::store::SqliteStore;
+use whatsapp_rust::store::{DeviceStore, SqliteStore};
 
-use super::{BoxFuture, Link, Pairing, Transport, WaError, WaEvent, WaSession};
+use super::{BoxFuture, Link, Pairing, Presence, Transport, WaError, WaEvent, WaSession};
 use crate::domain::LocationId;
 use client::{Shared, WhatsAppSession, track};
 use events::{BusHandler, Sink, StoreHook, forward_in_order, watch};
 use files::{prepare_store_file, restrict_store_files, with_suffix};
 use pairing::pair_by_code;
+use version::WebVersion;
 
 pub use client::live_clients;
 
@@ -88,6 +90,9 @@ pub struct WhatsAppTransport {
     sessions_dir: PathBuf,
     /// The WhatsApp test server to talk to instead of WhatsApp (test builds only).
     server: Option<TestServer>,
+    /// WhatsApp Web's version, fetched once for every client of this process.
+    version: Arc<WebVersion>,
+    presence: Presence,
 }
 
 /// Where the WhatsApp test server (`crates/wa-testserver`) listens.
@@ -101,10 +106,17 @@ pub struct TestServer {
 }
 
 impl WhatsAppTransport {
-    pub fn new(sessions_dir: &Path, server: Option<TestServer>) -> Self {
+    pub fn new(sessions_dir: &Path, server: Option<TestServer>, presence: Presence) -> Self {
+        let http: Arc<dyn whatsapp_rust::http::HttpClient> = match &server {
+            #[cfg(feature = "wa-test-server")]
+            Some(server) => Arc::new(wa_testserver::LoopbackHttpClient::new(&server.media_url)),
+            _ => Arc::new(whatsapp_rust::http::UreqHttpClient::new()),
+        };
         Self {
             sessions_dir: sessions_dir.to_path_buf(),
             server,
+            version: Arc::new(WebVersion::new(http)),
+            presence,
         }
     }
 
@@ -132,21 +144,38 @@ impl Transport for WhatsAppTransport {
                 .await
                 .map_err(|e| WaError::Failed(format!("could not open the session store: {e}")))?;
             restrict_store_files(&db);
+            let stored = match store.load().await {
+                Ok(Some(device)) => Some((
+                    device.app_version_primary,
+                    device.app_version_secondary,
+                    device.app_version_tertiary,
+                )),
+                _ => None,
+            };
+            let version = self.version.current(stored).await;
 
             let (queue, queued) = mpsc::unbounded_channel();
             let (pair_signals, pair_signals_rx) = mpsc::unbounded_channel();
-            let shared = Arc::new(Shared::new(location.as_str(), pair_signals));
+            let shared = Arc::new(Shared::new(
+                location.as_str(),
+                pair_signals,
+                self.version.clone(),
+                self.presence,
+            ));
             let sink = Sink {
                 shared: shared.clone(),
                 queue,
             };
-            let builder = Bot::builder()
+            let mut builder = Bot::builder()
                 .with_backend(store)
                 .with_event_handler(BusHandler { sink: sink.clone() })
                 .with_inbound_durability_hook(StoreHook { sink: sink.clone() })
                 // waghl relays what arrives from now on; history would only cost memory and CPU.
                 // LID↔phone mappings still come from `sender_alt` and usync.
                 .skip_history_sync();
+            if let Some(version) = version {
+                builder = builder.with_version(version);
+            }
             let bot = match &self.server {
                 #[cfg(feature = "wa-test-server")]
                 Some(server) => {
@@ -155,7 +184,6 @@ impl Transport for WhatsAppTransport {
                             whatsapp_rust::transport::TokioWebSocketTransportFactory::new().with_url(&server.ws_url),
                         )
                         .with_http_client(wa_testserver::LoopbackHttpClient::new(&server.media_url))
-                        .with_version(wa_testserver::CLIENT_VERSION)
                         .build()
                         .await
                 }
@@ -230,7 +258,7 @@ mod tests {
     #[tokio::test]
     async fn wipe_deletes_the_database_and_its_companions_only() {
         let temp = tempfile::tempdir().unwrap();
-        let transport = WhatsAppTransport::new(temp.path(), None);
+        let transport = WhatsAppTransport::new(temp.path(), None, Presence::Unavailable);
         let location = LocationId::parse("loc1").unwrap();
         let names = ["loc1.db", "loc1.db-wal", "loc1.db-shm", "loc2.db"];
         for name in names {

@@ -21,7 +21,7 @@ use crate::domain::{Content, InboundMessage};
 
 pub use media::{downloadable, media_type};
 pub use outbound::{OutgoingMedia, Uploaded, media_message, outgoing_text};
-pub use status::{park_reason, receipt_status};
+pub use status::{Ending, ending, receipt_status};
 
 /// Maps a decrypted WhatsApp message to waghl's model. The second value is `media_ref`: the
 /// encoded `wa::Message` that holds only the media sub-message, so that the media can be
