@@ -22,9 +22,9 @@ pub struct Faults {
     /// Accounts whose linked devices are refused at login as outdated clients: always
     /// (`None`) or when the client announces a revision below this one.
     outdated: Mutex<HashMap<String, Option<u32>>>,
-    /// Accounts whose linked devices cannot log in until then: the socket closes after the
-    /// handshake without a word, as an unreachable network looks to the client.
-    unreachable: Mutex<HashMap<String, Instant>>,
+    /// Until then the server takes no new connection: each is closed before the handshake, as
+    /// an unreachable network looks to a client (connections already open are unaffected).
+    unreachable: Mutex<Option<Instant>>,
     /// Devices whose message stanzas the server swallows until then.
     holds: Mutex<HashMap<DeviceAddr, Instant>>,
     /// The last presence each device set.
@@ -32,8 +32,8 @@ pub struct Faults {
 }
 
 impl Faults {
-    /// What a linked device gets at login while banned, outdated or unreachable: a
-    /// `<failure>`, or a silent close. `revision` is the client's announced app version.
+    /// What a linked device gets at login while banned or outdated: a `<failure>` and the
+    /// close. `revision` is the client's announced app version.
     pub fn login_failure(&self, addr: &DeviceAddr, revision: u32) -> Option<Out> {
         if addr.device == 0 {
             return None;
@@ -56,16 +56,15 @@ impl Faults {
                 NodeBuilder::new("failure").attr("reason", "405").build(),
             ));
         }
-        if self
-            .unreachable
+        None
+    }
+
+    /// Whether a new connection is to be closed at once (see [`restart_streams`]).
+    pub fn unreachable(&self) -> bool {
+        self.unreachable
             .lock()
             .expect("unreachable lock")
-            .get(&addr.user)
-            .is_some_and(|until| *until > Instant::now())
-        {
-            return Some(Out::Drop);
-        }
-        None
+            .is_some_and(|until| until > Instant::now())
     }
 
     pub fn holding(&self, addr: &DeviceAddr) -> bool {
@@ -204,13 +203,9 @@ pub fn outdated(hub: &Hub, phone: &str, below: Option<u32>) {
 
 /// The server restarts the linked devices' streams (`<stream:error code="515"/>`, which the
 /// client answers by reconnecting at once, without reporting a disconnection), and for
-/// `seconds` their logins fail silently, so the client sits in its own reconnect loop.
+/// `seconds` it takes no new connection, so the client sits in its own reconnect loop.
 pub fn restart_streams(hub: &Hub, phone: &str, seconds: u64) -> usize {
-    hub.faults
-        .unreachable
-        .lock()
-        .expect("unreachable lock")
-        .insert(phone.to_owned(), Instant::now() + Duration::from_secs(seconds));
+    *hub.faults.unreachable.lock().expect("unreachable lock") = Some(Instant::now() + Duration::from_secs(seconds));
     let restart = NodeBuilder::new("stream:error").attr("code", "515").build();
     let online = linked_online(hub, phone);
     for (_, tx) in &online {

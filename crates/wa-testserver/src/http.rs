@@ -48,6 +48,9 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, stop: CancellationToken
 
 async fn connection(stream: TcpStream, hub: Arc<Hub>, app: Router) {
     if is_websocket(&stream).await {
+        if hub.faults.unreachable() {
+            return;
+        }
         match tokio_websockets::ServerBuilder::new().accept(stream).await {
             Ok((_request, ws)) => conn::serve(hub, ws).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
