@@ -1,6 +1,7 @@
 //! The two workers that move messages: inbound (inbox → GHL) and outbound (outbox →
 //! WhatsApp → status back to GHL). Each step is a function a test can call directly.
 
+mod acks;
 mod address;
 mod convert;
 mod fetch;
