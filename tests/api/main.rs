@@ -17,6 +17,8 @@ mod phones;
 mod wa_rig;
 #[cfg(feature = "wa-test-server")]
 mod real_transport;
+#[cfg(feature = "wa-test-server")]
+mod wa_sends;
 mod recovery;
 mod screens;
 

@@ -24,6 +24,9 @@ pub struct Faults {
     outdated: Mutex<HashSet<String>>,
     /// Devices whose message stanzas the server swallows until then.
     holds: Mutex<HashMap<DeviceAddr, Instant>>,
+    /// Accounts the server refuses messages to, with the error code of its nack (as when a
+    /// recipient blocked the sender or needs a token the sender lacks).
+    refusals: Mutex<HashMap<String, String>>,
     /// The last presence each device set.
     presence: Mutex<HashMap<DeviceAddr, String>>,
 }
@@ -57,6 +60,11 @@ impl Faults {
             .expect("holds lock")
             .get(addr)
             .is_some_and(|until| *until > Instant::now())
+    }
+
+    /// The error code the server nacks messages to this account with, if it refuses them.
+    pub fn refusal(&self, user: &str) -> Option<String> {
+        self.refusals.lock().expect("refusals lock").get(user).cloned()
     }
 
     pub fn set_presence(&self, addr: &DeviceAddr, kind: String) {
@@ -173,6 +181,16 @@ pub fn outdated(hub: &Hub, phone: &str) {
         .expect("outdated lock")
         .insert(phone.to_owned());
     drop_links(hub, phone);
+}
+
+/// From now on the server answers every message to `phone` with `<ack error=code>` and routes
+/// none: the nack whatsapp-rust's `take_ack_waiter` reports (e.g. 463, 479, 404).
+pub fn refuse(hub: &Hub, phone: &str, code: &str) {
+    hub.faults
+        .refusals
+        .lock()
+        .expect("refusals lock")
+        .insert(phone.to_owned(), code.to_owned());
 }
 
 /// For `seconds` the server delivers nothing to the linked devices and queues it; then it
