@@ -8,6 +8,7 @@ mod fetch;
 pub mod inbound;
 pub mod outbound;
 mod postbox;
+mod recipients;
 mod reconcile;
 mod workers;
 

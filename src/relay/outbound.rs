@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::acks::{ACK_TIMEOUT, AwaitedAcks, Heard};
 use super::fetch::Fetcher;
+use super::recipients::{Recipient, Recipients};
 use super::workers::{Joined, Renewal, Workers};
 use super::{RelaySettings, retry_at};
 use crate::crypto::random_fraction;
@@ -53,6 +54,8 @@ pub struct OutboundRelay {
     sent_unsupported: std::sync::atomic::AtomicBool,
     /// Sends waiting for WhatsApp's server to ack them.
     acks: AwaitedAcks,
+    /// Who is on WhatsApp, so a burst of replies is not a burst of lookups.
+    recipients: Recipients,
     /// Cancelled at shutdown: a send stops waiting for its ack (the next life resends it).
     stopping: CancellationToken,
 }
@@ -105,6 +108,7 @@ impl OutboundRelay {
             pacing: DashMap::new(),
             sent_unsupported: Default::default(),
             acks: AwaitedAcks::default(),
+            recipients: Recipients::default(),
             stopping: CancellationToken::new(),
         })
     }
@@ -271,9 +275,12 @@ impl OutboundRelay {
             Ok(phone) => phone,
             Err(e) => return Outcome::Failed(e.to_string()),
         };
-        let jid = match session.on_whatsapp(phone.as_str()).await {
-            Ok(Some(jid)) => jid,
-            Ok(None) => return Outcome::Failed(format!("{phone} is not on WhatsApp")),
+        let jid = match self.recipient(&location, session.as_ref(), &phone).await {
+            Ok(Recipient::On(jid)) => jid,
+            Ok(Recipient::AskAgain) => {
+                return Outcome::Retry(format!("WhatsApp said {phone} is not on WhatsApp; asking once more"));
+            }
+            Ok(Recipient::Absent) => return Outcome::Failed(format!("{phone} is not on WhatsApp")),
             Err(e) => return e.into(),
         };
         let mut files = Vec::with_capacity(request.attachments.len());
@@ -339,6 +346,22 @@ impl OutboundRelay {
             }
         }
         Outcome::Done
+    }
+
+    /// The JID to send to: remembered, or the chat of a contact who wrote before, or else
+    /// looked up.
+    async fn recipient(&self, location: &LocationId, session: &dyn WaSession, phone: &Phone) -> Result<Recipient, WaError> {
+        if let Some(known) = self.recipients.cached(location, phone.as_str()) {
+            return Ok(known);
+        }
+        let chat = format!("{}@s.whatsapp.net", phone.as_str().trim_start_matches('+'));
+        match self.store.chat_wrote_in(location.as_str(), &chat).await {
+            Ok(true) => return Ok(self.recipients.learned(location, phone.as_str(), Some(chat))),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not look for the contact's chat; asking WhatsApp"),
+        }
+        let answer = session.on_whatsapp(phone.as_str()).await?;
+        Ok(self.recipients.learned(location, phone.as_str(), answer))
     }
 
     /// Sends once the location's pacing allows; sends of one session never overlap.

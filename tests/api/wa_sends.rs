@@ -15,6 +15,7 @@ on_both_backends!(
     a_reply_the_server_refuses_is_reported_failed_with_its_code,
     replies_sent_while_the_link_drops_reach_the_contact_once_and_in_order,
     replies_sent_while_the_device_is_offline_reach_the_contact_once_and_in_order,
+    replies_to_one_contact_cost_one_lookup_and_none_when_the_contact_wrote_first,
 );
 
 /// The texts the contact's phone received, oldest first (the phone keeps one copy per id).
@@ -134,5 +135,49 @@ async fn replies_sent_while_the_device_is_offline_reach_the_contact_once_and_in_
     for i in 0..texts.len() {
         ghl_hears(&rig, &format!("ghl-offline-{i}"), "delivered").await;
     }
+    rig.server.shutdown().await;
+}
+
+async fn contact_lookups(rig: &Rig) -> u64 {
+    rig.ctl_get("/_ctl/stats").await["contact_lookups"].as_u64().unwrap()
+}
+
+async fn replies_to_one_contact_cost_one_lookup_and_none_when_the_contact_wrote_first(backend: Backend) {
+    let Some(rig) = Rig::start(backend).await else {
+        return;
+    };
+    rig.pair_by_qr().await;
+    // A contact who has never written to the business (an account since it wrote to someone).
+    const STRANGER: &str = "+14155550190";
+    rig.ctl_post("/_ctl/send", json!({ "from": STRANGER, "to": "+14155550191", "text": "elsewhere" }))
+        .await;
+    let before = contact_lookups(&rig).await;
+    for i in 0..3 {
+        let webhook = json!({
+            "locationId": crate::wa_rig::LOCATION, "messageId": format!("ghl-burst-{i}"), "contactId": "c2",
+            "type": "SMS", "phone": STRANGER, "message": format!("burst {i}"), "attachments": [],
+        });
+        let response = rig
+            .app
+            .client
+            .post(rig.app.url(&format!("/webhooks/ghl/provider?key={}", crate::wa_rig::KEY)))
+            .json(&webhook)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    for i in 0..3 {
+        ghl_hears(&rig, &format!("ghl-burst-{i}"), "delivered").await;
+    }
+    assert_eq!(contact_lookups(&rig).await - before, 1, "three replies, one lookup");
+
+    // The contact who wrote first is on WhatsApp under the chat it wrote from.
+    let hello = rig.contact_sends(json!({ "text": "hello" })).await;
+    rig.in_ghl(&hello).await;
+    let before = contact_lookups(&rig).await;
+    rig.reply("ghl-known", "no lookup needed", &[]).await;
+    ghl_hears(&rig, "ghl-known", "delivered").await;
+    assert_eq!(contact_lookups(&rig).await, before, "a contact who wrote first is not looked up");
     rig.server.shutdown().await;
 }
