@@ -350,7 +350,12 @@ impl OutboundRelay {
 
     /// The JID to send to: remembered, or the chat of a contact who wrote before, or else
     /// looked up.
-    async fn recipient(&self, location: &LocationId, session: &dyn WaSession, phone: &Phone) -> Result<Recipient, WaError> {
+    async fn recipient(
+        &self,
+        location: &LocationId,
+        session: &dyn WaSession,
+        phone: &Phone,
+    ) -> Result<Recipient, WaError> {
         if let Some(known) = self.recipients.cached(location, phone.as_str()) {
             return Ok(known);
         }

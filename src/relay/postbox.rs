@@ -99,10 +99,13 @@ impl Postbox {
     /// The session connected (again): sends still waiting for the server's ack of a frame
     /// written on the old connection are sent again.
     pub fn connected(&self, location: &LocationId, phone: String) {
-        let _ = self.inner.receipts.send((location.clone(), WaEvent::Connected { phone }));
+        let _ = self
+            .inner
+            .receipts
+            .send((location.clone(), WaEvent::Connected { phone }));
     }
 
-        pub fn wake_inbound(&self) {
+    pub fn wake_inbound(&self) {
         self.inner.inbound_ready.notify_one();
     }
 

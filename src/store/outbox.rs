@@ -486,7 +486,10 @@ mod tests {
     async fn the_sql_rank_follows_the_order_of_part_statuses() {
         let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
         for pair in PartStatus::ALL.windows(2) {
-            let (a, b) = (rank_of(&pool, pair[0].as_str()).await, rank_of(&pool, pair[1].as_str()).await);
+            let (a, b) = (
+                rank_of(&pool, pair[0].as_str()).await,
+                rank_of(&pool, pair[1].as_str()).await,
+            );
             assert!(a < b, "{} ranks {a}, {} ranks {b}", pair[0], pair[1]);
         }
     }

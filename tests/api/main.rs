@@ -17,10 +17,10 @@ mod phones;
 mod wa_rig;
 #[cfg(feature = "wa-test-server")]
 mod real_transport;
-#[cfg(feature = "wa-test-server")]
-mod wa_sends;
 mod recovery;
 mod screens;
+#[cfg(feature = "wa-test-server")]
+mod wa_sends;
 
 mod crash;
 mod daemon;

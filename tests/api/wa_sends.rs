@@ -23,7 +23,12 @@ async fn texts_received(rig: &Rig) -> Vec<String> {
     let list = rig.ctl_get(&format!("/_ctl/received/{CONTACT}")).await;
     list["messages"]
         .as_array()
-        .map(|messages| messages.iter().filter_map(|m| m["text"].as_str().map(str::to_owned)).collect())
+        .map(|messages| {
+            messages
+                .iter()
+                .filter_map(|m| m["text"].as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -40,7 +45,10 @@ async fn contact_gets_each_once_in_order(rig: &Rig, texts: &[String]) {
             assert_eq!(received, texts, "each reply once, in the order GHL sent them");
             return;
         }
-        assert!(started.elapsed() < crate::wa_rig::WAIT, "the contact got only {received:?}");
+        assert!(
+            started.elapsed() < crate::wa_rig::WAIT,
+            "the contact got only {received:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -74,12 +82,21 @@ async fn a_reply_sent_while_the_server_holds_acks_reaches_the_contact_once_after
         Vec::<Value>::new(),
         "GHL must not hear `sent` before WhatsApp's server acked the message"
     );
-    assert!(!texts_received(&rig).await.contains(&"written into a dead link".to_owned()));
+    assert!(
+        !texts_received(&rig)
+            .await
+            .contains(&"written into a dead link".to_owned())
+    );
 
     // After the reconnect it is sent again with its id, and arrives once.
     contact_gets_each_once_in_order(&rig, &["written into a dead link".to_owned()]).await;
     ghl_hears(&rig, "ghl-held", "delivered").await;
-    let statuses: Vec<Value> = rig.fake.statuses("ghl-held").iter().map(|s| s["status"].clone()).collect();
+    let statuses: Vec<Value> = rig
+        .fake
+        .statuses("ghl-held")
+        .iter()
+        .map(|s| s["status"].clone())
+        .collect();
     assert!(!statuses.contains(&json!("failed")), "{statuses:?}");
     rig.server.shutdown().await;
 }
@@ -94,8 +111,16 @@ async fn a_reply_the_server_refuses_is_reported_failed_with_its_code(backend: Ba
         .await;
     rig.reply("ghl-refused", "refused by the server", &[]).await;
     let failed = ghl_hears(&rig, "ghl-refused", "failed").await;
-    assert!(failed.to_string().contains("463"), "the server's code reaches GHL: {failed}");
-    let statuses: Vec<Value> = rig.fake.statuses("ghl-refused").iter().map(|s| s["status"].clone()).collect();
+    assert!(
+        failed.to_string().contains("463"),
+        "the server's code reaches GHL: {failed}"
+    );
+    let statuses: Vec<Value> = rig
+        .fake
+        .statuses("ghl-refused")
+        .iter()
+        .map(|s| s["status"].clone())
+        .collect();
     assert_eq!(statuses, vec![json!("failed")], "never `sent` before the refusal");
     rig.server.shutdown().await;
 }
@@ -149,8 +174,11 @@ async fn replies_to_one_contact_cost_one_lookup_and_none_when_the_contact_wrote_
     rig.pair_by_qr().await;
     // A contact who has never written to the business (an account since it wrote to someone).
     const STRANGER: &str = "+14155550190";
-    rig.ctl_post("/_ctl/send", json!({ "from": STRANGER, "to": "+14155550191", "text": "elsewhere" }))
-        .await;
+    rig.ctl_post(
+        "/_ctl/send",
+        json!({ "from": STRANGER, "to": "+14155550191", "text": "elsewhere" }),
+    )
+    .await;
     let before = contact_lookups(&rig).await;
     for i in 0..3 {
         let webhook = json!({
@@ -160,7 +188,10 @@ async fn replies_to_one_contact_cost_one_lookup_and_none_when_the_contact_wrote_
         let response = rig
             .app
             .client
-            .post(rig.app.url(&format!("/webhooks/ghl/provider?key={}", crate::wa_rig::KEY)))
+            .post(
+                rig.app
+                    .url(&format!("/webhooks/ghl/provider?key={}", crate::wa_rig::KEY)),
+            )
             .json(&webhook)
             .send()
             .await
@@ -178,6 +209,10 @@ async fn replies_to_one_contact_cost_one_lookup_and_none_when_the_contact_wrote_
     let before = contact_lookups(&rig).await;
     rig.reply("ghl-known", "no lookup needed", &[]).await;
     ghl_hears(&rig, "ghl-known", "delivered").await;
-    assert_eq!(contact_lookups(&rig).await, before, "a contact who wrote first is not looked up");
+    assert_eq!(
+        contact_lookups(&rig).await,
+        before,
+        "a contact who wrote first is not looked up"
+    );
     rig.server.shutdown().await;
 }
