@@ -20,7 +20,12 @@ pub enum OutboxState {
 /// One part of an outbound message: one WhatsApp message, created when its id is committed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PartStatus {
+    /// Its id is committed; the send may or may not have been written.
     Sending,
+    /// The client wrote it to the socket; WhatsApp's server has not acknowledged it yet. A
+    /// frame written just before a drop is lost, so a handed part is sent again (same id).
+    Handed,
+    /// WhatsApp's server acknowledged it.
     Sent,
     Delivered,
     Read,
@@ -86,6 +91,7 @@ named!(OutboxState {
 
 named!(PartStatus {
     Sending => "sending",
+    Handed => "handed",
     Sent => "sent",
     Delivered => "delivered",
     Read => "read",
@@ -109,7 +115,8 @@ impl OutboxState {
 impl From<PartStatus> for OutboxState {
     fn from(part: PartStatus) -> Self {
         match part {
-            PartStatus::Sending => Self::Sending,
+            // Not sent until WhatsApp's server says so.
+            PartStatus::Sending | PartStatus::Handed => Self::Sending,
             PartStatus::Sent => Self::Sent,
             PartStatus::Delivered => Self::Delivered,
             PartStatus::Read => Self::Read,
@@ -142,9 +149,11 @@ mod tests {
         assert!(OutboxState::Sent < OutboxState::Delivered && OutboxState::Delivered < OutboxState::Read);
         assert!(OutboxState::Read < OutboxState::Failed);
         assert!(PartStatus::Sent < PartStatus::Read && PartStatus::Read < PartStatus::Failed);
+        assert!(PartStatus::Sending < PartStatus::Handed && PartStatus::Handed < PartStatus::Sent);
         // A part's status and its message's state are ordered alike.
         for pair in PartStatus::ALL.windows(2) {
-            assert!(OutboxState::from(pair[0]) < OutboxState::from(pair[1]));
+            assert!(OutboxState::from(pair[0]) <= OutboxState::from(pair[1]));
         }
+        assert_eq!(OutboxState::from(PartStatus::Handed), OutboxState::Sending);
     }
 }

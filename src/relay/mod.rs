@@ -1,12 +1,14 @@
 //! The two workers that move messages: inbound (inbox → GHL) and outbound (outbox →
 //! WhatsApp → status back to GHL). Each step is a function a test can call directly.
 
+mod acks;
 mod address;
 mod convert;
 mod fetch;
 pub mod inbound;
 pub mod outbound;
 mod postbox;
+mod recipients;
 mod reconcile;
 mod workers;
 

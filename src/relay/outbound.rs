@@ -4,6 +4,10 @@
 //!
 //! Exactly once: every part's WhatsApp id is committed before it is sent and sent with that
 //! id, so a crash mid-send resends the same id — the same message to WhatsApp — never a copy.
+//! A send returning means only that the frame was written (`handed`); a part is `sent` when
+//! WhatsApp's server acks it. Until then its message stays its chat's head, so nothing later
+//! in the chat overtakes it; one not acked within [`ACK_TIMEOUT`] or across a reconnect is
+//! sent again with its id (the recipient keeps one copy, and a late ack of either is harmless).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +17,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::acks::{ACK_TIMEOUT, AwaitedAcks, Heard};
 use super::fetch::Fetcher;
+use super::recipients::{Recipient, Recipients};
 use super::workers::{Joined, Renewal, Workers};
 use super::{RelaySettings, retry_at};
 use crate::crypto::random_fraction;
@@ -46,6 +52,12 @@ pub struct OutboundRelay {
     pacing: DashMap<String, Arc<tokio::sync::Mutex<Instant>>>,
     /// GHL refused the `sent` status once: report `delivered` instead from then on.
     sent_unsupported: std::sync::atomic::AtomicBool,
+    /// Sends waiting for WhatsApp's server to ack them.
+    acks: AwaitedAcks,
+    /// Who is on WhatsApp, so a burst of replies is not a burst of lookups.
+    recipients: Recipients,
+    /// Cancelled at shutdown: a send stops waiting for its ack (the next life resends it).
+    stopping: CancellationToken,
 }
 
 /// What became of one send attempt.
@@ -95,6 +107,9 @@ impl OutboundRelay {
             holder,
             pacing: DashMap::new(),
             sent_unsupported: Default::default(),
+            acks: AwaitedAcks::default(),
+            recipients: Recipients::default(),
+            stopping: CancellationToken::new(),
         })
     }
 
@@ -147,7 +162,10 @@ impl OutboundRelay {
                 Err(e) => tracing::error!(error = %e, "could not read the statuses to report"),
             }
             tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => {
+                    self.stopping.cancel();
+                    break;
+                }
                 Some(joined) = sending.next(), if !sending.is_empty() => {
                     if let Joined::Panicked(row) = joined {
                         super::after_panic(&self.store, &self.metrics, &self.settings, Queue::Outbox, &self.holder, row).await;
@@ -257,9 +275,12 @@ impl OutboundRelay {
             Ok(phone) => phone,
             Err(e) => return Outcome::Failed(e.to_string()),
         };
-        let jid = match session.on_whatsapp(phone.as_str()).await {
-            Ok(Some(jid)) => jid,
-            Ok(None) => return Outcome::Failed(format!("{phone} is not on WhatsApp")),
+        let jid = match self.recipient(&location, session.as_ref(), &phone).await {
+            Ok(Recipient::On(jid)) => jid,
+            Ok(Recipient::AskAgain) => {
+                return Outcome::Retry(format!("WhatsApp said {phone} is not on WhatsApp; asking once more"));
+            }
+            Ok(Recipient::Absent) => return Outcome::Failed(format!("{phone} is not on WhatsApp")),
             Err(e) => return e.into(),
         };
         let mut files = Vec::with_capacity(request.attachments.len());
@@ -277,9 +298,9 @@ impl OutboundRelay {
         };
         for (index, content) in parts.iter().enumerate() {
             let id = match committed.get(index) {
-                // Sent before a crash or an earlier failure: never again.
+                // Acked by WhatsApp's server before a crash or an earlier failure: never again.
                 Some(part) if part.status >= PartStatus::Sent => continue,
-                // Committed but maybe not sent: the same id again.
+                // Committed, maybe written, not acked: the same id again.
                 Some(part) => part.wa_message_id.clone(),
                 None => {
                     let id = session.new_message_id();
@@ -290,17 +311,62 @@ impl OutboundRelay {
                 }
             };
             let reply_to = if index == 0 { request.reply_to.as_deref() } else { None };
+            // Waiting starts before the send: the ack may be handled before `send` returns.
+            let mut awaited = self.acks.expect(&location, &id);
             if let Err(e) = self
                 .paced_send(&location, session.as_ref(), &jid, &id, content, reply_to)
                 .await
             {
                 return e.into();
             }
-            if let Err(e) = self.store.advance_part(&row.location_id, &id, PartStatus::Sent).await {
+            // Never below an ack that came first: statuses only move forward.
+            if let Err(e) = self.store.advance_part(&row.location_id, &id, PartStatus::Handed).await {
+                return Outcome::Retry(format!("database: {e}"));
+            }
+            let acked = match awaited.heard(ACK_TIMEOUT, &self.stopping).await {
+                Heard::Acked => PartStatus::Sent,
+                Heard::Refused(code) => {
+                    let reason = refusal(&code);
+                    let _ = self.store.advance_part(&row.location_id, &id, PartStatus::Failed).await;
+                    return Outcome::Failed(reason);
+                }
+                Heard::Reconnected => {
+                    return Outcome::Wait("the connection dropped before WhatsApp's server acked the message".into());
+                }
+                Heard::Silence => {
+                    return Outcome::Retry(format!(
+                        "WhatsApp's server did not ack the message within {} s",
+                        ACK_TIMEOUT.as_secs()
+                    ));
+                }
+                Heard::Stopping => return Outcome::Wait("stopped before WhatsApp's server acked the message".into()),
+            };
+            if let Err(e) = self.store.advance_part(&row.location_id, &id, acked).await {
                 return Outcome::Retry(format!("database: {e}"));
             }
         }
         Outcome::Done
+    }
+
+    /// The JID to send to: remembered, or the chat of a contact who wrote before, or else
+    /// looked up.
+    async fn recipient(
+        &self,
+        location: &LocationId,
+        session: &dyn WaSession,
+        phone: &Phone,
+    ) -> Result<Recipient, WaError> {
+        if let Some(known) = self.recipients.cached(location, phone.as_str()) {
+            return Ok(known);
+        }
+        let chat = format!("{}@s.whatsapp.net", phone.as_str().trim_start_matches('+'));
+        match self.store.chat_wrote_in(location.as_str(), &chat).await {
+            Ok(true) => return Ok(self.recipients.learned(location, phone.as_str(), Some(chat))),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not look for the contact's chat; asking WhatsApp"),
+        }
+        let answer = session.on_whatsapp(phone.as_str()).await?;
+        Ok(self.recipients.learned(location, phone.as_str(), answer))
     }
 
     /// Sends once the location's pacing allows; sends of one session never overlap.
@@ -329,22 +395,36 @@ impl OutboundRelay {
     }
 
     /// A receipt or server ack moves parts forward; the message follows its least advanced
-    /// part, and GHL is told on the next round.
+    /// part, and GHL is told on the next round. A reconnection ends the waits for acks.
     #[tracing::instrument(skip_all, fields(location.id = %location))]
     async fn apply_receipt(&self, location: &LocationId, event: WaEvent) {
         let (ids, status) = match event {
-            WaEvent::ServerAck { id } => (vec![id], PartStatus::Sent),
+            WaEvent::ServerAck { id } => {
+                self.acks.heard(location, &id, Heard::Acked);
+                (vec![id], PartStatus::Sent)
+            }
             WaEvent::ServerRefused { id, code } => {
-                self.refused(location, &id, &code).await;
+                // A send waiting for this ack fails its message itself.
+                if !self.acks.heard(location, &id, Heard::Refused(code.clone())) {
+                    self.refused(location, &id, &code).await;
+                }
                 return;
             }
-            WaEvent::Receipt { ids, status } => (
-                ids,
-                match status {
+            WaEvent::Receipt { ids, status } => {
+                // A receipt from the recipient implies the server took the message.
+                for id in &ids {
+                    self.acks.heard(location, id, Heard::Acked);
+                }
+                let status = match status {
                     ReceiptStatus::Delivered => PartStatus::Delivered,
                     ReceiptStatus::Read => PartStatus::Read,
-                },
-            ),
+                };
+                (ids, status)
+            }
+            WaEvent::Connected { .. } => {
+                self.acks.reconnected(location);
+                return;
+            }
             _ => return,
         };
         for id in ids {
@@ -360,9 +440,9 @@ impl OutboundRelay {
         }
     }
 
-    /// WhatsApp refused a part after its send returned: the part and its message fail.
+    /// WhatsApp refused a part after its send stopped waiting: the part and its message fail.
     async fn refused(&self, location: &LocationId, id: &str, code: &str) {
-        let reason = format!("WhatsApp refused the message (error {code})");
+        let reason = refusal(code);
         let outcome = match self.store.advance_part(location.as_str(), id, PartStatus::Failed).await {
             Ok(Some(outbox_id)) => {
                 self.metrics.count_relay("outbound", "failed");
@@ -429,4 +509,9 @@ impl OutboundRelay {
             tracing::error!(outbox.id = report.outbox_id, error = %e, "could not record a status report");
         }
     }
+}
+
+/// The reason GHL is told when WhatsApp's server refused a part, with its error code.
+fn refusal(code: &str) -> String {
+    format!("WhatsApp refused the message (error {code})")
 }

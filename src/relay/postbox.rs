@@ -33,7 +33,8 @@ struct Inner {
     inbound_ready: Arc<Notify>,
     /// Woken when an outbound message is queued, a session connects or work is replayed.
     outbound_ready: Arc<Notify>,
-    /// Receipts and server acks of every session, in arrival order, for the outbound relay.
+    /// Receipts, server acks and (re)connections of every session, in arrival order, for the
+    /// outbound relay.
     receipts: mpsc::UnboundedSender<(LocationId, WaEvent)>,
     /// The receiving end, until the outbound relay takes it.
     receipts_rx: Mutex<Option<mpsc::UnboundedReceiver<(LocationId, WaEvent)>>>,
@@ -93,6 +94,15 @@ impl Postbox {
     /// A receipt or server ack (or refusal) of a sent message, for the outbound relay.
     pub fn receipt(&self, location: &LocationId, event: WaEvent) {
         let _ = self.inner.receipts.send((location.clone(), event));
+    }
+
+    /// The session connected (again): sends still waiting for the server's ack of a frame
+    /// written on the old connection are sent again.
+    pub fn connected(&self, location: &LocationId, phone: String) {
+        let _ = self
+            .inner
+            .receipts
+            .send((location.clone(), WaEvent::Connected { phone }));
     }
 
     pub fn wake_inbound(&self) {

@@ -199,6 +199,7 @@ impl Actor<'_> {
                         phone.as_deref(),
                     )
                     .await;
+                shared.postbox.connected(self.location, phone.unwrap_or_default());
                 shared.postbox.wake_outbound();
             }
             WaEvent::Disconnected => {

@@ -45,6 +45,21 @@ impl Store {
         Ok(found.is_some())
     }
 
+    /// Whether this chat has written to the location (a message of it was relayed): its JID
+    /// is then known to be on WhatsApp, no lookup needed.
+    pub async fn chat_wrote_in(&self, location_id: &str, chat: &str) -> Result<bool> {
+        let found: Option<i64> = on_db!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT map_id FROM message_map WHERE location_id = $1 AND chat = $2 AND direction = 'inbound' LIMIT 1",
+            )
+            .bind(location_id)
+            .bind(chat)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(found.is_some())
+    }
+
     /// The GHL message an inbound WhatsApp message already became, if any.
     pub async fn inbound_ghl_id(&self, location_id: &str, chat: &str, wa_message_id: &str) -> Result<Option<String>> {
         let found: Option<Option<String>> = on_db!(self, pool => {

@@ -5,16 +5,17 @@ use super::{Db, Result, Store, on_db};
 use crate::domain::{Incarnation, OutboxState, PartStatus};
 use crate::time::now_ms;
 
-/// Ranks a state column in SQL in [`OutboxState`]'s order, for updates that must never move a
-/// message or a part backwards. `failed` and `dead` share the terminal rank (both are reported
-/// to GHL as failed). A test checks it against the type's order.
+/// Ranks a state column in SQL in [`OutboxState`]'s and [`PartStatus`]'s order, for updates
+/// that must never move a message or a part backwards. `failed` and `dead` share the terminal
+/// rank (both are reported to GHL as failed); `handed` is a part's only. Tests check it against
+/// the types' order.
 macro_rules! rank {
     ($column:literal) => {
         concat!(
             "CASE ",
             $column,
-            " WHEN 'pending' THEN 0 WHEN 'sending' THEN 1 WHEN 'sent' THEN 2 ",
-            "WHEN 'delivered' THEN 3 WHEN 'read' THEN 4 ELSE 5 END"
+            " WHEN 'pending' THEN 0 WHEN 'sending' THEN 1 WHEN 'handed' THEN 2 WHEN 'sent' THEN 3 ",
+            "WHEN 'delivered' THEN 4 WHEN 'read' THEN 5 ELSE 6 END"
         )
     };
 }
@@ -452,18 +453,21 @@ impl Store {
 mod tests {
     use super::*;
 
+    async fn rank_of(pool: &sqlx::SqlitePool, name: &str) -> i64 {
+        sqlx::query_scalar(concat!("SELECT ", rank!("$1")))
+            .bind(name)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
     /// The SQL rank agrees with the type's order (`failed` and `dead` tie: both terminal).
     #[tokio::test]
     async fn the_sql_rank_follows_the_order_of_outbox_states() {
         let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
         let mut ranked = Vec::new();
         for state in OutboxState::ALL {
-            let rank: i64 = sqlx::query_scalar(concat!("SELECT ", rank!("$1")))
-                .bind(state.as_str())
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            ranked.push((*state, rank));
+            ranked.push((*state, rank_of(&pool, state.as_str()).await));
         }
         for pair in ranked.windows(2) {
             let ((a, rank_a), (b, rank_b)) = (pair[0], pair[1]);
@@ -473,6 +477,20 @@ mod tests {
             } else {
                 assert!(rank_a < rank_b, "{a} ranks {rank_a}, {b} ranks {rank_b}");
             }
+        }
+    }
+
+    /// Parts rank strictly in their type's order: a `handed` part is below `sent`, so a late
+    /// `handed` never undoes an ack that came first, and an ack always moves a handed part on.
+    #[tokio::test]
+    async fn the_sql_rank_follows_the_order_of_part_statuses() {
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+        for pair in PartStatus::ALL.windows(2) {
+            let (a, b) = (
+                rank_of(&pool, pair[0].as_str()).await,
+                rank_of(&pool, pair[1].as_str()).await,
+            );
+            assert!(a < b, "{} ranks {a}, {} ranks {b}", pair[0], pair[1]);
         }
     }
 }

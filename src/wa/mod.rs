@@ -8,6 +8,10 @@
 //! - An inbound message is acknowledged to WhatsApp only after waghl answered its `stored`
 //!   channel: a crash in between means WhatsApp delivers it again.
 //! - A send carries a caller-chosen id, so a resend after a crash is the same message.
+//! - `send` returns once the message is written, not once WhatsApp has it: the server's verdict
+//!   comes as `ServerAck` or `ServerRefused` (possibly before `send` returns). A send never
+//!   acked (a frame lost with a dropped connection) is sent again with the same id, which the
+//!   recipient keeps once.
 //! - The event stream ends (the sender is dropped) when the client ends: after a terminal
 //!   event (`LoggedOut`, `Parked`, `QrExhausted`), after `stop`, or when it fails for good.
 

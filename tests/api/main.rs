@@ -21,6 +21,8 @@ mod recovery;
 mod screens;
 #[cfg(feature = "wa-test-server")]
 mod wa_connection;
+#[cfg(feature = "wa-test-server")]
+mod wa_sends;
 
 mod crash;
 mod daemon;

@@ -42,6 +42,7 @@ pub fn routes() -> Router<Arc<Hub>> {
         .route("/_ctl/restart-stream", post(restart_stream))
         .route("/_ctl/offline", post(offline))
         .route("/_ctl/hold-acks", post(hold_acks))
+        .route("/_ctl/refuse", post(refuse))
         .route("/_ctl/presence/{phone}", get(presence))
         .route("/_ctl/reveal-lid", post(reveal_lid))
 }
@@ -466,6 +467,17 @@ async fn offline(State(hub): State<Arc<Hub>>, Json(body): Json<ForSeconds>) -> R
 
 async fn hold_acks(State(hub): State<Arc<Hub>>, Json(body): Json<ForSeconds>) -> Reply {
     faults::hold_acks(&hub, &digits(&body.phone)?, body.seconds);
+    ok(json!({}))
+}
+
+#[derive(Deserialize)]
+struct Refusal {
+    phone: String,
+    code: String,
+}
+
+async fn refuse(State(hub): State<Arc<Hub>>, Json(body): Json<Refusal>) -> Reply {
+    faults::refuse(&hub, &digits(&body.phone)?, &body.code);
     ok(json!({}))
 }
 

@@ -27,6 +27,9 @@ pub struct Faults {
     unreachable: Mutex<Option<Instant>>,
     /// Devices whose message stanzas the server swallows until then.
     holds: Mutex<HashMap<DeviceAddr, Instant>>,
+    /// Accounts the server refuses messages to, with the error code of its nack (as when a
+    /// recipient blocked the sender or needs a token the sender lacks).
+    refusals: Mutex<HashMap<String, String>>,
     /// The last presence each device set.
     presence: Mutex<HashMap<DeviceAddr, String>>,
 }
@@ -73,6 +76,11 @@ impl Faults {
             .expect("holds lock")
             .get(addr)
             .is_some_and(|until| *until > Instant::now())
+    }
+
+    /// The error code the server nacks messages to this account with, if it refuses them.
+    pub fn refusal(&self, user: &str) -> Option<String> {
+        self.refusals.lock().expect("refusals lock").get(user).cloned()
     }
 
     pub fn set_presence(&self, addr: &DeviceAddr, kind: String) {
@@ -212,6 +220,16 @@ pub fn restart_streams(hub: &Hub, phone: &str, seconds: u64) -> usize {
         let _ = tx.send(Out::CloseWith(restart.clone()));
     }
     online.len()
+}
+
+/// From now on the server answers every message to `phone` with `<ack error=code>` and routes
+/// none: the nack whatsapp-rust's `take_ack_waiter` reports (e.g. 463, 479, 404).
+pub fn refuse(hub: &Hub, phone: &str, code: &str) {
+    hub.faults
+        .refusals
+        .lock()
+        .expect("refusals lock")
+        .insert(phone.to_owned(), code.to_owned());
 }
 
 /// For `seconds` the server delivers nothing to the linked devices and queues it; then it

@@ -39,6 +39,11 @@ pub fn message(hub: &Arc<Hub>, conn: &Conn, node: Node) {
         conn.send(ack(&id, &to, Some("404")));
         return;
     };
+    if let Some(code) = hub.faults.refusal(&to_user) {
+        drop(state);
+        conn.send(ack(&id, &to, Some(&code)));
+        return;
+    }
     // Everything but the per-device payloads goes to every device.
     let shared: Vec<Node> = children(&node)
         .iter()

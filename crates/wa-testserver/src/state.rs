@@ -217,6 +217,8 @@ fn lid_jid(lid: &str, device: u16) -> String {
 #[derive(Default)]
 pub struct Stats {
     pub usync_queries: AtomicU64,
+    /// usync queries asking whether numbers are on WhatsApp (the `contact` protocol).
+    pub contact_lookups: AtomicU64,
     pub prekey_fetches: AtomicU64,
     pub connects: AtomicU64,
     pub messages_routed: AtomicU64,
@@ -231,6 +233,7 @@ impl Stats {
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "usync_queries": self.usync_queries.load(Ordering::Relaxed),
+            "contact_lookups": self.contact_lookups.load(Ordering::Relaxed),
             "prekey_fetches": self.prekey_fetches.load(Ordering::Relaxed),
             "connects": self.connects.load(Ordering::Relaxed),
             "messages_routed": self.messages_routed.load(Ordering::Relaxed),

@@ -12,7 +12,7 @@ use whatsapp_rust::waproto::whatsapp as wa;
 
 use crate::Hub;
 use crate::nodes::{attr, child, children, jid_attr, text};
-use crate::state::{Account, DeviceAddr, State};
+use crate::state::{Account, DeviceAddr, State, Stats};
 
 /// The answer, and whether the asker asked about its own account.
 pub fn answer(hub: &Arc<Hub>, asker: &DeviceAddr, usync: &Node) -> (Node, bool) {
@@ -22,6 +22,9 @@ pub fn answer(hub: &Arc<Hub>, asker: &DeviceAddr, usync: &Node) -> (Node, bool) 
         .iter()
         .map(|p| p.tag.to_string())
         .collect();
+    if protocols.iter().any(|p| p == "contact") {
+        Stats::bump(&hub.stats.contact_lookups);
+    }
     let state = hub.state.lock().expect("state lock");
     let asked = child(usync, "list").map(children).unwrap_or_default();
     let asked_own = asked.iter().any(|user| {
