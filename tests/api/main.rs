@@ -22,6 +22,8 @@ mod screens;
 #[cfg(feature = "wa-test-server")]
 mod wa_connection;
 #[cfg(feature = "wa-test-server")]
+mod wa_kill;
+#[cfg(feature = "wa-test-server")]
 mod wa_sends;
 
 mod crash;

@@ -322,7 +322,7 @@ async fn a_message_is_acknowledged_only_once_stored_and_a_kill_in_between_redeli
 }
 
 /// Installs the location on a daemon and pairs it by QR with the business's phone.
-async fn pair_daemon(daemon: &crate::crash::Daemon, fake: &FakeGhl, media: &str) {
+pub async fn pair_daemon(daemon: &crate::crash::Daemon, fake: &FakeGhl, media: &str) {
     let http = reqwest::Client::new();
     let code = fake.location_code(LOCATION);
     let installed = http
