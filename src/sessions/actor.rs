@@ -4,6 +4,7 @@
 //! what happens next is the runner's decision (`supervisor.rs`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -14,6 +15,10 @@ use super::state::{SessionState, reasons};
 use super::supervisor::{Shared, Slot};
 use crate::domain::LocationId;
 use crate::wa::{Link, WaError, WaEvent, WaSession};
+
+/// How long an inbound message may take to be stored before it is left to WhatsApp's
+/// redelivery.
+const STORE_BUDGET: Duration = Duration::from_millis(1_500);
 
 /// Requests to the actor from the rest of the daemon.
 pub(super) enum Command {
@@ -202,7 +207,7 @@ impl Actor<'_> {
                 stored,
             } => match shared
                 .postbox
-                .deliver(self.location, &message, media_ref.as_deref())
+                .deliver(self.location, &message, media_ref.as_deref(), STORE_BUDGET)
                 .await
             {
                 // Only now is WhatsApp told the message arrived.
