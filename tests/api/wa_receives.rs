@@ -16,6 +16,8 @@ on_both_backends!(
     a_message_delivered_under_a_placeholders_id_reaches_ghl_too,
     messages_sent_while_the_link_drops_reach_ghl_once_in_order_and_are_acked,
     messages_queued_while_the_device_is_offline_reach_ghl_once_in_order_and_are_acked,
+    an_inbox_unwritable_for_seconds_gets_the_message_as_soon_as_it_recovers,
+    an_inbox_unwritable_past_the_budget_gets_the_message_by_a_reconnect,
 );
 
 async fn a_view_once_message_reaches_ghl_as_a_notice_to_open_it_on_the_phone(backend: Backend) {
@@ -93,6 +95,56 @@ async fn messages_queued_while_the_device_is_offline_reach_ghl_once_in_order_and
     // Nothing reaches the device while it is offline.
     assert_eq!(rig.fake.messages().len(), 1);
     exactly_once_in_order(&rig, &ids).await;
+}
+
+/// The inbox cannot be written for three seconds (its table is away, so every write fails at
+/// once): waghl keeps trying within its budget, and the message reaches GHL without waiting for
+/// a reconnect.
+async fn an_inbox_unwritable_for_seconds_gets_the_message_as_soon_as_it_recovers(backend: Backend) {
+    let Some(rig) = Rig::start(backend).await else { return };
+    rig.pair_by_qr().await;
+    let db = &rig.app.db.url;
+    execute(db, "ALTER TABLE inbox RENAME TO inbox_away").await;
+    let id = rig.contact_sends(json!({ "text": "while the inbox is away" })).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(rig.fake.messages().is_empty());
+    execute(db, "ALTER TABLE inbox_away RENAME TO inbox").await;
+    let back = Instant::now();
+    exactly_once_in_order(&rig, std::slice::from_ref(&id)).await;
+    assert!(back.elapsed() < Duration::from_secs(15), "{:?}", back.elapsed());
+}
+
+/// Past the store budget the message is left unconfirmed; once the inbox is writable again it
+/// is stored, and the client reconnects so that WhatsApp delivers it again and it is acked.
+async fn an_inbox_unwritable_past_the_budget_gets_the_message_by_a_reconnect(backend: Backend) {
+    let budget = [("WAGHL_INBOX_STORE_BUDGET_MS", "1000")];
+    let Some(rig) = Rig::start_with(backend, &budget).await else {
+        return;
+    };
+    rig.pair_by_qr().await;
+    let db = &rig.app.db.url;
+    execute(db, "ALTER TABLE inbox RENAME TO inbox_away").await;
+    let first = rig.contact_sends(json!({ "text": "first while away" })).await;
+    let second = rig.contact_sends(json!({ "text": "second while away" })).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let acked: Value = rig.ctl_get(&format!("/_ctl/acked/{first}")).await;
+    assert_eq!(acked["acked_by_devices"], 1, "acked before stored: {acked}");
+    execute(db, "ALTER TABLE inbox_away RENAME TO inbox").await;
+    exactly_once_in_order(&rig, &[first, second]).await;
+}
+
+/// Runs one statement on the test database, beside waghl.
+async fn execute(url: &str, sql: &'static str) {
+    use sqlx::Connection as _;
+    if url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    }
 }
 
 /// Every message of `ids` in GHL once, in the order sent, and acknowledged by waghl's device.
