@@ -212,7 +212,16 @@ impl Config {
             },
             lease_ttl: millis("WAGHL_LEASE_TTL_MS", get("WAGHL_LEASE_TTL_MS"), 30_000)?,
             restore_spread: millis("WAGHL_RESTORE_SPREAD_MS", get("WAGHL_RESTORE_SPREAD_MS"), 5_000)?,
+            store_budget: millis(
+                "WAGHL_INBOX_STORE_BUDGET_MS",
+                get("WAGHL_INBOX_STORE_BUDGET_MS"),
+                60_000,
+            )?,
         };
+        // WhatsApp's client waits two minutes for a message to be stored.
+        if sessions.store_budget.is_zero() || sessions.store_budget > Duration::from_secs(100) {
+            return Err(bad("WAGHL_INBOX_STORE_BUDGET_MS", "expected 1 to 100000"));
+        }
         if sessions.health_interval.is_zero() || sessions.lease_ttl.is_zero() {
             return Err(bad("WAGHL_HEALTH_INTERVAL_MS", "intervals must be above zero"));
         }

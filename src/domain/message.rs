@@ -86,7 +86,29 @@ pub enum Content {
     Unsupported {
         kind: String,
     },
+    /// A message arrived that this linked device cannot read: a placeholder that tells the
+    /// agent so. A later copy WhatsApp delivers under the same id replaces it.
+    Unavailable {
+        reason: Unavailable,
+    },
 }
+
+/// Why a message that arrived cannot be shown (yet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unavailable {
+    /// A view-once photo, video or voice note: WhatsApp opens it only on the phone.
+    ViewOnce,
+    /// Content WhatsApp keeps off linked devices (from a hosted business or a bot).
+    PhoneOnly,
+    /// It could not be decrypted yet; WhatsApp was asked to send it again (by the sender, or
+    /// by the phone), and it replaces this placeholder when it comes.
+    Waiting,
+}
+
+/// The `kind` of a placeholder: the inbox lets a real message with the same id replace a row
+/// of this kind.
+pub const UNAVAILABLE_KIND: &str = "unavailable";
 
 impl Content {
     /// A short kind name for the inbox's `kind` column and metrics.
@@ -100,6 +122,7 @@ impl Content {
             Self::Edit { .. } => "edit",
             Self::Delete { .. } => "delete",
             Self::Unsupported { .. } => "unsupported",
+            Self::Unavailable { .. } => UNAVAILABLE_KIND,
         }
     }
 }

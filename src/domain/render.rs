@@ -2,7 +2,7 @@
 //! its media is uploaded under. Nothing is dropped silently: a kind GHL cannot show becomes a
 //! line naming it.
 
-use super::{Content, InboundMessage, MediaKind};
+use super::{Content, InboundMessage, MediaKind, Unavailable};
 
 /// The message text for GHL; `quoted` is an excerpt of the message this one replies to.
 pub fn ghl_text(message: &InboundMessage, quoted: Option<&str>) -> String {
@@ -21,11 +21,21 @@ pub fn ghl_text(message: &InboundMessage, quoted: Option<&str>) -> String {
         Content::Edit { target, text } => format!("✏️ Edited message {target}: {text}"),
         Content::Delete { target } => format!("🗑️ Deleted message {target}"),
         Content::Unsupported { kind } => format!("[WhatsApp {kind} message: open WhatsApp to see it]"),
+        Content::Unavailable { reason } => unavailable_notice(*reason).to_owned(),
     };
     match (&message.reply_to, quoted) {
         (Some(_), Some(excerpt)) => format!("↩️ \"{}\"\n{body}", excerpt_of(excerpt)),
         (Some(id), None) => format!("↩️ (reply to message {id})\n{body}"),
         (None, _) => body,
+    }
+}
+
+/// What the agent reads in place of a message this device cannot show.
+fn unavailable_notice(reason: Unavailable) -> &'static str {
+    match reason {
+        Unavailable::ViewOnce => "🔒 A view-once message arrived: open it on the phone to see it.",
+        Unavailable::PhoneOnly => "📱 A message arrived that WhatsApp shows only on the phone: open it there.",
+        Unavailable::Waiting => "⏳ Waiting for this message: it will appear here once WhatsApp delivers it.",
     }
 }
 
@@ -121,6 +131,10 @@ mod tests {
         );
         assert!(text(Content::Delete { target: "X1".into() }).contains("X1"));
         assert!(text(Content::Unsupported { kind: "poll".into() }).contains("poll"));
+        let unavailable = |reason| text(Content::Unavailable { reason });
+        assert!(unavailable(Unavailable::ViewOnce).contains("view-once"));
+        assert!(unavailable(Unavailable::PhoneOnly).contains("on the phone"));
+        assert!(unavailable(Unavailable::Waiting).contains("Waiting for this message"));
         let media = Content::Media(Media {
             kind: MediaKind::Image,
             mime: "image/jpeg".into(),

@@ -7,18 +7,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::crypto::random_fraction;
 use crate::domain::{InboundMessage, LocationId};
 use crate::metrics::Metrics;
-use crate::store::{InboxStart, Store, StoreError};
+use crate::store::{InboxStart, InboxWrite, Store, StoreError};
 use crate::wa::WaEvent;
 
-/// Attempts at an inbox write before the message is left to WhatsApp's redelivery, and the
-/// first delay between them (then the backoff's).
-const STORE_ATTEMPTS: usize = 5;
+/// The first delay between attempts at an inbox write, and the longest.
 const STORE_RETRY: Duration = Duration::from_millis(100);
+const STORE_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Cheap to clone; one per application.
 #[derive(Clone)]
@@ -57,38 +57,46 @@ impl Postbox {
 
     /// Stores an inbound message durably and wakes the inbound relay. `Ok` means WhatsApp may
     /// be told it arrived (a redelivery of a stored message is `Ok` too); on `Err` it must not
-    /// be, so that WhatsApp delivers it again. A passing database error is retried first: an
-    /// unconfirmed message is redelivered only on a later connection.
+    /// be, so that WhatsApp delivers it again. A database error is retried, with backoff, for up
+    /// to `budget`: an unconfirmed message comes again only on a later connection.
     pub async fn deliver(
         &self,
         location: &LocationId,
         message: &InboundMessage,
         media_ref: Option<&[u8]>,
+        budget: Duration,
     ) -> Result<(), StoreError> {
         let start = inbox_start(message);
-        let backoff = Backoff::new(STORE_RETRY, STORE_RETRY * 16);
-        let mut attempt = 1;
-        let new = loop {
-            match self
+        let backoff = Backoff::new(STORE_RETRY, STORE_RETRY_MAX);
+        let deadline = Instant::now() + budget;
+        let mut attempt = 0;
+        loop {
+            let failure = match self
                 .inner
                 .store
                 .insert_inbound(location.as_str(), message, media_ref, start)
                 .await
             {
-                Ok(new) => break new,
-                Err(e) if attempt < STORE_ATTEMPTS => {
-                    tracing::warn!(error = %e, "storing an inbound message failed; retrying");
+                Ok(InboxWrite::New | InboxWrite::Replaced) => {
+                    self.inner.metrics.count_inbound(message.content.kind(), start);
+                    self.wake_inbound();
+                    return Ok(());
                 }
-                Err(e) => return Err(e),
+                Ok(InboxWrite::Duplicate) => return Ok(()),
+                // The placeholder this message replaces is being posted; it is its turn next.
+                Ok(InboxWrite::Busy) => StoreError::Conflict("a worker is relaying the placeholder".into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "storing an inbound message failed; retrying");
+                    e
+                }
+            };
+            let delay = backoff.delay(attempt, random_fraction());
+            if Instant::now() + delay > deadline {
+                return Err(failure);
             }
-            tokio::time::sleep(backoff.delay(attempt as u32 - 1, random_fraction())).await;
+            tokio::time::sleep(delay).await;
             attempt += 1;
-        };
-        if new {
-            self.inner.metrics.count_inbound(message.content.kind(), start);
-            self.wake_inbound();
         }
-        Ok(())
     }
 
     /// A receipt or server ack (or refusal) of a sent message, for the outbound relay.

@@ -3,7 +3,9 @@
 //! ends, a terminal event arrives, the health check finds a zombie, or it is told to stop;
 //! what happens next is the runner's decision (`supervisor.rs`).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -12,8 +14,11 @@ use tokio_util::sync::CancellationToken;
 use super::policy::RestartPolicy;
 use super::state::{SessionState, reasons};
 use super::supervisor::{Shared, Slot};
-use crate::domain::LocationId;
+use crate::domain::{InboundMessage, LocationId};
 use crate::wa::{Link, ParkReason, WaError, WaEvent, WaSession};
+
+/// How often messages left unstored are tried again, once the store budget ran out.
+const UNSTORED_RETRY: Duration = Duration::from_secs(1);
 
 /// Requests to the actor from the rest of the daemon.
 pub(super) enum Command {
@@ -52,6 +57,15 @@ pub(super) struct Actor<'a> {
     pub slot: &'a Slot,
     pub stop: &'a CancellationToken,
     pub policy: &'a mut RestartPolicy,
+    /// Messages whose inbox write failed for the whole store budget, oldest first: not
+    /// confirmed, so WhatsApp holds them, but it delivers them again only on a new connection.
+    /// Once they are stored the client reconnects, and the redelivery is acknowledged.
+    pub unstored: VecDeque<Unstored>,
+}
+
+pub(super) struct Unstored {
+    message: Box<InboundMessage>,
+    media_ref: Option<Vec<u8>>,
 }
 
 impl Actor<'_> {
@@ -61,6 +75,8 @@ impl Actor<'_> {
             self.shared.settings.health_interval,
         );
         health.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut unstored_retry = tokio::time::interval(UNSTORED_RETRY);
+        unstored_retry.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut failed_checks = 0;
         let mut quiet_checks = 0;
         loop {
@@ -85,6 +101,9 @@ impl Actor<'_> {
                     }
                     None => return Exit::Ended,
                 },
+                _ = unstored_retry.tick(), if !self.unstored.is_empty() => {
+                    self.store_unstored().await;
+                }
                 _ = health.tick() => {
                     self.notice_silent_reconnect().await;
                     if self.is_zombie() {
@@ -102,6 +121,26 @@ impl Actor<'_> {
                 }
             }
         }
+    }
+
+    /// Tries the unstored messages again, in order. Once all are stored, the client reconnects:
+    /// WhatsApp then delivers them again (a no-op for the inbox) and they are acknowledged.
+    async fn store_unstored(&mut self) {
+        while let Some(next) = self.unstored.front() {
+            let stored = self
+                .shared
+                .postbox
+                .deliver(self.location, &next.message, next.media_ref.as_deref(), Duration::ZERO)
+                .await;
+            if stored.is_err() {
+                return;
+            }
+            self.unstored.pop_front();
+        }
+        tracing::info!(
+            "the inbox is writable again; reconnecting so that WhatsApp delivers the unacknowledged messages again"
+        );
+        self.session.reconnect().await;
     }
 
     /// A client still waiting for its first code after two health checks cannot reach
@@ -220,18 +259,31 @@ impl Actor<'_> {
                 message,
                 media_ref,
                 stored,
-            } => match shared
-                .postbox
-                .deliver(self.location, &message, media_ref.as_deref())
-                .await
-            {
-                // Only now is WhatsApp told the message arrived.
-                Ok(()) => stored.confirm(),
-                // Unconfirmed: WhatsApp delivers it again.
-                Err(e) => {
-                    tracing::error!(error = %e, "could not store an inbound message")
+            } => {
+                // Behind messages left unstored: queued after them (first in, first out), and
+                // unconfirmed, since the redelivery brings it again anyway.
+                if !self.unstored.is_empty() {
+                    self.unstored.push_back(Unstored { message, media_ref });
+                    return None;
                 }
-            },
+                let budget = shared.settings.store_budget;
+                let delivered = shared
+                    .postbox
+                    .deliver(self.location, &message, media_ref.as_deref(), budget);
+                // Unconfirmed when stopped: WhatsApp delivers it again to the next client.
+                let delivered = tokio::select! {
+                    delivered = delivered => delivered,
+                    () = self.stop.cancelled() => return Some(Exit::Stopped),
+                };
+                match delivered {
+                    // Only now is WhatsApp told the message arrived.
+                    Ok(()) => stored.confirm(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not store an inbound message; trying again until the database recovers");
+                        self.unstored.push_back(Unstored { message, media_ref });
+                    }
+                }
+            }
             WaEvent::Receipt { .. } | WaEvent::ServerAck { .. } | WaEvent::ServerRefused { .. } => {
                 shared.postbox.receipt(self.location, event);
             }

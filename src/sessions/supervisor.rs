@@ -7,7 +7,7 @@
 //! shutdown, and never runs two clients for one location: a runner holds the location's lease
 //! row while its client lives, so an overlapping deploy waits instead of connecting twice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -43,6 +43,9 @@ pub struct SessionSettings {
     pub lease_ttl: Duration,
     /// Restored sessions start at random moments within this span, not all at once.
     pub restore_spread: Duration,
+    /// How long an inbound message may take to be stored (retrying a failing database) before
+    /// it is left to WhatsApp's redelivery.
+    pub store_budget: Duration,
 }
 
 /// What the supervisor shares with every runner and actor.
@@ -748,6 +751,7 @@ impl Runner {
             slot: &self.slot,
             stop: &self.stop,
             policy,
+            unstored: VecDeque::new(),
         }
         .run()
         .await;

@@ -80,6 +80,17 @@ macro_rules! promote_in {
 }
 pub(super) use promote_in;
 
+/// Makes any row but the chat's oldest unfinished one stop being its head, inside the caller's
+/// chat transaction (after an older row re-entered the queue).
+macro_rules! demote_in {
+    ($tx:ident, $key:expr) => {{
+        let (location, chat) = $key.parts();
+        let sql = $key.demote_sql();
+        sqlx::query(sql).bind(location).bind(chat).execute(&mut *$tx).await?;
+    }};
+}
+pub(super) use demote_in;
+
 impl ChatKey<'_> {
     pub(super) fn promote_sql(&self) -> &'static str {
         match self {
@@ -88,7 +99,7 @@ impl ChatKey<'_> {
         }
     }
 
-    fn demote_sql(&self) -> &'static str {
+    pub(super) fn demote_sql(&self) -> &'static str {
         match self {
             Self::Inbox { .. } => DEMOTE_INBOX,
             Self::Outbox { .. } => DEMOTE_OUTBOX,

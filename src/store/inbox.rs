@@ -1,9 +1,11 @@
 //! The inbound queue (WhatsApp → GHL). A row is committed before WhatsApp is told the message
-//! arrived; its key `(location_id, chat, sender, wa_message_id)` makes a redelivery a no-op.
+//! arrived; its key `(location_id, chat, sender, wa_message_id)` makes a redelivery a no-op —
+//! but for a placeholder, which the message it stands for replaces.
 
-use super::heads::{ChatKey, in_chat_tx, promote_in};
+use super::heads::{ChatKey, demote_in, in_chat_tx, promote_in};
+use super::message_map::SUPERSEDED;
 use super::{Db, Result, Store, on_db};
-use crate::domain::{InboundMessage, Incarnation};
+use crate::domain::{Content, InboundMessage, Incarnation, UNAVAILABLE_KIND};
 use crate::time::now_ms;
 
 /// The inbox state a message starts in.
@@ -14,15 +16,30 @@ pub enum InboxStart {
     Skipped(&'static str),
 }
 
+/// What storing an inbound message did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InboxWrite {
+    /// A new row.
+    New,
+    /// The message replaced the placeholder stored under its id, which is queued again (and
+    /// posted as a GHL message of its own when the placeholder had been relayed).
+    Replaced,
+    /// Stored before: a redelivery, or a placeholder for a message already stored.
+    Duplicate,
+    /// It would replace a placeholder that a worker is relaying right now: try again shortly.
+    Busy,
+}
+
 impl Store {
-    /// Stores an inbound message durably; `false` when it was stored before (a redelivery).
+    /// Stores an inbound message durably. A redelivery is a no-op, except that a message
+    /// replaces the placeholder (`Content::Unavailable`) stored under its id.
     pub async fn insert_inbound(
         &self,
         location_id: &str,
         message: &InboundMessage,
         media_ref: Option<&[u8]>,
         start: InboxStart,
-    ) -> Result<bool> {
+    ) -> Result<InboxWrite> {
         let body =
             serde_json::to_string(message).map_err(|e| super::StoreError::Database(sqlx::Error::Encode(e.into())))?;
         let (state, reason) = match start {
@@ -34,9 +51,10 @@ impl Store {
             location: location_id,
             chat: &message.chat,
         };
+        let is_placeholder = matches!(message.content, Content::Unavailable { .. });
         // A pending message is its chat's head when nothing of the chat is pending before it.
-        let inserted = in_chat_tx!(self, key, tx => {
-            sqlx::query(
+        let write = in_chat_tx!(self, key, tx => {
+            let inserted = sqlx::query(
                 "INSERT INTO inbox (location_id, chat, sender, wa_message_id, from_me, push_name, kind, body, \
                    media_ref, wa_timestamp, state, attempts, next_attempt_at, retry_from, last_error, received_at, \
                    updated_at, head) \
@@ -52,7 +70,7 @@ impl Store {
             .bind(i64::from(message.from_me))
             .bind(message.push_name.as_deref())
             .bind(message.content.kind())
-            .bind(body)
+            .bind(&body)
             .bind(media_ref)
             .bind(message.timestamp)
             .bind(state)
@@ -60,9 +78,75 @@ impl Store {
             .bind(reason)
             .execute(&mut *tx)
             .await?
-            .rows_affected()
+            .rows_affected();
+            if inserted == 1 {
+                InboxWrite::New
+            } else if is_placeholder {
+                InboxWrite::Duplicate
+            } else {
+                // The message starts afresh in the placeholder's row (its place in the chat's
+                // order is the placeholder's), unless a worker holds the row right now.
+                let replaced = sqlx::query(
+                    "UPDATE inbox SET push_name = $5, kind = $6, body = $7, media_ref = $8, wa_timestamp = $9, \
+                       state = $10, last_error = $11, attempts = 0, next_attempt_at = $12, retry_from = $12, \
+                       claimed_until = NULL, claimed_by = NULL, posting_at = NULL, ghl_message_id = NULL, \
+                       relayed_at = NULL, head = 0, updated_at = $12 \
+                     WHERE location_id = $1 AND chat = $2 AND sender = $3 AND wa_message_id = $4 AND kind = $13 \
+                       AND (claimed_until IS NULL OR claimed_until < $12)",
+                )
+                .bind(location_id)
+                .bind(&message.chat)
+                .bind(&message.sender)
+                .bind(&message.id)
+                .bind(message.push_name.as_deref())
+                .bind(message.content.kind())
+                .bind(&body)
+                .bind(media_ref)
+                .bind(message.timestamp)
+                .bind(state)
+                .bind(reason)
+                .bind(now)
+                .bind(UNAVAILABLE_KIND)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if replaced == 1 {
+                    // A relayed placeholder keeps its GHL id on record (so that no
+                    // reconciliation mistakes it for the message), but no longer stands for
+                    // the message: the message is posted.
+                    sqlx::query(
+                        "UPDATE message_map SET status = $4 WHERE location_id = $1 AND chat = $2 \
+                           AND wa_message_id = $3 AND direction = 'inbound'",
+                    )
+                    .bind(location_id)
+                    .bind(&message.chat)
+                    .bind(&message.id)
+                    .bind(SUPERSEDED)
+                    .execute(&mut *tx)
+                    .await?;
+                    demote_in!(tx, key);
+                    promote_in!(tx, key);
+                    InboxWrite::Replaced
+                } else {
+                    let kind: Option<String> = sqlx::query_scalar(
+                        "SELECT kind FROM inbox WHERE location_id = $1 AND chat = $2 AND sender = $3 \
+                           AND wa_message_id = $4",
+                    )
+                    .bind(location_id)
+                    .bind(&message.chat)
+                    .bind(&message.sender)
+                    .bind(&message.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if kind.as_deref() == Some(UNAVAILABLE_KIND) {
+                        InboxWrite::Busy
+                    } else {
+                        InboxWrite::Duplicate
+                    }
+                }
+            }
         });
-        Ok(inserted == 1)
+        Ok(write)
     }
 }
 

@@ -3,8 +3,13 @@
 use super::{Result, Store, on_db};
 use crate::time::now_ms;
 
+/// The status of an inbound row whose GHL message was a placeholder that the real message
+/// replaced: the GHL id stays on record, but the message itself still has to be posted.
+pub(super) const SUPERSEDED: &str = "superseded";
+
 impl Store {
-    /// Records the GHL message a WhatsApp message became (inbound relay).
+    /// Records the GHL message a WhatsApp message became (inbound relay); it takes the place
+    /// of a superseded placeholder's.
     pub async fn map_inbound(
         &self,
         location_id: &str,
@@ -17,13 +22,15 @@ impl Store {
             sqlx::query(
                 "INSERT INTO message_map (location_id, chat, wa_message_id, direction, ghl_message_id, status, \
                    created_at, updated_at) VALUES ($1, $2, $3, 'inbound', $4, 'relayed', $5, $5) \
-                 ON CONFLICT (location_id, chat, wa_message_id) DO NOTHING",
+                 ON CONFLICT (location_id, chat, wa_message_id) DO UPDATE SET ghl_message_id = $4, \
+                   status = 'relayed', updated_at = $5 WHERE message_map.status = $6",
             )
             .bind(location_id)
             .bind(chat)
             .bind(wa_message_id)
             .bind(ghl_message_id)
             .bind(now)
+            .bind(SUPERSEDED)
             .execute(pool)
             .await?;
         });
@@ -65,11 +72,12 @@ impl Store {
         let found: Option<Option<String>> = on_db!(self, pool => {
             sqlx::query_scalar(
                 "SELECT ghl_message_id FROM message_map WHERE location_id = $1 AND chat = $2 AND wa_message_id = $3 \
-                 AND direction = 'inbound'",
+                 AND direction = 'inbound' AND status <> $4",
             )
             .bind(location_id)
             .bind(chat)
             .bind(wa_message_id)
+            .bind(SUPERSEDED)
             .fetch_optional(pool)
             .await?
         });

@@ -36,7 +36,7 @@ pub use claims::Queue;
 pub use console::StateEvent;
 pub use contacts::CachedContact;
 pub use credentials::{Credentials, GhlTokens, TokenLock, TokenOwner};
-pub use inbox::{InboxOutcome, InboxRow, InboxStart};
+pub use inbox::{InboxOutcome, InboxRow, InboxStart, InboxWrite};
 pub use locations::{LocationRecord, LocationStatus, NewLocation, TokenSource};
 pub use messages::{MessageRef, MessageRow};
 pub use outbox::{NewOutbound, OutboxRow, PartRow, StatusToReport};

@@ -217,6 +217,9 @@ pub trait WaSession: Send + Sync {
     fn download<'a>(&'a self, media_ref: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, WaError>>;
     /// The phone (E.164) behind a LID, when WhatsApp has revealed it.
     fn phone_for_lid<'a>(&'a self, lid: &'a str) -> BoxFuture<'a, Result<Option<String>, WaError>>;
+    /// Drops the connection and connects again at once, so that WhatsApp delivers again what
+    /// waghl did not confirm.
+    fn reconnect(&self) -> BoxFuture<'_, ()>;
     /// Unlinks this device from the phone.
     fn logout(&self) -> BoxFuture<'_, Result<(), WaError>>;
     /// Stops the client (keys kept); the event stream ends.

@@ -29,6 +29,7 @@ on_both_backends!(
     a_wrong_secret_key_is_refused_at_open,
     retention_purges_bodies_of_finished_messages_and_keeps_the_rows,
     a_redelivered_inbound_message_is_stored_once,
+    a_message_replaces_its_placeholder_and_is_relayed,
     concurrent_enqueues_to_one_chat_leave_one_head_and_keep_their_order,
     a_replayed_older_message_becomes_its_chats_head_again,
 );
@@ -246,30 +247,119 @@ async fn retention_purges_bodies_of_finished_messages_and_keeps_the_rows(_db: Te
 }
 
 async fn a_redelivered_inbound_message_is_stored_once(_db: TestDb, store: Store) {
-    use waghl::store::InboxStart;
+    use waghl::store::{InboxStart, InboxWrite};
     install(&store, "locD").await;
     let message = inbound_message("dup");
-    assert!(
-        store
-            .insert_inbound("locD", &message, None, InboxStart::Pending)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .insert_inbound("locD", &message, None, InboxStart::Pending)
-            .await
-            .unwrap()
-    );
+    let insert = |message: waghl::domain::InboundMessage| {
+        let store = store.clone();
+        async move {
+            store
+                .insert_inbound("locD", &message, None, InboxStart::Pending)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(insert(message.clone()).await, InboxWrite::New);
+    assert_eq!(insert(message.clone()).await, InboxWrite::Duplicate);
     // The same id from another sender is another message.
     let mut other = message.clone();
     other.sender = "15550002222@s.whatsapp.net".into();
-    assert!(
-        store
-            .insert_inbound("locD", &other, None, InboxStart::Pending)
-            .await
+    assert_eq!(insert(other).await, InboxWrite::New);
+}
+
+/// A placeholder ("view once", "waiting for this message") stands for a message until WhatsApp
+/// delivers it: the message replaces it, whether or not the placeholder reached GHL, and is
+/// relayed itself; a redelivery of either changes nothing after that.
+async fn a_message_replaces_its_placeholder_and_is_relayed(_db: TestDb, store: Store) {
+    use waghl::domain::{Content, Incarnation, Unavailable};
+    use waghl::store::{InboxOutcome, InboxStart, InboxWrite};
+    install(&store, "locU").await;
+    let me = Incarnation::new("test", "1");
+    let insert = |message: waghl::domain::InboundMessage| {
+        let store = store.clone();
+        async move {
+            store
+                .insert_inbound("locU", &message, None, InboxStart::Pending)
+                .await
+                .unwrap()
+        }
+    };
+    let placeholder = |id: &str| {
+        let mut message = inbound_message(id);
+        message.content = Content::Unavailable {
+            reason: Unavailable::Waiting,
+        };
+        message
+    };
+    let body_of = |row: &waghl::store::InboxRow| {
+        serde_json::from_str::<waghl::domain::InboundMessage>(row.body.as_deref().unwrap())
             .unwrap()
+            .content
+    };
+    let real = inbound_message("U1");
+
+    // Not yet relayed: replaced in place.
+    assert_eq!(insert(placeholder("U1")).await, InboxWrite::New);
+    assert_eq!(insert(real.clone()).await, InboxWrite::Replaced);
+    assert_eq!(
+        insert(placeholder("U1")).await,
+        InboxWrite::Duplicate,
+        "a late placeholder"
     );
+    assert_eq!(insert(real.clone()).await, InboxWrite::Duplicate, "a redelivery");
+    let claimed = store.claim_inbox_batch(10, 60_000, &me).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(body_of(&claimed[0]), real.content);
+
+    // Held by a worker: the message waits for the claim to end.
+    assert_eq!(insert(placeholder("U2")).await, InboxWrite::New);
+    let row = claimed.into_iter().next().unwrap();
+    relayed(&store, &row, "g-U1").await;
+    let claimed = store.claim_inbox_batch(10, 60_000, &me).await.unwrap();
+    assert_eq!(claimed[0].wa_message_id, "U2");
+    assert_eq!(insert(inbound_message("U2")).await, InboxWrite::Busy);
+
+    // Relayed: the message is queued again, in the placeholder's place, and GHL gets it too.
+    relayed(&store, &claimed[0], "g-placeholder-U2").await;
+    assert_eq!(insert(inbound_message("U3")).await, InboxWrite::New);
+    assert_eq!(insert(inbound_message("U2")).await, InboxWrite::Replaced);
+    assert_eq!(
+        store.inbound_ghl_id("locU", &real.chat, "U2").await.unwrap(),
+        None,
+        "the placeholder's GHL message does not stand for the message"
+    );
+    assert!(store.ghl_message_recorded("locU", "g-placeholder-U2").await.unwrap());
+    let claimed = store.claim_inbox_batch(10, 60_000, &me).await.unwrap();
+    let claimed_ids: Vec<&str> = claimed.iter().map(|r| r.wa_message_id.as_str()).collect();
+    assert_eq!(claimed_ids, ["U2"], "the older message goes first");
+    assert_eq!(body_of(&claimed[0]), inbound_message("U2").content);
+    relayed(&store, &claimed[0], "g-U2").await;
+    assert_eq!(
+        store.inbound_ghl_id("locU", &real.chat, "U2").await.unwrap().as_deref(),
+        Some("g-U2")
+    );
+    assert_eq!(insert(placeholder("U2")).await, InboxWrite::Duplicate);
+    let claimed = store.claim_inbox_batch(10, 60_000, &me).await.unwrap();
+    let claimed_ids: Vec<&str> = claimed.iter().map(|r| r.wa_message_id.as_str()).collect();
+    assert_eq!(claimed_ids, ["U3"]);
+
+    async fn relayed(store: &Store, row: &waghl::store::InboxRow, ghl_id: &str) {
+        store
+            .map_inbound("locU", &row.chat, &row.wa_message_id, ghl_id)
+            .await
+            .unwrap();
+        store
+            .finish_inbox(
+                row,
+                InboxOutcome::Relayed {
+                    ghl_message_id: ghl_id,
+                    contact_id: "c",
+                    conversation_id: "v",
+                },
+            )
+            .await
+            .unwrap();
+    }
 }
 
 async fn concurrent_enqueues_to_one_chat_leave_one_head_and_keep_their_order(_db: TestDb, store: Store) {

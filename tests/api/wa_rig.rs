@@ -25,6 +25,11 @@ pub struct Rig {
 
 impl Rig {
     pub async fn start(backend: Backend) -> Option<Rig> {
+        Self::start_with(backend, &[]).await
+    }
+
+    /// With more settings for waghl.
+    pub async fn start_with(backend: Backend, settings: &[(&str, &str)]) -> Option<Rig> {
         let server = TestServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let fake = FakeGhl::start().await;
         let (ws, media) = (server.ws_url(), server.http_url());
@@ -41,7 +46,10 @@ impl Rig {
                 ("WAGHL_ALLOW_HTTP_ATTACHMENTS", "true"),
                 ("WAGHL_HEALTH_INTERVAL_MS", "500"),
                 ("WAGHL_RESTART_BASE_MS", "100"),
-            ],
+            ]
+            .into_iter()
+            .chain(settings.iter().copied())
+            .collect::<Vec<_>>(),
         )
         .await?;
         app.install(&fake, LOCATION).await;

@@ -121,7 +121,9 @@ fn login(hub: &Arc<Hub>, id: u64, hello: &noise::Hello, tx: &mpsc::UnboundedSend
     }
     let lid = state.accounts[&addr.user].lid.clone();
     // A second login of the same device takes the stream over; the old one is told so, as
-    // WhatsApp does.
+    // WhatsApp does. What the old connection did not acknowledge is delivered again on this
+    // one: a device that reconnects before the server noticed its old socket is gone (after a
+    // drop) must not lose what was written to that socket.
     if let Some(old) = state.online.insert(
         addr.clone(),
         Online {
@@ -131,6 +133,7 @@ fn login(hub: &Arc<Hub>, id: u64, hello: &noise::Hello, tx: &mpsc::UnboundedSend
         },
     ) {
         let _ = old.tx.send(Out::CloseWith(replaced()));
+        state.requeue_unacked(&addr);
     }
     drop(state);
     let success = NodeBuilder::new("success")

@@ -105,6 +105,19 @@ impl SimSession {
         self.save(&state.persisted);
     }
 
+    /// The network drops: `Disconnected`, until [`SimSession::come_online`].
+    pub(super) fn go_offline(&self) -> Result<(), SimError> {
+        {
+            let mut state = self.state();
+            if state.link != Link::Connected {
+                return Err(SimError::Conflict("the session is not connected".into()));
+            }
+            state.link = Link::Reconnecting;
+        }
+        self.emit(WaEvent::Disconnected);
+        Ok(())
+    }
+
     /// Reconnected after a drop: connected again, and WhatsApp delivers what it held, in
     /// order. A held message waghl does not confirm goes back to be delivered on the next
     /// connection, as WhatsApp redelivers unacknowledged messages.
@@ -302,6 +315,14 @@ impl WaSession for SimSession {
             self.mark_logged_out();
             self.end();
             Ok(())
+        })
+    }
+
+    fn reconnect(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.go_offline().is_ok() {
+                self.come_online();
+            }
         })
     }
 

@@ -148,14 +148,7 @@ impl SimWorld {
     /// The network drops for `seconds`; the transport reconnects by itself afterwards.
     pub fn disconnect(&self, location: &str, seconds: f64) -> Result<(), SimError> {
         let session = self.session(location)?;
-        {
-            let mut state = session.state();
-            if state.link != Link::Connected {
-                return Err(SimError::Conflict("the session is not connected".into()));
-            }
-            state.link = Link::Reconnecting;
-        }
-        session.emit(WaEvent::Disconnected);
+        session.go_offline()?;
         let down = Duration::from_secs_f64(seconds.max(0.0));
         let reconnecting = session.clone();
         tokio::spawn(async move {

@@ -230,6 +230,14 @@ impl WaSession for WhatsAppSession {
         })
     }
 
+    fn reconnect(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if !self.ended.is_cancelled() {
+                self.client.reconnect_immediately().await;
+            }
+        })
+    }
+
     fn stop(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.stop.cancel();

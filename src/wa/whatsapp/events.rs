@@ -11,12 +11,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use whatsapp_rust::bot::BotHandle;
 use whatsapp_rust::types::events::{Event, EventHandler, EventInterest, EventKind, InboundMessage as WaInbound};
+use whatsapp_rust::types::message::MessageSource;
 use whatsapp_rust::{Client, InboundDurabilityHook};
 
 use super::SHUTDOWN_TIMEOUT;
 use super::client::Shared;
-use super::convert::{Ending, ending, lid_mapping, map_message, phone_of_jid, receipt_status};
+use super::convert::{Ending, ending, lid_mapping, map_message, map_undecryptable, phone_of_jid, receipt_status};
 use super::pairing::PairSignal;
+use crate::domain::InboundMessage;
 use crate::wa::{Link, ParkReason, Stored, WaEvent};
 
 /// How long the hook waits for waghl to store a batch before it gives up. WhatsApp then
@@ -59,7 +61,17 @@ impl Sink {
             tracing::trace!(location.id = %self.shared.location, message.id = %item.info.id, "not a message waghl keeps");
             return Ok(None);
         };
-        if let Some((lid, phone)) = lid_mapping(&item.info.source)
+        self.queue_message(message, media_ref, &item.info.source).map(Some)
+    }
+
+    /// Queues a mapped message (see [`Sink::message`]).
+    fn queue_message(
+        &self,
+        message: InboundMessage,
+        media_ref: Option<Vec<u8>>,
+        source: &MessageSource,
+    ) -> Result<oneshot::Receiver<()>, Ended> {
+        if let Some((lid, phone)) = lid_mapping(source)
             && self.shared.announce_lid(&lid)
         {
             self.emit(WaEvent::LidMapping { lid, phone })?;
@@ -70,7 +82,7 @@ impl Sink {
             media_ref,
             stored,
         })?;
-        Ok(Some(confirmed))
+        Ok(confirmed)
     }
 
     /// Translates one event of the crate's bus. This runs inline on the crate's dispatch
@@ -184,6 +196,17 @@ impl Sink {
                 }
                 return;
             }
+            Event::UndecryptableMessage(undecryptable) => {
+                // The crate acknowledges these itself, right after this dispatch (with a
+                // retry receipt or a request to the phone first), so nothing here can hold the
+                // acknowledgement: the placeholder is queued at once and stored as early as
+                // waghl can. Its loss in a crash costs the notice, never the message: the
+                // real one, when it comes, is stored like any other.
+                if let Some(placeholder) = map_undecryptable(undecryptable) {
+                    let _ = self.queue_message(placeholder, None, &undecryptable.info.source);
+                }
+                return;
+            }
             other => match ending(other) {
                 Some(Ending::Parked(reason)) => {
                     match other {
@@ -244,6 +267,7 @@ impl EventHandler for BusHandler {
             EventKind::PairingQrCodesExhausted,
             EventKind::ClientOutdated,
             EventKind::Messages,
+            EventKind::UndecryptableMessage,
             EventKind::Receipt,
             // The crate builds server acks only when some handler asks for them.
             EventKind::ServerAck,

@@ -10,6 +10,7 @@ mod place;
 mod special;
 mod status;
 mod text;
+mod unavailable;
 
 use whatsapp_rust::Jid;
 use whatsapp_rust::proto_helpers::MessageExt;
@@ -22,6 +23,7 @@ use crate::domain::{Content, InboundMessage};
 pub use media::{downloadable, media_type};
 pub use outbound::{OutgoingMedia, Uploaded, media_message, outgoing_text};
 pub use status::{Ending, ending, receipt_status};
+pub use unavailable::map_undecryptable;
 
 /// Maps a decrypted WhatsApp message to waghl's model. The second value is `media_ref`: the
 /// encoded `wa::Message` that holds only the media sub-message, so that the media can be
@@ -29,12 +31,21 @@ pub use status::{Ending, ending, receipt_status};
 /// traffic (key shares, history notices, pins), newsletters, and add-ons the crate could not
 /// decrypt.
 pub fn map_message(message: &wa::Message, info: &MessageInfo) -> Option<(InboundMessage, Option<Vec<u8>>)> {
-    let source = &info.source;
-    if source.chat.is_newsletter() {
+    if info.source.chat.is_newsletter() {
         return None;
     }
     let mapped = map_content(message.get_base_message(), info)?;
-    let inbound = InboundMessage {
+    let reply_to = mapped
+        .context
+        .and_then(|context| context.stanza_id.clone())
+        .filter(|id| !id.is_empty());
+    Some((envelope(info, mapped.content, reply_to), mapped.media_ref))
+}
+
+/// The message `info` describes, saying `content`.
+fn envelope(info: &MessageInfo, content: Content, reply_to: Option<String>) -> InboundMessage {
+    let source = &info.source;
+    InboundMessage {
         id: info.id.clone(),
         chat: source.chat.to_non_ad().to_string(),
         sender: source.sender.to_non_ad().to_string(),
@@ -47,13 +58,9 @@ pub fn map_message(message: &wa::Message, info: &MessageInfo) -> Option<(Inbound
         // The parser also sets `is_group` for status broadcasts; the chat's server decides.
         is_group: source.chat.is_group(),
         is_status: source.chat.is_status_broadcast(),
-        reply_to: mapped
-            .context
-            .and_then(|context| context.stanza_id.clone())
-            .filter(|id| !id.is_empty()),
-        content: mapped.content,
-    };
-    Some((inbound, mapped.media_ref))
+        reply_to,
+        content,
+    }
 }
 
 /// What a message says, its media reference, and the context (for replies) of its body.
