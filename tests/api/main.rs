@@ -19,6 +19,8 @@ mod wa_rig;
 mod real_transport;
 mod recovery;
 mod screens;
+#[cfg(feature = "wa-test-server")]
+mod wa_kinds;
 
 mod crash;
 mod daemon;

@@ -33,7 +33,7 @@ pub fn map_message(message: &wa::Message, info: &MessageInfo) -> Option<(Inbound
     if source.chat.is_newsletter() {
         return None;
     }
-    let mapped = map_content(message.get_base_message(), info)?;
+    let mapped = map_content(base_message(message), info)?;
     let inbound = InboundMessage {
         id: info.id.clone(),
         chat: source.chat.to_non_ad().to_string(),
@@ -71,6 +71,27 @@ impl Mapped<'_> {
             context: None,
         }
     }
+}
+
+/// The message inside its wrappers: the crate's `get_base_message` (device-sent, ephemeral,
+/// view-once, document-with-caption, edited), then the two future-proof wrappers it leaves on:
+/// an album child (`associated_child_message`) and an animated sticker
+/// (`lottie_sticker_message`), each holding a plain media message. Wrappers nest (an album
+/// child in an ephemeral chat), hence the loop; WhatsApp nests a handful at most.
+pub fn base_message(message: &wa::Message) -> &wa::Message {
+    let mut current = message.get_base_message();
+    for _ in 0..4 {
+        let inner = current
+            .associated_child_message
+            .as_option()
+            .or_else(|| current.lottie_sticker_message.as_option())
+            .and_then(|wrapper| wrapper.message.as_option());
+        match inner {
+            Some(inner) => current = inner.get_base_message(),
+            None => break,
+        }
+    }
+    current
 }
 
 /// A family's answer for a message: `None` — not of this family, ask the next one;
