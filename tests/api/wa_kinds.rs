@@ -9,7 +9,15 @@ use serde_json::{Value, json};
 use crate::helpers::Backend;
 use crate::wa_rig::{BUSINESS, CONTACT, Rig};
 
-on_both_backends!(every_album_item_reaches_ghl_with_its_bytes_and_the_parent_adds_nothing,);
+on_both_backends!(
+    every_album_item_reaches_ghl_with_its_bytes_and_the_parent_adds_nothing,
+    a_message_typed_on_the_phone_into_a_lid_chat_reaches_ghl_with_the_contacts_phone,
+    the_phones_history_sync_reveals_the_phone_behind_a_lid,
+);
+
+/// The contact's LID in these tests (the test server fixes it when the contact's account is
+/// created).
+const CONTACT_LID: &str = "123456789012345";
 
 async fn every_album_item_reaches_ghl_with_its_bytes_and_the_parent_adds_nothing(backend: Backend) {
     let Some(rig) = Rig::start(backend).await else { return };
@@ -57,6 +65,41 @@ async fn every_album_item_reaches_ghl_with_its_bytes_and_the_parent_adds_nothing
         "the album parent reached GHL"
     );
     assert_eq!(messages.len(), children.len() + 1, "{messages:?}");
+    rig.server.shutdown().await;
+}
+
+async fn a_message_typed_on_the_phone_into_a_lid_chat_reaches_ghl_with_the_contacts_phone(backend: Backend) {
+    let Some(rig) = Rig::start(backend).await else { return };
+    rig.pair_by_qr().await;
+    // The contact is known to waghl's device by its LID alone; the phone writes into its chat.
+    let typed = contact_sends_full(
+        &rig,
+        json!({ "from_me": true, "lid": CONTACT_LID, "text": "typed on the phone" }),
+    )
+    .await;
+    let in_ghl = rig.in_ghl(typed["id"].as_str().unwrap()).await;
+    assert_eq!(in_ghl.body["direction"], "outbound", "{}", in_ghl.body);
+    let contacts = rig.fake.contacts();
+    assert_eq!(contacts.len(), 1, "{contacts:?}");
+    assert_eq!(contacts[0].phone, CONTACT);
+    rig.server.shutdown().await;
+}
+
+async fn the_phones_history_sync_reveals_the_phone_behind_a_lid(backend: Backend) {
+    let Some(rig) = Rig::start(backend).await else { return };
+    rig.pair_by_qr().await;
+    rig.ctl_post(
+        "/_ctl/history-sync",
+        json!({ "phone": BUSINESS, "contacts": [{ "phone": CONTACT, "lid": CONTACT_LID }] }),
+    )
+    .await;
+    // The contact writes from its LID; WhatsApp never names its number in the message.
+    let id = rig
+        .contact_sends(json!({ "lid": CONTACT_LID, "text": "known by LID" }))
+        .await;
+    let in_ghl = rig.in_ghl(&id).await;
+    assert_eq!(in_ghl.body["message"], "known by LID");
+    assert_eq!(rig.fake.contacts()[0].phone, CONTACT);
     rig.server.shutdown().await;
 }
 

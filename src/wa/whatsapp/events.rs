@@ -10,12 +10,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use whatsapp_rust::bot::BotHandle;
+use whatsapp_rust::lid_pn_cache::LearningSource;
 use whatsapp_rust::types::events::{Event, EventHandler, EventInterest, EventKind, InboundMessage as WaInbound};
 use whatsapp_rust::{Client, InboundDurabilityHook};
 
 use super::SHUTDOWN_TIMEOUT;
 use super::client::Shared;
-use super::convert::{lid_mapping, map_message, park_reason, phone_of_jid, receipt_status};
+use super::convert::{chat_lid_mapping, lid_mapping, map_message, park_reason, phone_of_jid, receipt_status};
 use super::pairing::PairSignal;
 use crate::wa::{Link, Stored, WaEvent};
 
@@ -60,6 +61,11 @@ impl Sink {
         {
             self.emit(WaEvent::LidMapping { lid, phone })?;
         }
+        if let Some((lid, phone)) = chat_lid_mapping(&item.info)
+            && self.shared.announce_lid(&lid)
+        {
+            self.record_lid(lid, phone);
+        }
         let (stored, confirmed) = Stored::new();
         self.emit(WaEvent::Message {
             message: Box::new(message),
@@ -67,6 +73,27 @@ impl Sink {
             stored,
         })?;
         Ok(Some(confirmed))
+    }
+
+    /// Records a LID's phone in the crate's store, where `phone_for_lid` looks, then tells
+    /// waghl (messages of that LID may be waiting for it). In a task: this runs on the
+    /// dispatch path, and the message that revealed it carries the phone itself.
+    fn record_lid(&self, lid: String, phone: String) {
+        let Some(client) = self.shared.client.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        let sink = self.clone();
+        tokio::spawn(async move {
+            let digits = phone.trim_start_matches('+');
+            if let Err(e) = client
+                .add_lid_pn_mapping(&lid, digits, LearningSource::PeerPnMessage)
+                .await
+            {
+                tracing::warn!(location.id = %sink.shared.location, error = %e, "could not record a LID's phone number");
+                return;
+            }
+            let _ = sink.emit(WaEvent::LidMapping { lid, phone });
+        });
     }
 
     /// Translates one event of the crate's bus. This runs inline on the crate's dispatch

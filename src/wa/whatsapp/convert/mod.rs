@@ -39,6 +39,7 @@ pub fn map_message(message: &wa::Message, info: &MessageInfo) -> Option<(Inbound
         chat: source.chat.to_non_ad().to_string(),
         sender: source.sender.to_non_ad().to_string(),
         sender_phone: sender_phone(source),
+        chat_phone: chat_phone(info),
         push_name: Some(info.push_name.trim())
             .filter(|name| !name.is_empty())
             .map(str::to_owned),
@@ -133,6 +134,28 @@ fn sender_phone(source: &MessageSource) -> Option<String> {
     phone_of_jid(&source.sender).or_else(|| source.sender_alt.as_ref().and_then(phone_of_jid))
 }
 
+/// The phone of a direct chat that is a LID, for a message typed on the phone: WhatsApp's
+/// server names it in `peer_recipient_pn` (the chat itself, and the sender, are LIDs or ours).
+fn chat_phone(info: &MessageInfo) -> Option<String> {
+    let source = &info.source;
+    if !source.is_from_me || !source.chat.is_lid() {
+        return None;
+    }
+    info.peer_recipient_pn.as_ref().and_then(phone_of_jid)
+}
+
+/// `(LID digits, phone)` of a chat that `chat_phone` resolved. The crate does not learn this
+/// pair by itself (it learns those of senders), so waghl records it.
+pub fn chat_lid_mapping(info: &MessageInfo) -> Option<(String, String)> {
+    let phone = chat_phone(info)?;
+    lid_digits(&info.source.chat).map(|lid| (lid, phone))
+}
+
+fn lid_digits(lid: &Jid) -> Option<String> {
+    let user = lid.user_base();
+    (!user.is_empty() && user.bytes().all(|b| b.is_ascii_digit())).then(|| user.to_owned())
+}
+
 /// `(LID digits, phone)` when the message pairs a LID with a phone number.
 pub fn lid_mapping(source: &MessageSource) -> Option<(String, String)> {
     let alt = source.sender_alt.as_ref()?;
@@ -143,8 +166,7 @@ pub fn lid_mapping(source: &MessageSource) -> Option<(String, String)> {
     } else {
         return None;
     };
-    let user = lid.user_base();
-    (!user.is_empty() && user.bytes().all(|b| b.is_ascii_digit())).then(|| (user.to_owned(), phone))
+    lid_digits(lid).map(|lid| (lid, phone))
 }
 
 #[cfg(test)]
@@ -272,6 +294,29 @@ mod tests {
         let (message, _) = mapped(wa::Message::text("hello"), &hidden);
         assert_eq!(message.sender_phone, None);
         assert_eq!(lid_mapping(&hidden.source), None);
+    }
+
+    #[test]
+    fn a_message_typed_on_the_phone_into_a_lid_chat_names_the_chats_phone() {
+        let mut own = info("123456789012345@lid", "15550001111:0@s.whatsapp.net");
+        own.source.is_from_me = true;
+        own.peer_recipient_pn = Some(PHONE_JID.parse().unwrap());
+        let (message, _) = mapped(wa::Message::text("typed"), &own);
+        assert_eq!(message.chat, "123456789012345@lid");
+        assert_eq!(message.chat_phone.as_deref(), Some("+15551234567"));
+        assert_eq!(
+            chat_lid_mapping(&own),
+            Some(("123456789012345".to_owned(), "+15551234567".to_owned()))
+        );
+
+        // Only for the phone's own messages, and only in a LID chat.
+        let mut contact = own.clone();
+        contact.source.is_from_me = false;
+        assert_eq!(mapped(wa::Message::text("hi"), &contact).0.chat_phone, None);
+        let mut pn_chat = own.clone();
+        pn_chat.source.chat = PHONE_JID.parse().unwrap();
+        assert_eq!(mapped(wa::Message::text("hi"), &pn_chat).0.chat_phone, None);
+        assert_eq!(chat_lid_mapping(&pn_chat), None);
     }
 
     #[test]
