@@ -13,6 +13,7 @@ on_both_backends!(
     every_album_item_reaches_ghl_with_its_bytes_and_the_parent_adds_nothing,
     a_message_typed_on_the_phone_into_a_lid_chat_reaches_ghl_with_the_contacts_phone,
     the_phones_history_sync_reveals_the_phone_behind_a_lid,
+    a_voice_note_from_ghl_reaches_the_contact_with_its_duration,
 );
 
 /// The contact's LID in these tests (the test server fixes it when the contact's account is
@@ -100,6 +101,22 @@ async fn the_phones_history_sync_reveals_the_phone_behind_a_lid(backend: Backend
     let in_ghl = rig.in_ghl(&id).await;
     assert_eq!(in_ghl.body["message"], "known by LID");
     assert_eq!(rig.fake.contacts()[0].phone, CONTACT);
+    rig.server.shutdown().await;
+}
+
+async fn a_voice_note_from_ghl_reaches_the_contact_with_its_duration(backend: Backend) {
+    let Some(rig) = Rig::start(backend).await else { return };
+    rig.pair_by_qr().await;
+    // The contact's account exists once it has written.
+    let hello = rig.contact_sends(json!({ "text": "hello" })).await;
+    rig.in_ghl(&hello).await;
+    let voice = std::fs::read("tests/fixtures/voice-note-2s.ogg").unwrap();
+    let url = rig.fake.host_file("note.ogg", "audio/ogg", voice);
+    rig.reply("ghl-voice", "", &[url]).await;
+    let received = rig
+        .contact_received(|m| m["kind"] == "voice" || m["kind"] == "audio")
+        .await;
+    assert_eq!(received["seconds"], 2, "{received}");
     rig.server.shutdown().await;
 }
 

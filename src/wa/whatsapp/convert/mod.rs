@@ -4,6 +4,7 @@
 //! code that an upgrade of the pinned whatsapp-rust would break.
 
 mod contact;
+mod duration;
 mod media;
 mod outbound;
 mod place;
@@ -19,6 +20,7 @@ use whatsapp_rust::waproto::whatsapp as wa;
 
 use crate::domain::{Content, InboundMessage};
 
+pub use duration::media_seconds;
 pub use media::{downloadable, media_type};
 pub use outbound::{OutgoingMedia, Uploaded, media_message, outgoing_text};
 pub use status::{park_reason, receipt_status};
