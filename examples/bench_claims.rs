@@ -86,6 +86,7 @@ async fn fill_one(store: &Store, n: usize) {
         chat: format!("1415666{chat:04}@s.whatsapp.net"),
         sender: format!("1415666{chat:04}@s.whatsapp.net"),
         sender_phone: Some(phone.clone()),
+        chat_phone: None,
         push_name: None,
         timestamp: waghl::time::now_ms(),
         from_me: false,

@@ -139,6 +139,10 @@ pub struct InboundMessage {
     pub sender: String,
     /// The sender's phone (E.164) when known.
     pub sender_phone: Option<String>,
+    /// A direct chat's phone (E.164) when the chat is a LID and WhatsApp named the number
+    /// along: a message typed on the phone into such a chat carries it (`peer_recipient_pn`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_phone: Option<String>,
     pub push_name: Option<String>,
     /// Unix milliseconds.
     pub timestamp: i64,

@@ -86,6 +86,7 @@ mod tests {
             chat: "1@s.whatsapp.net".into(),
             sender: "1@s.whatsapp.net".into(),
             sender_phone: Some("+1".into()),
+            chat_phone: None,
             push_name: None,
             timestamp: 0,
             from_me: false,

@@ -249,7 +249,10 @@ impl InboundRelay {
         let party = match (&message.sender_phone, message.from_me) {
             (Some(phone), false) => Party::Phone(phone.clone()),
             (_, false) => party_of(&message.sender),
-            (_, true) => party_of(&message.chat),
+            (_, true) => match &message.chat_phone {
+                Some(phone) => Party::Phone(phone.clone()),
+                None => party_of(&message.chat),
+            },
         };
         match party {
             Party::Phone(phone) => Ok(phone),

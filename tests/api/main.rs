@@ -24,6 +24,8 @@ mod wa_connection;
 #[cfg(feature = "wa-test-server")]
 mod wa_kill;
 #[cfg(feature = "wa-test-server")]
+mod wa_kinds;
+#[cfg(feature = "wa-test-server")]
 mod wa_receives;
 #[cfg(feature = "wa-test-server")]
 mod wa_sends;

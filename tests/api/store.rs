@@ -188,6 +188,7 @@ fn inbound_message(id: &str) -> waghl::domain::InboundMessage {
         chat: "15550001111@s.whatsapp.net".into(),
         sender: "15550001111@s.whatsapp.net".into(),
         sender_phone: Some("+15550001111".into()),
+        chat_phone: None,
         push_name: None,
         timestamp: waghl::time::now_ms(),
         from_me: false,

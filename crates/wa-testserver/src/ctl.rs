@@ -45,6 +45,7 @@ pub fn routes() -> Router<Arc<Hub>> {
         .route("/_ctl/refuse", post(refuse))
         .route("/_ctl/presence/{phone}", get(presence))
         .route("/_ctl/reveal-lid", post(reveal_lid))
+        .route("/_ctl/history-sync", post(history_sync))
 }
 
 /// A refusal: its status and the reason, answered as `{"error": reason}`.
@@ -130,8 +131,8 @@ struct Send {
     #[serde(default)]
     view_once: bool,
     album: Option<Vec<Media>>,
-    /// The sender's LID (digits); the recipient knows the sender only by it until
-    /// `/_ctl/reveal-lid`.
+    /// The contact's LID (digits): the business's devices know the contact only by it until
+    /// `/_ctl/reveal-lid`. With `from_me`, the phone writes into the chat of that LID.
     lid: Option<String>,
 }
 
@@ -139,10 +140,10 @@ struct Send {
 /// encrypts it to every device of the recipient. Answers once the server holds it.
 async fn send(State(hub): State<Arc<Hub>>, Json(body): Json<Send>) -> Reply {
     let (from, to) = (digits(&body.from)?, digits(&body.to)?);
-    let (sender, recipient) = if body.from_me { (to, from) } else { (from, to) };
     if let Some(lid) = &body.lid {
-        address_by_lid(&hub, &sender, lid)?;
+        address_by_lid(&hub, &from, lid)?;
     }
+    let (sender, recipient) = if body.from_me { (to, from) } else { (from, to) };
     let peer = hub.peers.peer(&hub, &sender).await.map_err(internal)?;
     hub.peers.peer(&hub, &recipient).await.map_err(internal)?;
     let context = body.reply_to.as_ref().map(|id| {
@@ -152,7 +153,10 @@ async fn send(State(hub): State<Arc<Hub>>, Json(body): Json<Send>) -> Reply {
             ..Default::default()
         })
     });
-    let to = Jid::pn(&recipient);
+    let to = match (&body.lid, body.from_me) {
+        (Some(lid), true) => Jid::lid(lid),
+        _ => Jid::pn(&recipient),
+    };
     let id = body.id.clone().unwrap_or_else(|| peer.client.generate_message_id());
     if let Some(items) = &body.album {
         return send_album(&hub, &peer.client, &to, id, items).await;
@@ -175,6 +179,38 @@ async fn send(State(hub): State<Arc<Hub>>, Json(body): Json<Send>) -> Reply {
     }
     send_one(&hub, &peer.client, &to, id.clone(), message).await?;
     ok(json!({ "id": id }))
+}
+
+#[derive(Deserialize)]
+struct HistorySync {
+    phone: String,
+    contacts: Vec<HistoryContact>,
+}
+
+#[derive(Deserialize)]
+struct HistoryContact {
+    phone: String,
+    /// Makes the contact known by this LID alone, as `lid` in `/_ctl/send` does.
+    lid: Option<String>,
+}
+
+/// The phone of `phone` sends its linked devices the initial history sync, which maps each of
+/// `contacts` to its LID.
+async fn history_sync(State(hub): State<Arc<Hub>>, Json(body): Json<HistorySync>) -> Reply {
+    let phone = digits(&body.phone)?;
+    let mut contacts = Vec::new();
+    for contact in &body.contacts {
+        let number = digits(&contact.phone)?;
+        if let Some(lid) = &contact.lid {
+            address_by_lid(&hub, &number, lid)?;
+        }
+        hub.account_mut(&mut hub.state.lock().expect("state lock"), &number);
+        contacts.push(number);
+    }
+    crate::history::send_lid_mappings(&hub, &phone, &contacts)
+        .await
+        .map_err(|reason| error(StatusCode::CONFLICT, reason))?;
+    ok(json!({}))
 }
 
 /// Makes `phone` an account known by its LID `lid` alone. Its LID is fixed when the account

@@ -14,6 +14,7 @@
 mod conn;
 mod ctl;
 mod faults;
+mod history;
 mod http;
 mod iq;
 mod loopback;

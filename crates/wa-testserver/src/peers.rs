@@ -44,6 +44,8 @@ pub struct Received {
     pub sha256: Option<String>,
     pub file_name: Option<String>,
     pub reply_to: Option<String>,
+    /// How long an audio or video plays, as its message says.
+    pub seconds: Option<u32>,
 }
 
 pub struct Peer {
@@ -292,6 +294,7 @@ async fn describe(client: &Client, message: &wa::Message, info: &MessageInfo, fr
         sha256: None,
         file_name: None,
         reply_to: None,
+        seconds: None,
     };
     let media = if let Some(m) = base.image_message.as_option() {
         Some(MediaRef::new(
@@ -301,6 +304,7 @@ async fn describe(client: &Client, message: &wa::Message, info: &MessageInfo, fr
             m.context_info.as_option(),
         ))
     } else if let Some(m) = base.video_message.as_option() {
+        entry.seconds = m.seconds;
         Some(MediaRef::new(
             "video",
             m,
@@ -309,6 +313,7 @@ async fn describe(client: &Client, message: &wa::Message, info: &MessageInfo, fr
         ))
     } else if let Some(m) = base.audio_message.as_option() {
         let kind = if m.ptt == Some(true) { "voice" } else { "audio" };
+        entry.seconds = m.seconds;
         Some(MediaRef::new(
             kind,
             m,

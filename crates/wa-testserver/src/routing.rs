@@ -89,8 +89,12 @@ pub fn message(hub: &Arc<Hub>, conn: &Conn, node: Node) {
             stanza = stanza.attr("type", kind);
         }
         if addr.user == sender.user {
-            // A copy for the sender's own other devices names the chat it was sent to.
+            // A copy for the sender's own other devices names the chat it was sent to, and
+            // for a chat addressed by LID the peer's number too.
             stanza = stanza.attr("recipient", to.to_non_ad().to_string());
+            if to.is_lid() {
+                stanza = stanza.attr("peer_recipient_pn", format!("{to_user}@{SERVER}"));
+            }
         }
         let stanza = stanza
             .children(payload.into_iter().chain(shared.iter().cloned()))

@@ -219,6 +219,7 @@ pub fn outgoing(content: &OutgoingContent, reply_to: Option<&str>, to: &Jid, med
                 mime,
                 caption: caption.clone(),
                 file_name: file_name.clone(),
+                seconds: convert::media_seconds(*kind, bytes),
             };
             convert::media_message(media, simulated_upload(media_path, bytes.len()), reply_to, to)
         }

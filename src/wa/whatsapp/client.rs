@@ -15,7 +15,9 @@ use whatsapp_rust::{
 };
 
 use super::SHUTDOWN_TIMEOUT;
-use super::convert::{OutgoingMedia, downloadable, media_message, media_type, outgoing_text, phone_of_jid};
+use super::convert::{
+    OutgoingMedia, downloadable, media_message, media_seconds, media_type, outgoing_text, phone_of_jid,
+};
 use super::pairing::PairSignal;
 use super::version::WebVersion;
 use crate::domain::OutgoingContent;
@@ -115,6 +117,7 @@ impl WaSession for WhatsAppSession {
                             mime,
                             caption: caption.clone(),
                             file_name: file_name.clone(),
+                            seconds: media_seconds(*kind, bytes),
                         },
                         upload.into(),
                         reply_to,

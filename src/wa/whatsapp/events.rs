@@ -10,13 +10,16 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use whatsapp_rust::bot::BotHandle;
+use whatsapp_rust::lid_pn_cache::LearningSource;
 use whatsapp_rust::types::events::{Event, EventHandler, EventInterest, EventKind, InboundMessage as WaInbound};
-use whatsapp_rust::types::message::MessageSource;
+use whatsapp_rust::types::message::MessageInfo;
 use whatsapp_rust::{Client, InboundDurabilityHook};
 
 use super::SHUTDOWN_TIMEOUT;
 use super::client::Shared;
-use super::convert::{Ending, ending, lid_mapping, map_message, map_undecryptable, phone_of_jid, receipt_status};
+use super::convert::{
+    Ending, chat_lid_mapping, ending, lid_mapping, map_message, map_undecryptable, phone_of_jid, receipt_status,
+};
 use super::pairing::PairSignal;
 use crate::domain::InboundMessage;
 use crate::wa::{Link, ParkReason, Stored, WaEvent};
@@ -61,7 +64,7 @@ impl Sink {
             tracing::trace!(location.id = %self.shared.location, message.id = %item.info.id, "not a message waghl keeps");
             return Ok(None);
         };
-        self.queue_message(message, media_ref, &item.info.source).map(Some)
+        self.queue_message(message, media_ref, &item.info).map(Some)
     }
 
     /// Queues a mapped message (see [`Sink::message`]).
@@ -69,12 +72,17 @@ impl Sink {
         &self,
         message: InboundMessage,
         media_ref: Option<Vec<u8>>,
-        source: &MessageSource,
+        info: &MessageInfo,
     ) -> Result<oneshot::Receiver<()>, Ended> {
-        if let Some((lid, phone)) = lid_mapping(source)
+        if let Some((lid, phone)) = lid_mapping(&info.source)
             && self.shared.announce_lid(&lid)
         {
             self.emit(WaEvent::LidMapping { lid, phone })?;
+        }
+        if let Some((lid, phone)) = chat_lid_mapping(info)
+            && self.shared.announce_lid(&lid)
+        {
+            self.record_lid(lid, phone);
         }
         let (stored, confirmed) = Stored::new();
         self.emit(WaEvent::Message {
@@ -83,6 +91,27 @@ impl Sink {
             stored,
         })?;
         Ok(confirmed)
+    }
+
+    /// Records a LID's phone in the crate's store, where `phone_for_lid` looks, then tells
+    /// waghl (messages of that LID may be waiting for it). In a task: this runs on the
+    /// dispatch path, and the message that revealed it carries the phone itself.
+    fn record_lid(&self, lid: String, phone: String) {
+        let Some(client) = self.shared.client.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        let sink = self.clone();
+        tokio::spawn(async move {
+            let digits = phone.trim_start_matches('+');
+            if let Err(e) = client
+                .add_lid_pn_mapping(&lid, digits, LearningSource::PeerPnMessage)
+                .await
+            {
+                tracing::warn!(location.id = %sink.shared.location, error = %e, "could not record a LID's phone number");
+                return;
+            }
+            let _ = sink.emit(WaEvent::LidMapping { lid, phone });
+        });
     }
 
     /// Translates one event of the crate's bus. This runs inline on the crate's dispatch
@@ -203,7 +232,7 @@ impl Sink {
                 // waghl can. Its loss in a crash costs the notice, never the message: the
                 // real one, when it comes, is stored like any other.
                 if let Some(placeholder) = map_undecryptable(undecryptable) {
-                    let _ = self.queue_message(placeholder, None, &undecryptable.info.source);
+                    let _ = self.queue_message(placeholder, None, &undecryptable.info);
                 }
                 return;
             }

@@ -166,13 +166,15 @@ impl Transport for WhatsAppTransport {
                 shared: shared.clone(),
                 queue,
             };
+            // History sync stays on, for what the crate takes from it: the phone's
+            // LID↔phone mappings (without them, chats the phone knows only by LID wait or
+            // die), push names and privacy tokens. No history is imported: the crate hands
+            // the conversations only to a handler that asks for `HistorySync`, and none
+            // does. The default device props ask the phone for recent history only.
             let mut builder = Bot::builder()
                 .with_backend(store)
                 .with_event_handler(BusHandler { sink: sink.clone() })
-                .with_inbound_durability_hook(StoreHook { sink: sink.clone() })
-                // waghl relays what arrives from now on; history would only cost memory and CPU.
-                // LID↔phone mappings still come from `sender_alt` and usync.
-                .skip_history_sync();
+                .with_inbound_durability_hook(StoreHook { sink: sink.clone() });
             if let Some(version) = version {
                 builder = builder.with_version(version);
             }

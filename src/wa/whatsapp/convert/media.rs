@@ -306,4 +306,94 @@ mod tests {
             })
         ));
     }
+
+    fn image(direct_path: &str) -> wa::Message {
+        wa::Message {
+            image_message: MessageField::some(wa::message::ImageMessage {
+                mimetype: Some("image/jpeg".into()),
+                direct_path: Some(direct_path.into()),
+                file_length: Some(100),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_album_child_is_its_image_and_the_album_parent_is_not_kept() {
+        let parent_key = wa::MessageKey {
+            id: Some("3EB0PARENT".into()),
+            remote_jid: Some(PHONE_JID.into()),
+            ..Default::default()
+        };
+        let child = whatsapp_rust::proto_helpers::wrap_as_album_child(image("/v/album-1"), parent_key);
+        // Sent into a chat with disappearing messages, the child is wrapped once more.
+        let ephemeral = wa::Message {
+            ephemeral_message: MessageField::some(wa::message::FutureProofMessage {
+                message: MessageField::some(child.clone()),
+            }),
+            ..Default::default()
+        };
+        for message in [child, ephemeral] {
+            let (mapped, media_ref) = mapped(message, &direct());
+            assert!(
+                matches!(
+                    &mapped.content,
+                    Content::Media(Media {
+                        kind: MediaKind::Image,
+                        ..
+                    })
+                ),
+                "{:?}",
+                mapped.content
+            );
+            let stored = decode(&media_ref.expect("a media ref"));
+            assert_eq!(
+                stored.image_message.as_option().unwrap().direct_path.as_deref(),
+                Some("/v/album-1")
+            );
+        }
+
+        let parent = wa::Message {
+            album_message: MessageField::some(wa::message::AlbumMessage {
+                expected_image_count: Some(2),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(map_message(&parent, &direct()).is_none());
+    }
+
+    #[test]
+    fn an_animated_sticker_is_a_sticker() {
+        let lottie = wa::Message {
+            lottie_sticker_message: MessageField::some(wa::message::FutureProofMessage {
+                message: MessageField::some(wa::Message {
+                    sticker_message: MessageField::some(wa::message::StickerMessage {
+                        mimetype: Some("application/was".into()),
+                        is_lottie: Some(true),
+                        is_animated: Some(true),
+                        direct_path: Some("/v/lottie".into()),
+                        file_length: Some(900),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        };
+        let (message, media_ref) = mapped(lottie, &direct());
+        assert_eq!(
+            message.content,
+            Content::Media(Media {
+                kind: MediaKind::Sticker,
+                mime: "application/was".into(),
+                caption: None,
+                file_name: None,
+                size: Some(900),
+            })
+        );
+        let stored = decode(&media_ref.expect("a media ref"));
+        assert!(downloadable(&stored).is_some());
+    }
 }

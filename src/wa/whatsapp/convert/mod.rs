@@ -4,6 +4,7 @@
 //! code that an upgrade of the pinned whatsapp-rust would break.
 
 mod contact;
+mod duration;
 mod media;
 mod outbound;
 mod place;
@@ -20,6 +21,7 @@ use whatsapp_rust::waproto::whatsapp as wa;
 
 use crate::domain::{Content, InboundMessage};
 
+pub use duration::media_seconds;
 pub use media::{downloadable, media_type};
 pub use outbound::{OutgoingMedia, Uploaded, media_message, outgoing_text};
 pub use status::{Ending, ending, receipt_status};
@@ -34,7 +36,7 @@ pub fn map_message(message: &wa::Message, info: &MessageInfo) -> Option<(Inbound
     if info.source.chat.is_newsletter() {
         return None;
     }
-    let mapped = map_content(message.get_base_message(), info)?;
+    let mapped = map_content(base_message(message), info)?;
     let reply_to = mapped
         .context
         .and_then(|context| context.stanza_id.clone())
@@ -50,6 +52,7 @@ fn envelope(info: &MessageInfo, content: Content, reply_to: Option<String>) -> I
         chat: source.chat.to_non_ad().to_string(),
         sender: source.sender.to_non_ad().to_string(),
         sender_phone: sender_phone(source),
+        chat_phone: chat_phone(info),
         push_name: Some(info.push_name.trim())
             .filter(|name| !name.is_empty())
             .map(str::to_owned),
@@ -78,6 +81,27 @@ impl Mapped<'_> {
             context: None,
         }
     }
+}
+
+/// The message inside its wrappers: the crate's `get_base_message` (device-sent, ephemeral,
+/// view-once, document-with-caption, edited), then the two future-proof wrappers it leaves on:
+/// an album child (`associated_child_message`) and an animated sticker
+/// (`lottie_sticker_message`), each holding a plain media message. Wrappers nest (an album
+/// child in an ephemeral chat), hence the loop; WhatsApp nests a handful at most.
+pub fn base_message(message: &wa::Message) -> &wa::Message {
+    let mut current = message.get_base_message();
+    for _ in 0..4 {
+        let inner = current
+            .associated_child_message
+            .as_option()
+            .or_else(|| current.lottie_sticker_message.as_option())
+            .and_then(|wrapper| wrapper.message.as_option());
+        match inner {
+            Some(inner) => current = inner.get_base_message(),
+            None => break,
+        }
+    }
+    current
 }
 
 /// A family's answer for a message: `None` — not of this family, ask the next one;
@@ -119,6 +143,28 @@ fn sender_phone(source: &MessageSource) -> Option<String> {
     phone_of_jid(&source.sender).or_else(|| source.sender_alt.as_ref().and_then(phone_of_jid))
 }
 
+/// The phone of a direct chat that is a LID, for a message typed on the phone: WhatsApp's
+/// server names it in `peer_recipient_pn` (the chat itself, and the sender, are LIDs or ours).
+fn chat_phone(info: &MessageInfo) -> Option<String> {
+    let source = &info.source;
+    if !source.is_from_me || !source.chat.is_lid() {
+        return None;
+    }
+    info.peer_recipient_pn.as_ref().and_then(phone_of_jid)
+}
+
+/// `(LID digits, phone)` of a chat that `chat_phone` resolved. The crate does not learn this
+/// pair by itself (it learns those of senders), so waghl records it.
+pub fn chat_lid_mapping(info: &MessageInfo) -> Option<(String, String)> {
+    let phone = chat_phone(info)?;
+    lid_digits(&info.source.chat).map(|lid| (lid, phone))
+}
+
+fn lid_digits(lid: &Jid) -> Option<String> {
+    let user = lid.user_base();
+    (!user.is_empty() && user.bytes().all(|b| b.is_ascii_digit())).then(|| user.to_owned())
+}
+
 /// `(LID digits, phone)` when the message pairs a LID with a phone number.
 pub fn lid_mapping(source: &MessageSource) -> Option<(String, String)> {
     let alt = source.sender_alt.as_ref()?;
@@ -129,8 +175,7 @@ pub fn lid_mapping(source: &MessageSource) -> Option<(String, String)> {
     } else {
         return None;
     };
-    let user = lid.user_base();
-    (!user.is_empty() && user.bytes().all(|b| b.is_ascii_digit())).then(|| (user.to_owned(), phone))
+    lid_digits(lid).map(|lid| (lid, phone))
 }
 
 #[cfg(test)]
@@ -258,6 +303,29 @@ mod tests {
         let (message, _) = mapped(wa::Message::text("hello"), &hidden);
         assert_eq!(message.sender_phone, None);
         assert_eq!(lid_mapping(&hidden.source), None);
+    }
+
+    #[test]
+    fn a_message_typed_on_the_phone_into_a_lid_chat_names_the_chats_phone() {
+        let mut own = info("123456789012345@lid", "15550001111:0@s.whatsapp.net");
+        own.source.is_from_me = true;
+        own.peer_recipient_pn = Some(PHONE_JID.parse().unwrap());
+        let (message, _) = mapped(wa::Message::text("typed"), &own);
+        assert_eq!(message.chat, "123456789012345@lid");
+        assert_eq!(message.chat_phone.as_deref(), Some("+15551234567"));
+        assert_eq!(
+            chat_lid_mapping(&own),
+            Some(("123456789012345".to_owned(), "+15551234567".to_owned()))
+        );
+
+        // Only for the phone's own messages, and only in a LID chat.
+        let mut contact = own.clone();
+        contact.source.is_from_me = false;
+        assert_eq!(mapped(wa::Message::text("hi"), &contact).0.chat_phone, None);
+        let mut pn_chat = own.clone();
+        pn_chat.source.chat = PHONE_JID.parse().unwrap();
+        assert_eq!(mapped(wa::Message::text("hi"), &pn_chat).0.chat_phone, None);
+        assert_eq!(chat_lid_mapping(&pn_chat), None);
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct OutgoingMedia<'a> {
     pub mime: &'a str,
     pub caption: Option<String>,
     pub file_name: Option<String>,
+    /// How long an audio or video plays ([`super::media_seconds`]).
+    pub seconds: Option<u32>,
 }
 
 /// A media message to `chat` for an uploaded file, quoting `reply_to` when given.
@@ -119,6 +121,7 @@ pub fn media_message(media: OutgoingMedia<'_>, upload: Uploaded, reply_to: Optio
                 mimetype: Some(mimetype("video/mp4")),
                 caption: caption,
                 streaming_sidecar: streaming_sidecar,
+                seconds: media.seconds,
             })),
             ..Default::default()
         },
@@ -135,6 +138,7 @@ pub fn media_message(media: OutgoingMedia<'_>, upload: Uploaded, reply_to: Optio
                     mimetype: Some(mime),
                     ptt: Some(voice),
                     streaming_sidecar: streaming_sidecar,
+                    seconds: media.seconds,
                 })),
                 ..Default::default()
             }
@@ -160,5 +164,47 @@ pub fn media_message(media: OutgoingMedia<'_>, upload: Uploaded, reply_to: Optio
             })),
             ..Default::default()
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upload() -> Uploaded {
+        Uploaded {
+            url: "https://mmg.example/f".into(),
+            direct_path: "/v/f".into(),
+            media_key: vec![1; 32],
+            file_sha256: vec![2; 32],
+            file_enc_sha256: vec![3; 32],
+            file_length: 100,
+            media_key_timestamp: 1_700_000_000,
+            streaming_sidecar: None,
+        }
+    }
+
+    fn media(kind: MediaKind, seconds: Option<u32>) -> wa::Message {
+        let media = OutgoingMedia {
+            kind,
+            mime: "",
+            caption: None,
+            file_name: None,
+            seconds,
+        };
+        media_message(media, upload(), None, &"15551234567@s.whatsapp.net".parse().unwrap())
+    }
+
+    #[test]
+    fn audio_voice_and_video_carry_their_duration() {
+        let voice = media(MediaKind::Voice, Some(2));
+        let audio = voice.audio_message.as_option().unwrap();
+        assert_eq!((audio.seconds, audio.ptt), (Some(2), Some(true)));
+        let audio = media(MediaKind::Audio, Some(7));
+        assert_eq!(audio.audio_message.as_option().unwrap().seconds, Some(7));
+        let video = media(MediaKind::Video, Some(16));
+        assert_eq!(video.video_message.as_option().unwrap().seconds, Some(16));
+        let unknown = media(MediaKind::Video, None);
+        assert_eq!(unknown.video_message.as_option().unwrap().seconds, None);
     }
 }

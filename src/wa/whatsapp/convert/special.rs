@@ -90,7 +90,13 @@ pub(super) fn other(base: &wa::Message) -> Option<Mapped<'static>> {
         || base.interactive_response_message.is_set()
     {
         "button reply"
-    } else if base.pin_in_chat_message.is_set() || base.keep_in_chat_message.is_set() || is_bare(base) {
+    } else if base.pin_in_chat_message.is_set()
+        || base.keep_in_chat_message.is_set()
+        // An album's parent only announces how many items follow; each item is its own
+        // message (an `associated_child_message`) and reaches GHL by itself.
+        || base.album_message.is_set()
+        || is_bare(base)
+    {
         return None;
     } else {
         "unknown"
