@@ -1,9 +1,11 @@
 //! WhatsApp sessions: one supervised client per location, its state machine and health.
-//! `supervisor.rs` owns the registry and restart policy, `actor.rs` runs one client,
+//! `supervisor.rs` owns the registry and the operations on it, `runner.rs` keeps one
+//! location's client going, `actor.rs` runs one client,
 //! `policy.rs` decides restarts, `state.rs` names the states and reason codes.
 
 mod actor;
 mod policy;
+mod runner;
 mod state;
 mod supervisor;
 

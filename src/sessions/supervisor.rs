@@ -7,7 +7,7 @@
 //! shutdown, and never runs two clients for one location: a runner holds the location's lease
 //! row while its client lives, so an overlapping deploy waits instead of connecting twice.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use super::actor::{Actor, Command, Exit};
-use super::policy::{Decision, PolicySettings, RestartPolicy};
+use super::actor::Command;
+use super::policy::PolicySettings;
+use super::runner::Runner;
 use super::state::{SessionState, StateView, reasons};
 use crate::crypto::random_fraction;
 use crate::domain::LocationId;
@@ -27,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::relay::Postbox;
 use crate::store::Store;
 use crate::time::now_ms;
-use crate::wa::{Pairing, Resume, Transport, WaError, WaSession};
+use crate::wa::{Pairing, Transport, WaError, WaSession};
 
 /// How long a logout waits for WhatsApp to confirm the unlinking.
 const LOGOUT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,7 +68,7 @@ pub(super) struct Slot {
     view: watch::Sender<StateView>,
     pairing: Mutex<PairingCode>,
     /// The live client, for senders; `None` between clients.
-    session: Mutex<Option<Arc<dyn WaSession>>>,
+    pub(super) session: Mutex<Option<Arc<dyn WaSession>>>,
     runner: Mutex<Option<RunnerHandle>>,
     /// Serialises pairing starts and logouts of this location, so two requests at once can
     /// never leave two runners (two clients) behind.
@@ -83,7 +84,7 @@ pub struct PairingCode {
     pub valid_until: Option<i64>,
 }
 
-struct RunnerHandle {
+pub(super) struct RunnerHandle {
     stop: CancellationToken,
     commands: mpsc::Sender<Command>,
     done: watch::Receiver<bool>,
@@ -124,7 +125,7 @@ impl Slot {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -534,231 +535,5 @@ impl Supervisor {
                 }
             }
         });
-    }
-}
-
-/// Owns one location's client from start to its final exit.
-struct Runner {
-    shared: Arc<Shared>,
-    location: LocationId,
-    slot: Arc<Slot>,
-    stop: CancellationToken,
-    commands: mpsc::Receiver<Command>,
-}
-
-impl Runner {
-    async fn run(mut self, pairing: Pairing) {
-        let mut policy = RestartPolicy::new(self.shared.settings.policy.clone());
-        loop {
-            if !self.take_lease().await {
-                self.release().await;
-                return;
-            }
-            // A panic anywhere in the client's life (its start, the actor, an event) ends this
-            // client like a crash: seen, counted, cleaned up and restarted through the policy,
-            // so a panic loop parks the session as `crash_loop` instead of killing it silently.
-            let exit = match AssertUnwindSafe(self.run_client(&pairing, &mut policy))
-                .catch_unwind()
-                .await
-            {
-                Ok(exit) => exit,
-                Err(_) => {
-                    self.shared.metrics.count_panic("session");
-                    tracing::error!("the WhatsApp client's task panicked; restarting it");
-                    let orphan = lock(&self.slot.session).take();
-                    if let Some(session) = orphan {
-                        session.stop().await;
-                    }
-                    Exit::Panicked
-                }
-            };
-            if self.stop.is_cancelled() && exit != Exit::LoggedOutOnRequest {
-                self.release().await;
-                return;
-            }
-            let shared = &self.shared;
-            let (location, slot) = (&self.location, &self.slot);
-            match exit {
-                Exit::Stopped | Exit::LoggedOutOnRequest => {}
-                Exit::LoggedOut => {
-                    // The keys are dead; wipe them now so the next pairing starts clean.
-                    if let Err(e) = shared.transport.wipe(location).await {
-                        tracing::error!(error = %e, "could not wipe the keys of a logged-out session");
-                    }
-                    shared
-                        .transition(
-                            location,
-                            slot,
-                            SessionState::LoggedOut,
-                            Some(reasons::WA_LOGGED_OUT),
-                            None,
-                        )
-                        .await;
-                }
-                Exit::Parked(reason) => {
-                    shared
-                        .transition(location, slot, SessionState::Parked, Some(reason.code()), None)
-                        .await;
-                    let delay = match reason.resume() {
-                        Resume::Never => None,
-                        Resume::After(left) => Some(left),
-                        Resume::Backoff => Some(policy.refused(tokio::time::Instant::now(), random_fraction())),
-                    };
-                    if let Some(delay) = delay {
-                        tracing::info!(?delay, reason = reason.code(), "trying the parked session again later");
-                        if self.sleep_unless_stopped(delay).await {
-                            continue;
-                        }
-                        self.release().await;
-                        return;
-                    }
-                }
-                Exit::QrExhausted => {
-                    slot.show_code(None, None, None);
-                    shared
-                        .transition(location, slot, SessionState::Pairing, Some(reasons::QR_EXHAUSTED), None)
-                        .await;
-                }
-                Exit::PhoneInUse => {
-                    let _ = shared.transport.wipe(location).await;
-                    shared
-                        .transition(
-                            location,
-                            slot,
-                            SessionState::Unpaired,
-                            Some(reasons::PHONE_IN_USE),
-                            None,
-                        )
-                        .await;
-                }
-                Exit::Ended | Exit::Zombie | Exit::Panicked => {
-                    shared.metrics.restarts.inc();
-                    match policy.on_exit(tokio::time::Instant::now(), random_fraction()) {
-                        Decision::Park => {
-                            shared
-                                .transition(location, slot, SessionState::Parked, Some(reasons::CRASH_LOOP), None)
-                                .await;
-                        }
-                        Decision::RestartAfter(delay) => {
-                            let reason = if exit == Exit::Zombie {
-                                reasons::HEALTH_CHECK
-                            } else {
-                                reasons::RESTARTING
-                            };
-                            let state = if slot.view().is_pairing() {
-                                SessionState::Pairing
-                            } else {
-                                SessionState::Reconnecting
-                            };
-                            shared.transition(location, slot, state, Some(reason), None).await;
-                            tracing::info!(?delay, ?exit, "restarting the WhatsApp client");
-                            if self.sleep_unless_stopped(delay).await {
-                                continue;
-                            }
-                            self.release().await;
-                            return;
-                        }
-                    }
-                }
-            }
-            self.release().await;
-            return;
-        }
-    }
-
-    /// Sleeps for `delay`; false when told to stop first.
-    async fn sleep_unless_stopped(&self, delay: Duration) -> bool {
-        tokio::select! {
-            () = self.stop.cancelled() => false,
-            () = tokio::time::sleep(delay) => true,
-        }
-    }
-
-    /// Waits for the lease; false when told to stop first.
-    async fn take_lease(&self) -> bool {
-        let ttl = self.shared.settings.lease_ttl;
-        let mut waiting = false;
-        loop {
-            if self.stop.is_cancelled() {
-                return false;
-            }
-            let until = now_ms() + ttl.as_millis() as i64;
-            match self
-                .shared
-                .store
-                .acquire_lease(self.location.as_str(), &self.shared.instance, until)
-                .await
-            {
-                Ok(true) => return true,
-                Ok(false) if !waiting => {
-                    waiting = true;
-                    tracing::warn!("another instance holds this session; waiting for its lease");
-                    if !self.slot.view().is_pairing() {
-                        self.shared
-                            .transition(
-                                &self.location,
-                                &self.slot,
-                                SessionState::Reconnecting,
-                                Some(reasons::LEASE_HELD),
-                                None,
-                            )
-                            .await;
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "could not take the session lease"),
-            }
-            tokio::select! {
-                () = self.stop.cancelled() => return false,
-                () = tokio::time::sleep(ttl / 3) => {}
-            }
-        }
-    }
-
-    async fn release(&self) {
-        if let Err(e) = self
-            .shared
-            .store
-            .release_lease(self.location.as_str(), &self.shared.instance)
-            .await
-        {
-            tracing::error!(error = %e, "could not release the session lease");
-        }
-    }
-
-    /// Starts one client and runs its actor until it exits.
-    async fn run_client(&mut self, pairing: &Pairing, policy: &mut RestartPolicy) -> Exit {
-        let (events_tx, events) = mpsc::channel(64);
-        let session = match self
-            .shared
-            .transport
-            .start(&self.location, pairing.clone(), events_tx)
-            .await
-        {
-            Ok(session) => session,
-            Err(e) => {
-                tracing::warn!(error = %e, "the WhatsApp client did not start");
-                return Exit::Ended;
-            }
-        };
-        *lock(&self.slot.session) = Some(session.clone());
-        let exit = Actor {
-            location: &self.location,
-            session: session.clone(),
-            events,
-            commands: &mut self.commands,
-            shared: &self.shared,
-            slot: &self.slot,
-            stop: &self.stop,
-            policy,
-            unstored: VecDeque::new(),
-        }
-        .run()
-        .await;
-        *lock(&self.slot.session) = None;
-        if exit != Exit::LoggedOutOnRequest {
-            session.stop().await;
-        }
-        exit
     }
 }
