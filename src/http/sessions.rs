@@ -109,6 +109,7 @@ async fn start_pairing(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LogoutQuery {
     /// Wipe the keys even when WhatsApp does not confirm the unlinking (the phone may then
     /// still list the device).
