@@ -72,13 +72,24 @@ async fn main() {
         support::percentile(&mut latency_ms, 99.0)
     );
     println!("  in the outbox: {in_outbox} of {accepted} accepted");
-    println!("  peak memory of the whole process: {:.0} MiB", support::peak_memory_mib());
-    assert_eq!(in_outbox as usize, accepted, "an accepted webhook is missing from the outbox");
+    println!(
+        "  peak memory of the whole process: {:.0} MiB",
+        support::peak_memory_mib()
+    );
+    assert_eq!(
+        in_outbox as usize, accepted,
+        "an accepted webhook is missing from the outbox"
+    );
 }
 
 /// Runs `request` from `connections` concurrent loops for `span`; returns how many succeeded
 /// and each one's latency in milliseconds.
-async fn hammer<F, Fut>(bench: &Arc<support::Bench>, connections: usize, span: Duration, request: F) -> (usize, Vec<f64>)
+async fn hammer<F, Fut>(
+    bench: &Arc<support::Bench>,
+    connections: usize,
+    span: Duration,
+    request: F,
+) -> (usize, Vec<f64>)
 where
     F: Fn(Arc<support::Bench>, usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = bool> + Send,
