@@ -132,3 +132,63 @@ async fn commit(store: &Store, batch: Vec<Job>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::SecretKey;
+    use crate::store::DatabaseUrl;
+
+    fn row(message: &str) -> IntakeRow {
+        IntakeRow {
+            location_id: "loc".into(),
+            ghl_message_id: message.into(),
+            ghl_contact_id: None,
+            to_phone: "+14155550001".into(),
+            body: "{}".into(),
+            failure: None,
+            webhook_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_request_is_answered_after_its_row_committed_and_a_failed_commit_fails_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = DatabaseUrl::parse(&format!("sqlite://{}/w.db", dir.path().display())).unwrap();
+        let store = Store::connect(&url, Arc::new(SecretKey::from_bytes(&[1; 32]).unwrap()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let intake = Intake::new();
+        let tasks = TaskTracker::new();
+        intake.spawn(store.clone(), &tasks);
+        let requests: Vec<_> = (0..40)
+            .map(|i| {
+                let (intake, store) = (intake.clone(), store.clone());
+                tokio::spawn(async move {
+                    let queued = intake.queue(row(&format!("m{}", i % 30))).await.unwrap();
+                    // Answered: the row is visible to any other connection.
+                    if let Queued::New(id) = queued {
+                        let count = store.outbound_count("loc").await.unwrap();
+                        assert!(count >= 1, "{id} answered before its commit");
+                    }
+                    queued
+                })
+            })
+            .collect();
+        let mut new = 0;
+        for request in requests {
+            new += usize::from(matches!(request.await.unwrap(), Queued::New(_)));
+        }
+        assert_eq!(new, 30, "ten repeats are duplicates");
+        assert_eq!(store.outbound_count("loc").await.unwrap(), 30);
+
+        store.close().await;
+        let (a, b) = tokio::join!(intake.queue(row("x1")), intake.queue(row("x2")));
+        assert!(matches!(a, Err(IntakeError::Store(_))) && matches!(b, Err(IntakeError::Store(_))));
+        intake.close();
+        tasks.close();
+        tasks.wait().await;
+        assert!(matches!(intake.queue(row("x3")).await, Err(IntakeError::Stopping)));
+    }
+}
