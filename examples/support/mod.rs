@@ -15,7 +15,9 @@ pub struct Bench {
     pub base: String,
     pub client: reqwest::Client,
     pub fake: FakeGhl,
-    /// waghl's store, to check what the run left in the database.
+    /// waghl's store, to check what the run left in the database (bench_intake reads it;
+    /// each example compiles this module on its own).
+    #[allow(dead_code)]
     pub store: waghl::store::Store,
     _dir: tempfile::TempDir,
 }
