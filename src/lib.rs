@@ -14,6 +14,8 @@ pub mod domain;
 pub mod ghl;
 /// The axum router and one file per HTTP surface.
 pub mod http;
+/// Group commit of provider webhooks: one writer, one transaction per batch of requests.
+pub mod intake;
 /// Periodic housekeeping: pruning replay-defence ids, purging old message bodies.
 pub mod maintenance;
 /// Prometheus metrics, shared by every module that counts something.

@@ -96,6 +96,7 @@ impl Application {
             .context("restoring the WhatsApp sessions")?;
         state.sessions.spawn_heartbeat(&state.tasks);
         crate::relay::spawn(&state);
+        state.intake.spawn(state.store.clone(), &state.tasks);
         let app = crate::http::router(state.clone());
         state.mark_started();
         tracing::info!(
@@ -117,6 +118,8 @@ impl Application {
         state.tasks.close();
         let drained = tokio::time::timeout(deadline, async {
             let served = server.await;
+            // No request can queue any more: the writer commits what is queued and stops.
+            state.intake.close();
             state.sessions.shutdown(deadline).await;
             state.tasks.wait().await;
             served

@@ -12,6 +12,7 @@ use crate::crypto::random_hex;
 use crate::domain::Incarnation;
 use crate::ghl::GhlClient;
 use crate::ghl::webhook::WebhookVerifier;
+use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::relay::Postbox;
 use crate::sessions::Supervisor;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub sessions: Supervisor,
     /// Where sessions and handlers hand messages, receipts and wake-ups to the relays.
     pub postbox: Postbox,
+    /// Where provider webhooks are queued, many per transaction.
+    pub intake: Intake,
     /// The simulated WhatsApp, when `WAGHL_WA_BACKEND=sim` (its control routes use it).
     pub sim: Option<Arc<SimWorld>>,
     /// The admin bearer token: configured, or generated on a first SQLite run.
@@ -72,6 +75,7 @@ impl AppState {
         Self {
             sessions,
             postbox,
+            intake: Intake::new(),
             sim,
             config,
             store,

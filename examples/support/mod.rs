@@ -15,6 +15,10 @@ pub struct Bench {
     pub base: String,
     pub client: reqwest::Client,
     pub fake: FakeGhl,
+    /// waghl's store, to check what the run left in the database (bench_intake reads it;
+    /// each example compiles this module on its own).
+    #[allow(dead_code)]
+    pub store: waghl::store::Store,
     _dir: tempfile::TempDir,
 }
 
@@ -52,11 +56,13 @@ pub async fn start(database_url: Option<String>) -> Bench {
     let config = Config::from_lookup(|name| settings.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())).unwrap();
     let app = Application::build(config).await.unwrap();
     let base = format!("http://{}", app.local_addr());
+    let store = app.state().store.clone();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     Bench {
         base,
         client: reqwest::Client::new(),
         fake,
+        store,
         _dir: dir,
     }
 }

@@ -20,9 +20,10 @@ use super::{ApiError, ErrorBody};
 use crate::domain::{OutboundRequest, clip, is_id};
 use crate::ghl::webhook::{Rejection, check_timestamp};
 use crate::ghl::{Action, GhlError};
+use crate::intake::Queued;
 use crate::metrics::ReasonLabels;
 use crate::state::AppState;
-use crate::store::{LocationStatus, NewOutbound, TokenOwner};
+use crate::store::{IntakeRow, LocationStatus, TokenOwner};
 use crate::time::now_ms;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -133,9 +134,31 @@ fn refuse(state: &AppState, route: &str, rejection: Rejection) -> ApiError {
     responses((status = 200, body = WebhookAck, description = "Done"), (status = "default", body = ErrorBody, description = "An error")))]
 async fn provider(State(state): State<AppState>, webhook: VerifiedWebhook) -> Result<Json<WebhookAck>, ApiError> {
     state.ghl.ensure_configured()?;
-    if already_processed(&state, &webhook).await? {
-        return Ok(WebhookAck::status("duplicate"));
-    }
+    let row = match intake_row(&state, &webhook).await {
+        Ok(row) => row,
+        // A redelivery of a webhook handled before is a duplicate even when it would be
+        // refused now; checked only here, so an accepted webhook costs no read for it.
+        Err(_) if already_processed(&state, &webhook).await? => return Ok(WebhookAck::status("duplicate")),
+        Err(e) => return Err(e),
+    };
+    let (location_id, message_id) = (row.location_id.clone(), row.ghl_message_id.clone());
+    let queued = state.intake.queue(row).await.map_err(|e| ApiError::Unavailable {
+        code: "intake_unavailable",
+        message: e.to_string(),
+    })?;
+    let status = match queued {
+        Queued::New(_) => {
+            state.postbox.wake_outbound();
+            "queued"
+        }
+        Queued::Duplicate => "duplicate",
+    };
+    tracing::info!(location.id = %location_id, ghl.message_id = %message_id, status, "outbound message received");
+    Ok(WebhookAck::status(status))
+}
+
+/// The outbox row a provider webhook asks for, or why it cannot be queued.
+async fn intake_row(state: &AppState, webhook: &VerifiedWebhook) -> Result<IntakeRow, ApiError> {
     let provider_id = state.config.ghl.conversation_provider_id.as_deref();
     let request = OutboundRequest::from_webhook(&webhook.body, provider_id)
         .map_err(|message| ApiError::bad_request("invalid_webhook", message))?;
@@ -146,23 +169,16 @@ async fn provider(State(state): State<AppState>, webhook: VerifiedWebhook) -> Re
     if state.store.location(location_id.as_str()).await?.is_none() {
         return Err(ApiError::not_found(format!("no location {location_id} is installed")));
     }
-    let body = serde_json::to_string(&request).map_err(anyhow::Error::from)?;
-    let new = NewOutbound {
-        location_id: location_id.as_str(),
-        ghl_message_id: &request.ghl_message_id,
-        ghl_contact_id: request.ghl_contact_id.as_deref(),
-        to_phone: &request.phone,
-        body: &body,
-    };
-    let failure = refuse_unsendable(&state, &location_id, &request).await?;
-    let queued = state.store.enqueue_outbound(new, failure).await?;
-    state.postbox.wake_outbound();
-    if let Some(id) = &webhook.webhook_id {
-        state.store.record_webhook(id).await?;
-    }
-    let status = if queued.is_some() { "queued" } else { "duplicate" };
-    tracing::info!(location.id = %location_id, ghl.message_id = %request.ghl_message_id, status, "outbound message received");
-    Ok(WebhookAck::status(status))
+    let failure = refuse_unsendable(state, &location_id, &request).await?;
+    Ok(IntakeRow {
+        body: serde_json::to_string(&request).map_err(anyhow::Error::from)?,
+        location_id: location_id.as_str().to_owned(),
+        ghl_contact_id: request.ghl_contact_id,
+        to_phone: request.phone,
+        ghl_message_id: request.ghl_message_id,
+        failure,
+        webhook_id: webhook.webhook_id.clone(),
+    })
 }
 
 /// A repeated `webhookId` is answered 200 and changes nothing (GHL may be retrying after a

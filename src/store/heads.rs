@@ -70,6 +70,34 @@ macro_rules! in_chat_tx {
 }
 pub(super) use in_chat_tx;
 
+/// [`in_chat_tx!`] for a transaction that writes to several chats: `$names` are their
+/// [`ChatKey::lock_name`]s, sorted and without repeats, so two such transactions (two writers,
+/// or two instances) take their locks in the same order and never deadlock.
+macro_rules! in_chats_tx {
+    ($store:expr, $names:expr, $tx:ident => $body:expr) => {
+        match &$store.db {
+            $crate::store::Db::Sqlite(pool) => {
+                let mut $tx = pool.begin().await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+            $crate::store::Db::Postgres(pool) => {
+                let mut $tx = pool.begin().await?;
+                // One round trip for all the locks, taken in the array's order.
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(name, 0)) FROM unnest($1::text[]) AS name")
+                    .bind($names)
+                    .execute(&mut *$tx)
+                    .await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+        }
+    };
+}
+pub(super) use in_chats_tx;
+
 /// Promotes the chat's next head, inside the caller's chat transaction.
 macro_rules! promote_in {
     ($tx:ident, $key:expr) => {{

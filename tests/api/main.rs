@@ -7,6 +7,7 @@ mod console;
 mod ghl_page;
 mod helpers;
 mod hostile;
+mod intake;
 mod logs;
 mod openapi;
 mod outbound;

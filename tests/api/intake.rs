@@ -1,0 +1,245 @@
+//! The provider-webhook intake's group commit: many webhooks in one transaction must behave
+//! exactly as if they had come one by one — each accepted one queued once, duplicates answered
+//! `duplicate`, each chat with one head and its messages in arrival order — on both backends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use fake_ghl::FakeGhl;
+use serde_json::{Value, json};
+use waghl::crypto::SecretKey;
+use waghl::domain::{Incarnation, OutboxState};
+use waghl::store::{DatabaseUrl, IntakeRow, Store};
+
+use crate::helpers::{Backend, SECRET_KEY, TestDb, spawn_app_with_ghl};
+
+const KEY: &str = "intake-key-0123456789";
+const CONNECTIONS: usize = 32;
+const PER_CONNECTION: usize = 7;
+const RECIPIENTS: usize = 5;
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    concurrent_webhooks_are_queued_once_each_in_arrival_order_with_one_head_per_chat,
+    a_batch_answers_each_row_and_keeps_heads_as_if_rows_came_one_by_one,
+);
+
+async fn open(url: &str) -> Store {
+    let key = Arc::new(SecretKey::from_base64(SECRET_KEY).unwrap());
+    let store = Store::connect(&DatabaseUrl::parse(url).unwrap(), key).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+fn phone(recipient: usize) -> String {
+    format!("+1415555{:04}", 100 + recipient)
+}
+
+/// Claims every chat's head, ends it, and again until the queue is empty; returns each chat's
+/// messages in the order they became heads. Fails if a chat ever shows two heads at once.
+async fn drain_heads(store: &Store, location: &str) -> BTreeMap<String, Vec<String>> {
+    store
+        .record_transition(location, "connected", None, Some("+14155550100"))
+        .await
+        .unwrap();
+    let me = Incarnation::new("test", "1");
+    let mut order: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    loop {
+        let heads = store.claim_outbox_batch(1000, 60_000, &me).await.unwrap();
+        if heads.is_empty() {
+            return order;
+        }
+        let mut chats: Vec<&str> = heads.iter().map(|h| h.to_phone.as_str()).collect();
+        chats.sort();
+        let before = chats.len();
+        chats.dedup();
+        assert_eq!(chats.len(), before, "a chat had two heads at once");
+        for head in &heads {
+            order
+                .entry(head.to_phone.clone())
+                .or_default()
+                .push(head.ghl_message_id.clone());
+            store
+                .fail_outbound(head.outbox_id, OutboxState::Failed, "test")
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// 224 webhooks over 32 connections, to 5 recipients: each connection repeats one of its
+/// `messageId`s and one of its `webhookId`s, and pairs of connections race with the same
+/// `messageId`.
+async fn concurrent_webhooks_are_queued_once_each_in_arrival_order_with_one_head_per_chat(backend: Backend) {
+    let fake = FakeGhl::start().await;
+    let Some(app) = spawn_app_with_ghl(backend, &fake, &[("WAGHL_WEBHOOK_KEY", KEY)]).await else {
+        return;
+    };
+    app.install(&fake, "locI").await;
+    // Paired once, now offline: messages are queued (not refused) and nothing sends them.
+    let store = &app.state.store;
+    store
+        .record_transition("locI", "connected", None, Some("+14155550100"))
+        .await
+        .unwrap();
+    store
+        .record_transition("locI", "disconnected", Some("test"), None)
+        .await
+        .unwrap();
+    let app = Arc::new(app);
+    let connections: Vec<_> = (0..CONNECTIONS)
+        .map(|c| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for k in 0..PER_CONNECTION {
+                    let (message, webhook, recipient) = match k {
+                        3 => (format!("m{c}-1"), None, (c + 1) % RECIPIENTS),
+                        5 => (format!("m{c}-5"), Some(format!("w{c}-0")), (c + 5) % RECIPIENTS),
+                        6 => (format!("shared{}", c % 16), None, c % 16 % RECIPIENTS),
+                        _ => (format!("m{c}-{k}"), Some(format!("w{c}-{k}")), (c + k) % RECIPIENTS),
+                    };
+                    let body = json!({
+                        "locationId": "locI", "messageId": message, "contactId": "ct", "type": "SMS",
+                        "phone": phone(recipient), "message": "hi", "webhookId": webhook,
+                    });
+                    let response = app
+                        .client
+                        .post(app.url(&format!("/webhooks/ghl/provider?key={KEY}")))
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), 200);
+                    let ack: Value = response.json().await.unwrap();
+                    answers.push((message, ack["status"].as_str().unwrap().to_owned()));
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut queued: HashMap<String, usize> = HashMap::new();
+    for (c, connection) in connections.into_iter().enumerate() {
+        for (k, (message, status)) in connection.await.unwrap().into_iter().enumerate() {
+            match k {
+                3 | 5 => assert_eq!(status, "duplicate", "{message} repeats an earlier webhook"),
+                6 => {}
+                _ => assert_eq!(status, "queued", "{message}"),
+            }
+            if status == "queued" {
+                assert!(queued.insert(message, c).is_none(), "queued twice");
+            }
+        }
+    }
+    for shared in 0..16 {
+        assert!(
+            queued.contains_key(&format!("shared{shared}")),
+            "one of two racing copies is queued"
+        );
+    }
+    assert_eq!(queued.len(), CONNECTIONS * (PER_CONNECTION - 3) + 16);
+
+    let app = Arc::into_inner(app).expect("the connections ended");
+    let db = app.stop().await;
+    let store = open(&db.url).await;
+    let order = drain_heads(&store, "locI").await;
+    let drained: usize = order.values().map(Vec::len).sum();
+    assert_eq!(drained, queued.len(), "every accepted message is in the outbox once");
+    // Each connection waited for one answer before its next webhook: per recipient, its
+    // messages are in the order it sent them.
+    for messages in order.values() {
+        for c in 0..CONNECTIONS {
+            let mine: Vec<&String> = messages.iter().filter(|m| m.starts_with(&format!("m{c}-"))).collect();
+            let mut sorted = mine.clone();
+            sorted.sort();
+            assert_eq!(mine, sorted, "connection {c}'s messages out of order");
+        }
+    }
+}
+
+fn row(message: &str, phone: &str, webhook: Option<&str>) -> IntakeRow {
+    IntakeRow {
+        location_id: "locB".into(),
+        ghl_message_id: message.into(),
+        ghl_contact_id: None,
+        to_phone: phone.into(),
+        body: "{}".into(),
+        failure: None,
+        webhook_id: webhook.map(str::to_owned),
+    }
+}
+
+/// One batch with every case at once: a chat already waiting, new chats with several rows,
+/// repeats inside the batch and of earlier batches, a refused row, and a would-be head that is
+/// a duplicate (the chat's next row leads instead).
+async fn a_batch_answers_each_row_and_keeps_heads_as_if_rows_came_one_by_one(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let store = open(&db.url).await;
+    install(&store).await;
+    let (a, b, c) = ("+14155550001", "+14155550002", "+14155550003");
+    // old-c ended (refused): nothing of chat c is waiting.
+    let mut ended = row("old-c", c, None);
+    ended.failure = Some("WhatsApp not paired");
+    let first = store
+        .enqueue_outbound_batch(&[row("old-a", a, Some("w-old")), ended])
+        .await
+        .unwrap();
+    assert!(first.iter().all(Option::is_some));
+    let mut refused = row("b-refused", b, None);
+    refused.failure = Some("WhatsApp not paired");
+    let batch = [
+        row("a1", a, Some("w1")),
+        row("b1", b, None),
+        refused,
+        row("a1", a, None),          // same messageId as earlier in the batch
+        row("b2", b, Some("w1")),    // same webhookId as earlier in the batch
+        row("b3", b, Some("w-old")), // webhookId of an earlier batch
+        row("old-c", c, None),       // messageId of an earlier batch: c's would-be head
+        row("c1", c, None),
+        row("b4", b, None),
+    ];
+    let ids = store.enqueue_outbound_batch(&batch).await.unwrap();
+    let duplicates: Vec<&str> = batch
+        .iter()
+        .zip(&ids)
+        .filter(|(_, id)| id.is_none())
+        .map(|(r, _)| r.ghl_message_id.as_str())
+        .collect();
+    assert_eq!(duplicates, ["a1", "b2", "b3", "old-c"]);
+    let order = drain_heads(&store, "locB").await;
+    assert_eq!(order[a], ["old-a", "a1"]);
+    assert_eq!(order[b], ["b1", "b4"], "the refused row is never a head");
+    assert_eq!(order[c], ["c1"], "the duplicate would-be head leaves the lead to c1");
+}
+
+async fn install(store: &Store) {
+    use waghl::crypto::Secret;
+    use waghl::store::{GhlTokens, NewLocation, TokenSource};
+    let tokens = GhlTokens {
+        access_token: Secret::new("token"),
+        refresh_token: None,
+        expires_at: i64::MAX / 2,
+    };
+    store
+        .upsert_location(NewLocation {
+            location_id: "locB",
+            company_id: None,
+            name: None,
+            tokens: &tokens,
+            source: TokenSource::Oauth,
+        })
+        .await
+        .unwrap();
+}
