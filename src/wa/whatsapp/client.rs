@@ -2,12 +2,12 @@
 //! state its event handler, hook, watcher and pairing task share, and a process-wide list of
 //! the clients built, weakly, to prove that none outlives its stop.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use whatsapp_rust::wacore::iq::devices::RemoveCompanionDeviceSpec;
 use whatsapp_rust::{
@@ -27,8 +27,9 @@ use crate::wa::{BoxFuture, Link, Presence, WaError, WaSession};
 const LOGOUT_CONNECT_WAIT: Duration = Duration::from_secs(5);
 /// How long a failed unlink request waits for the server's word that the device was removed.
 const REMOVAL_WAIT: Duration = Duration::from_secs(2);
-/// Bound on the set of LIDs already announced as `LidMapping` (a cache, not a record).
-const MAX_ANNOUNCED_LIDS: usize = 10_000;
+/// Bound on the set of LIDs already announced as `LidMapping` and on the recovered messages
+/// waiting for their answer (caches, not records).
+const CACHE_BOUND: usize = 10_000;
 
 /// Every client this process built, weakly: a client that outlives its stop (a leak, as the
 /// `wa-rs` fork has) shows up in [`live_clients`].
@@ -270,6 +271,9 @@ pub(super) struct Shared {
     pub(super) pair_signals: mpsc::UnboundedSender<PairSignal>,
     /// LIDs already announced as `WaEvent::LidMapping` during this client's life.
     pub(super) announced_lids: Mutex<HashSet<String>>,
+    /// Messages the phone sent again that the crate dispatched as events, by id, until the
+    /// hook sees the phone's answer that carried them (see `convert/recovered.rs`).
+    recovered: Mutex<HashMap<String, oneshot::Receiver<()>>>,
     /// The process's WhatsApp Web version, told when WhatsApp refuses it.
     pub(super) version: Arc<WebVersion>,
     /// What the business's presence shows while connected.
@@ -292,6 +296,7 @@ impl Shared {
             client: OnceLock::new(),
             pair_signals,
             announced_lids: Mutex::new(HashSet::new()),
+            recovered: Mutex::new(HashMap::new()),
             version,
             presence,
         }
@@ -337,12 +342,28 @@ impl Shared {
 
     /// The device's own number (E.164), or `""` before pairing.
     pub(super) fn own_phone(&self) -> String {
-        self.client
-            .get()
-            .and_then(Weak::upgrade)
-            .and_then(|client| client.pn())
-            .and_then(|jid| phone_of_jid(&jid))
-            .unwrap_or_default()
+        self.own_jid().and_then(|jid| phone_of_jid(&jid)).unwrap_or_default()
+    }
+
+    /// The device's own phone-number JID (without the device), once paired.
+    pub(super) fn own_jid(&self) -> Option<Jid> {
+        let client = self.client.get().and_then(Weak::upgrade)?;
+        client.pn().map(|jid| jid.to_non_ad())
+    }
+
+    /// Keeps the confirmation of a recovered message the crate dispatched, for the hook.
+    pub(super) fn keep_recovered(&self, id: &str, stored: oneshot::Receiver<()>) {
+        let mut recovered = self.recovered.lock().unwrap_or_else(|p| p.into_inner());
+        if recovered.len() >= CACHE_BOUND {
+            // The answers these belonged to were never seen by the hook; they are stored anyway.
+            recovered.clear();
+        }
+        recovered.insert(id.to_owned(), stored);
+    }
+
+    /// The confirmation of a recovered message already queued, if it was.
+    pub(super) fn take_recovered(&self, id: &str) -> Option<oneshot::Receiver<()>> {
+        self.recovered.lock().unwrap_or_else(|p| p.into_inner()).remove(id)
     }
 
     /// Whether this LID is new to this client (so worth a `LidMapping` event).
@@ -351,7 +372,7 @@ impl Shared {
         if announced.contains(lid) {
             return false;
         }
-        if announced.len() >= MAX_ANNOUNCED_LIDS {
+        if announced.len() >= CACHE_BOUND {
             announced.clear();
         }
         announced.insert(lid.to_owned());

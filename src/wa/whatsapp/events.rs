@@ -18,7 +18,8 @@ use whatsapp_rust::{Client, InboundDurabilityHook};
 use super::SHUTDOWN_TIMEOUT;
 use super::client::Shared;
 use super::convert::{
-    Ending, chat_lid_mapping, ending, lid_mapping, map_message, map_undecryptable, phone_of_jid, receipt_status,
+    Ending, chat_lid_mapping, ending, lid_mapping, map_message, map_recovered, map_undecryptable, phone_of_jid,
+    receipt_status, recovered_id, recovered_messages,
 };
 use super::pairing::PairSignal;
 use crate::domain::InboundMessage;
@@ -65,6 +66,30 @@ impl Sink {
             return Ok(None);
         };
         self.queue_message(message, media_ref, &item.info).map(Some)
+    }
+
+    /// Queues a message the phone sent again, from its answer (see `convert/recovered.rs`),
+    /// unless the crate already dispatched it: then the confirmation already on its way.
+    fn recovered(
+        &self,
+        web: &whatsapp_rust::waproto::whatsapp::WebMessageInfo,
+    ) -> Result<oneshot::Receiver<()>, Ended> {
+        if let Some(stored) = recovered_id(web).and_then(|id| self.shared.take_recovered(id)) {
+            return Ok(stored);
+        }
+        let Some((message, media_ref)) = map_recovered(web, self.shared.own_jid().as_ref()) else {
+            // Nothing waghl keeps (or the phone could not read it either): nothing to wait for.
+            let (stored, confirmed) = Stored::new();
+            stored.confirm();
+            return Ok(confirmed);
+        };
+        let (stored, confirmed) = Stored::new();
+        self.emit(WaEvent::Message {
+            message: Box::new(message),
+            media_ref,
+            stored,
+        })?;
+        Ok(confirmed)
     }
 
     /// Queues a mapped message (see [`Sink::message`]).
@@ -216,11 +241,15 @@ impl Sink {
                     return;
                 }
                 // Newsletters (dropped by `map_message`) and messages recovered from the
-                // phone: the crate acknowledges these on its own, so waghl's answer changes
-                // nothing.
+                // phone. The crate acknowledges neither, but the phone's answer that carried a
+                // recovered message reaches the hook next, which waits for it to be stored.
                 for item in batch.iter() {
-                    if self.message(item).is_err() {
-                        return;
+                    match self.message(item) {
+                        Ok(Some(stored)) if item.info.unavailable_request_id.is_some() => {
+                            shared.keep_recovered(&item.info.id, stored);
+                        }
+                        Ok(_) => {}
+                        Err(Ended) => return,
                     }
                 }
                 return;
@@ -316,16 +345,24 @@ pub(super) struct StoreHook {
 #[whatsapp_rust::async_trait]
 impl InboundDurabilityHook for StoreHook {
     async fn on_messages(&self, _client: Arc<Client>, batch: &[WaInbound]) -> anyhow::Result<()> {
+        self.store_batch(batch).await
+    }
+}
+
+impl StoreHook {
+    /// Queues every message of the batch, and those the phone sent again inside it, and
+    /// returns once waghl stored them all.
+    async fn store_batch(&self, batch: &[WaInbound]) -> anyhow::Result<()> {
+        let ended = || anyhow::anyhow!("the session has ended; WhatsApp delivers the batch again");
         let mut confirmations = Vec::with_capacity(batch.len());
         for item in batch {
             match self.sink.message(item) {
                 Ok(Some(confirmed)) => confirmations.push(confirmed),
                 Ok(None) => {}
-                Err(Ended) => {
-                    return Err(anyhow::anyhow!(
-                        "the session has ended; WhatsApp delivers the batch again"
-                    ));
-                }
+                Err(Ended) => return Err(ended()),
+            }
+            for recovered in recovered_messages(&item.message, &item.info) {
+                confirmations.push(self.sink.recovered(&recovered).map_err(|Ended| ended())?);
             }
         }
         if confirmations.is_empty() {
@@ -384,4 +421,88 @@ pub(super) async fn watch(mut handle: BotHandle, sink: Sink, stop: CancellationT
     let _ = sink.queue.send(Queued::End);
     ended.cancel();
     tracing::info!(location.id = %location, "WhatsApp client ended");
+}
+
+#[cfg(test)]
+mod tests {
+    use whatsapp_rust::types::events::{BatchOrigin, MessageBatch};
+
+    use super::super::convert::fixtures::direct;
+    use super::super::convert::recovered::tests::{answer, from_own_phone, web};
+    use super::super::version::WebVersion;
+    use super::*;
+    use crate::wa::Presence;
+
+    fn sink() -> (Sink, mpsc::UnboundedReceiver<Queued>) {
+        let (queue, queued) = mpsc::unbounded_channel();
+        let (signals, _) = mpsc::unbounded_channel();
+        let version = WebVersion::new(Arc::new(whatsapp_rust::http::UreqHttpClient::new()));
+        let shared = Shared::new("loc", signals, Arc::new(version), Presence::Unavailable);
+        let sink = Sink {
+            shared: Arc::new(shared),
+            queue,
+        };
+        (sink, queued)
+    }
+
+    fn item(message: whatsapp_rust::waproto::whatsapp::Message, info: MessageInfo) -> WaInbound {
+        WaInbound::builder()
+            .message(Arc::new(message))
+            .info(Arc::new(info))
+            .build()
+    }
+
+    async fn next_message(queued: &mut mpsc::UnboundedReceiver<Queued>) -> (String, Stored) {
+        match queued.recv().await {
+            Some(Queued::Event(WaEvent::Message { message, stored, .. })) => (message.id, stored),
+            _ => panic!("no message queued"),
+        }
+    }
+
+    /// The phone's answer to a resend request is acknowledged (the hook returns) only once the
+    /// message it carries is stored: a crash before that gets the answer again.
+    #[tokio::test]
+    async fn the_phones_answer_waits_until_the_message_it_carries_is_stored() {
+        let (sink, mut queued) = sink();
+        let hook = StoreHook { sink };
+        let batch = [item(answer(&[web("3EB0AAA", false, "hello")]), from_own_phone(0))];
+        let hooked = tokio::spawn(async move { hook.store_batch(&batch).await });
+        let (id, stored) = next_message(&mut queued).await;
+        assert_eq!(id, "3EB0AAA");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!hooked.is_finished(), "acknowledged before the message was stored");
+        stored.confirm();
+        hooked.await.unwrap().unwrap();
+    }
+
+    /// The crate dispatches a recovered message as an event before the hook sees the answer:
+    /// the hook then waits for that copy instead of queueing a second one.
+    #[tokio::test]
+    async fn a_recovered_message_the_crate_dispatched_is_waited_for_not_queued_twice() {
+        let (sink, mut queued) = sink();
+        let mut recovered = direct();
+        recovered.id = "3EB0AAA".into();
+        recovered.unavailable_request_id = Some("request".into());
+        let dispatched = MessageBatch::builder()
+            .messages(Arc::from([item(
+                <whatsapp_rust::waproto::whatsapp::Message as whatsapp_rust::proto_helpers::MessageBuilderExt>::text(
+                    "hello",
+                ),
+                recovered,
+            )]))
+            .origin(BatchOrigin::Live)
+            .build();
+        sink.on_event(&Event::Messages(dispatched));
+        let (id, stored) = next_message(&mut queued).await;
+        assert_eq!(id, "3EB0AAA");
+
+        let hook = StoreHook { sink };
+        let batch = [item(answer(&[web("3EB0AAA", false, "hello")]), from_own_phone(0))];
+        let hooked = tokio::spawn(async move { hook.store_batch(&batch).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!hooked.is_finished(), "acknowledged before the message was stored");
+        assert!(queued.try_recv().is_err(), "queued twice");
+        stored.confirm();
+        hooked.await.unwrap().unwrap();
+    }
 }

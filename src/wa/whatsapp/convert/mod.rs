@@ -8,6 +8,7 @@ mod duration;
 mod media;
 mod outbound;
 mod place;
+pub(super) mod recovered;
 mod special;
 mod status;
 mod text;
@@ -24,6 +25,7 @@ use crate::domain::{Content, InboundMessage};
 pub use duration::media_seconds;
 pub use media::{downloadable, media_type};
 pub use outbound::{OutgoingMedia, Uploaded, media_message, outgoing_text};
+pub use recovered::{map_recovered, recovered_id, recovered_messages};
 pub use status::{Ending, ending, receipt_status};
 pub use unavailable::map_undecryptable;
 
