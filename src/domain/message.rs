@@ -156,6 +156,22 @@ pub struct InboundMessage {
     pub content: Content,
 }
 
+/// The message a send quotes: its WhatsApp id and who wrote it (WhatsApp shows the quote under
+/// that author's name, and the author's phone finds its own message by it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quote {
+    pub id: String,
+    pub author: QuoteAuthor,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QuoteAuthor {
+    /// The contact, by the JID it wrote from: a phone JID, or the LID it is known by.
+    Contact(String),
+    /// The business: a message waghl sent or one typed on the business's phone.
+    Business,
+}
+
 /// What to send on WhatsApp.
 #[derive(Clone, Debug, PartialEq)]
 pub enum OutgoingContent {

@@ -18,6 +18,7 @@ mod messages;
 mod meta;
 mod outbox;
 mod overview;
+mod quotes;
 mod sessions;
 mod url;
 mod webhooks;

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::domain::{InboundMessage, LocationId, OutgoingContent};
+use crate::domain::{InboundMessage, LocationId, OutgoingContent, Quote};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -204,13 +204,13 @@ pub trait WaSession: Send + Sync {
     /// A new message id in WhatsApp's format, for a send that must not be duplicated.
     fn new_message_id(&self) -> String;
     /// Sends to `to` (a JID from [`WaSession::on_whatsapp`]) with the given id; quoting
-    /// `reply_to` when set.
+    /// `quote` when set.
     fn send<'a>(
         &'a self,
         to: &'a str,
         id: &'a str,
         content: &'a OutgoingContent,
-        reply_to: Option<&'a str>,
+        quote: Option<&'a Quote>,
     ) -> BoxFuture<'a, Result<(), WaError>>;
     /// The JID to send to, or `None` when the number is not on WhatsApp.
     fn on_whatsapp<'a>(&'a self, phone: &'a str) -> BoxFuture<'a, Result<Option<String>, WaError>>;

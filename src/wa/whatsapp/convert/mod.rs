@@ -23,7 +23,7 @@ use crate::domain::{Content, InboundMessage};
 
 pub use duration::media_seconds;
 pub use media::{downloadable, media_type};
-pub use outbound::{OutgoingMedia, Uploaded, media_message, outgoing_text};
+pub use outbound::{Framing, OutgoingMedia, Uploaded, media_message, outgoing_text};
 pub use status::{Ending, ending, receipt_status};
 pub use unavailable::map_undecryptable;
 
