@@ -25,7 +25,7 @@ use super::{RelaySettings, retry_at};
 use crate::crypto::random_fraction;
 use crate::domain::phone::{Phone, Region};
 use crate::domain::{
-    Incarnation, LocationId, OutboundRequest, OutboxState, PartStatus, Quote, QuoteAuthor, plan_parts,
+    Incarnation, LocationId, MessageContext, OutboundRequest, OutboxState, PartStatus, Quote, QuoteAuthor, plan_parts,
 };
 use crate::ghl::types::{StatusError, StatusUpdate};
 use crate::ghl::{Action, GhlClient, GhlError};
@@ -298,6 +298,11 @@ impl OutboundRelay {
             Ok(committed) => committed,
             Err(e) => return Outcome::Retry(format!("database: {e}")),
         };
+        // Every part goes out under the chat's disappearing timer, as WhatsApp's clients send.
+        let expiration = match self.store.chat_expiration(location.as_str(), &jid).await {
+            Ok(expiration) => expiration,
+            Err(e) => return Outcome::Retry(format!("database: {e}")),
+        };
         for (index, content) in parts.iter().enumerate() {
             let id = match committed.get(index) {
                 // Acked by WhatsApp's server before a crash or an earlier failure: never again.
@@ -319,10 +324,11 @@ impl OutboundRelay {
                 },
                 None => None,
             };
+            let context = MessageContext { quote, expiration };
             // Waiting starts before the send: the ack may be handled before `send` returns.
             let mut awaited = self.acks.expect(&location, &id);
             if let Err(e) = self
-                .paced_send(&location, session.as_ref(), &jid, &id, content, quote.as_ref())
+                .paced_send(&location, session.as_ref(), &jid, &id, content, &context)
                 .await
             {
                 return e.into();
@@ -399,7 +405,7 @@ impl OutboundRelay {
         jid: &str,
         id: &str,
         content: &crate::domain::OutgoingContent,
-        quote: Option<&Quote>,
+        context: &MessageContext,
     ) -> Result<(), WaError> {
         let gate = self
             .pacing
@@ -408,7 +414,7 @@ impl OutboundRelay {
             .clone();
         let mut next = gate.lock().await;
         tokio::time::sleep_until(*next).await;
-        let outcome = session.send(jid, id, content, quote).await;
+        let outcome = session.send(jid, id, content, context).await;
         if !self.send_gap.is_zero() {
             // 70–130 % of the gap: an even rhythm is what bots look like.
             *next = Instant::now() + self.send_gap.mul_f64(0.7 + 0.6 * random_fraction());

@@ -1,5 +1,6 @@
 //! GHL's replies on the real transport, end to end against the WhatsApp test server: a quote
-//! names the quoted message's real author (the contact's LID, the business itself).
+//! names the quoted message's real author (the contact's LID, the business itself), and a
+//! reply into a disappearing chat carries the chat's timer.
 
 use serde_json::{Value, json};
 
@@ -9,6 +10,7 @@ use crate::wa_rig::{BUSINESS, CONTACT, KEY, LOCATION, Rig};
 on_both_backends!(
     a_reply_quoting_a_lid_contact_names_the_lid,
     a_reply_quoting_the_business_names_the_business,
+    replies_into_a_disappearing_chat_carry_its_timer_until_it_is_turned_off,
 );
 
 /// The contact's LID (the test server fixes it when the contact's account is created).
@@ -69,5 +71,32 @@ async fn a_reply_quoting_the_business_names_the_business(backend: Backend) {
     assert_eq!(second["reply_to"], first_id, "{second}");
     let business = format!("{}@s.whatsapp.net", BUSINESS.trim_start_matches('+'));
     assert_eq!(second["participant"], business, "{second}");
+    rig.server.shutdown().await;
+}
+
+async fn replies_into_a_disappearing_chat_carry_its_timer_until_it_is_turned_off(backend: Backend) {
+    let Some(rig) = Rig::start(backend).await else { return };
+    rig.pair_by_qr().await;
+    // The contact's chat disappears after a week: its client puts the timer on its message.
+    let week = 604_800;
+    let id = rig
+        .contact_sends(json!({ "text": "this chat disappears", "expiration": week }))
+        .await;
+    rig.in_ghl(&id).await;
+    rig.reply("ghl-timer-on", "a reply that disappears", &[]).await;
+    let on = received_text(&rig, "a reply that disappears").await;
+    assert_eq!(on["expiration"], week, "{on}");
+
+    // The contact turns it off; its next message carries no timer.
+    rig.ctl_post(
+        "/_ctl/disappearing",
+        json!({ "from": CONTACT, "to": BUSINESS, "seconds": 0 }),
+    )
+    .await;
+    let after = rig.contact_sends(json!({ "text": "timer off now" })).await;
+    rig.in_ghl(&after).await;
+    rig.reply("ghl-timer-off", "a reply that stays", &[]).await;
+    let off = received_text(&rig, "a reply that stays").await;
+    assert_eq!(off["expiration"], Value::Null, "{off}");
     rig.server.shutdown().await;
 }

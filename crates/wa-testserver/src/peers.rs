@@ -46,6 +46,8 @@ pub struct Received {
     pub reply_to: Option<String>,
     /// The author the quote names (`context_info.participant`).
     pub participant: Option<String>,
+    /// The disappearing timer the message carries (`context_info.expiration`, seconds).
+    pub expiration: Option<u32>,
     /// How long an audio or video plays, as its message says.
     pub seconds: Option<u32>,
 }
@@ -297,6 +299,7 @@ async fn describe(client: &Client, message: &wa::Message, info: &MessageInfo, fr
         file_name: None,
         reply_to: None,
         participant: None,
+        expiration: None,
         seconds: None,
     };
     let media = if let Some(m) = base.image_message.as_option() {
@@ -346,6 +349,7 @@ async fn describe(client: &Client, message: &wa::Message, info: &MessageInfo, fr
     let context = media.as_ref().map_or(text_context, |m| m.context);
     entry.reply_to = context.and_then(|c| c.stanza_id.clone());
     entry.participant = context.and_then(|c| c.participant.clone());
+    entry.expiration = context.and_then(|c| c.expiration);
     if let Some(media) = media {
         entry.kind = media.kind;
         entry.mime = media.mime.map(str::to_owned);

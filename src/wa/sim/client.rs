@@ -22,7 +22,7 @@ use super::{
 };
 use crate::crypto::random_hex;
 use crate::domain::jid::phone_of;
-use crate::domain::{LocationId, OutgoingContent, Quote};
+use crate::domain::{LocationId, MessageContext, OutgoingContent};
 use crate::wa::whatsapp::convert::{Framing, downloadable};
 use crate::wa::{BoxFuture, Link, Pairing, Stored, Transport, WaError, WaEvent, WaSession};
 
@@ -233,7 +233,7 @@ impl WaSession for SimSession {
         to: &'a str,
         id: &'a str,
         content: &'a OutgoingContent,
-        quote: Option<&'a Quote>,
+        context: &'a MessageContext,
     ) -> BoxFuture<'a, Result<(), WaError>> {
         Box::pin(async move {
             let phone = phone_of(to).unwrap_or_else(|| to.to_owned());
@@ -271,7 +271,7 @@ impl WaSession for SimSession {
                     let framing = Framing {
                         chat: &jid,
                         own: &own,
-                        quote,
+                        context,
                     };
                     let message = proto::outgoing(content, &framing, &format!("{MEDIA_PREFIX}sent-{}", sanitize(id)));
                     self.record_sent(&SentLine::new(id, &phone, &message));

@@ -11,7 +11,7 @@ use whatsapp_rust::types::message::{MessageInfo, MessageSource};
 use whatsapp_rust::waproto::whatsapp as wa;
 
 use super::SentMessage;
-use crate::domain::{Content, InboundMessage, OutgoingContent, Quote, QuoteAuthor};
+use crate::domain::{Content, InboundMessage, MessageContext, OutgoingContent, Quote, QuoteAuthor};
 use crate::wa::whatsapp::convert::{self, Framing, OutgoingMedia, Uploaded};
 
 /// A message a contact (or the account's own phone) sends, as the simulated phone composes it.
@@ -125,14 +125,17 @@ fn compose(body: &Body, reply_to: Option<&str>, chat: &Jid, media_path: Option<&
     match body {
         Body::Content(content) => {
             // The contact's client names the quoted author; waghl reads only the quoted id.
-            let quote = reply_to.map(|id| Quote {
-                id: id.to_owned(),
-                author: QuoteAuthor::Contact(chat.to_string()),
-            });
+            let context = MessageContext {
+                quote: reply_to.map(|id| Quote {
+                    id: id.to_owned(),
+                    author: QuoteAuthor::Contact(chat.to_string()),
+                }),
+                expiration: None,
+            };
             let framing = Framing {
                 chat,
                 own: chat,
-                quote: quote.as_ref(),
+                context: &context,
             };
             outgoing(content, &framing, media_path.unwrap_or_default())
         }

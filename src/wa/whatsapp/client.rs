@@ -20,7 +20,7 @@ use super::convert::{
 };
 use super::pairing::PairSignal;
 use super::version::WebVersion;
-use crate::domain::{OutgoingContent, Quote};
+use crate::domain::{MessageContext, OutgoingContent};
 use crate::wa::{BoxFuture, Link, Presence, WaError, WaSession};
 
 /// How long `logout` waits for a dropped connection to come back, to unlink the device.
@@ -85,7 +85,7 @@ impl WaSession for WhatsAppSession {
         to: &'a str,
         id: &'a str,
         content: &'a OutgoingContent,
-        quote: Option<&'a Quote>,
+        context: &'a MessageContext,
     ) -> BoxFuture<'a, Result<(), WaError>> {
         Box::pin(async move {
             if id.is_empty() {
@@ -101,7 +101,7 @@ impl WaSession for WhatsAppSession {
             let framing = Framing {
                 chat: &jid,
                 own: &own,
-                quote,
+                context,
             };
             let message = match content {
                 OutgoingContent::Text(text) => outgoing_text(text, &framing),

@@ -11,6 +11,7 @@ mod place;
 mod special;
 mod status;
 mod text;
+mod timer;
 mod unavailable;
 
 use whatsapp_rust::Jid;
@@ -25,6 +26,7 @@ pub use duration::media_seconds;
 pub use media::{downloadable, media_type};
 pub use outbound::{Framing, OutgoingMedia, Uploaded, media_message, outgoing_text};
 pub use status::{Ending, ending, receipt_status};
+pub use timer::chat_timer;
 pub use unavailable::map_undecryptable;
 
 /// Maps a decrypted WhatsApp message to waghl's model. The second value is `media_ref`: the

@@ -7,23 +7,28 @@ use whatsapp_rust::proto_helpers::MessageBuilderExt;
 use whatsapp_rust::upload::UploadResponse;
 use whatsapp_rust::waproto::whatsapp as wa;
 
-use crate::domain::{MediaKind, Quote, QuoteAuthor};
+use crate::domain::{MediaKind, MessageContext, QuoteAuthor};
 
 /// What surrounds a send's content: the chat it goes to, the business's own phone JID (the
-/// author of its own messages when one is quoted), and the message it quotes.
+/// author of its own messages when one is quoted), and the quote and timer it carries.
 pub struct Framing<'a> {
     pub chat: &'a Jid,
     pub own: &'a Jid,
-    pub quote: Option<&'a Quote>,
+    pub context: &'a MessageContext,
 }
 
 impl Framing<'_> {
     /// The `context_info` the message carries, if it needs one.
     fn context(&self) -> Option<wa::ContextInfo> {
-        let quote = self.quote.filter(|q| !q.id.is_empty())?;
+        let quote = self.context.quote.as_ref().filter(|q| !q.id.is_empty());
+        let expiration = self.context.expiration.filter(|s| *s > 0);
+        if quote.is_none() && expiration.is_none() {
+            return None;
+        }
         Some(wa::ContextInfo {
-            stanza_id: Some(quote.id.clone()),
-            participant: Some(self.author(&quote.author)),
+            stanza_id: quote.map(|q| q.id.clone()),
+            participant: quote.map(|q| self.author(&q.author)),
+            expiration,
             ..Default::default()
         })
     }
@@ -188,6 +193,7 @@ pub fn media_message(media: OutgoingMedia<'_>, upload: Uploaded, framing: &Frami
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Quote;
 
     fn upload() -> Uploaded {
         Uploaded {
@@ -211,10 +217,11 @@ mod tests {
             seconds,
         };
         let chat = Jid::pn("15551234567");
+        let context = MessageContext::default();
         let framing = Framing {
             chat: &chat,
             own: &chat,
-            quote: None,
+            context: &context,
         };
         media_message(media, upload(), &framing)
     }
@@ -224,14 +231,17 @@ mod tests {
     fn quoted_participant(author: QuoteAuthor) -> Option<String> {
         let chat = Jid::pn("15551234567");
         let own: Jid = "14155550180:7@s.whatsapp.net".parse().unwrap();
-        let quote = Quote {
-            id: "3EB0Q".into(),
-            author,
+        let context = MessageContext {
+            quote: Some(Quote {
+                id: "3EB0Q".into(),
+                author,
+            }),
+            expiration: None,
         };
         let framing = Framing {
             chat: &chat,
             own: &own,
-            quote: Some(&quote),
+            context: &context,
         };
         let message = outgoing_text("ok", &framing);
         let context = message.extended_text_message.as_option()?.context_info.as_option()?;
@@ -267,14 +277,43 @@ mod tests {
     }
 
     #[test]
-    fn no_quote_no_context() {
+    fn no_quote_no_timer_no_context() {
         let chat = Jid::pn("15551234567");
+        let context = MessageContext::default();
         let framing = Framing {
             chat: &chat,
             own: &chat,
-            quote: None,
+            context: &context,
         };
         assert_eq!(outgoing_text("hi", &framing), wa::Message::text("hi".to_owned()));
+    }
+
+    #[test]
+    fn texts_and_media_into_a_disappearing_chat_carry_its_timer() {
+        let chat = Jid::pn("15551234567");
+        let context = MessageContext {
+            quote: None,
+            expiration: Some(86_400),
+        };
+        let framing = Framing {
+            chat: &chat,
+            own: &chat,
+            context: &context,
+        };
+        let text = outgoing_text("hi", &framing);
+        let text = text.extended_text_message.as_option().unwrap();
+        let info = text.context_info.as_option().unwrap();
+        assert_eq!((info.expiration, info.stanza_id.as_ref()), (Some(86_400), None));
+        let media = OutgoingMedia {
+            kind: MediaKind::Image,
+            mime: "",
+            caption: None,
+            file_name: None,
+            seconds: None,
+        };
+        let image = media_message(media, upload(), &framing);
+        let image = image.image_message.as_option().unwrap();
+        assert_eq!(image.context_info.as_option().unwrap().expiration, Some(86_400));
     }
 
     #[test]
