@@ -156,6 +156,32 @@ pub struct InboundMessage {
     pub content: Content,
 }
 
+/// What a send says around its content, as WhatsApp's `context_info` carries it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageContext {
+    /// The message it quotes.
+    pub quote: Option<Quote>,
+    /// The chat's disappearing-messages timer (seconds): WhatsApp's clients put it on every
+    /// message into such a chat, and the recipient's phone deletes the message after it.
+    pub expiration: Option<u32>,
+}
+
+/// The message a send quotes: its WhatsApp id and who wrote it (WhatsApp shows the quote under
+/// that author's name, and the author's phone finds its own message by it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quote {
+    pub id: String,
+    pub author: QuoteAuthor,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QuoteAuthor {
+    /// The contact, by the JID it wrote from: a phone JID, or the LID it is known by.
+    Contact(String),
+    /// The business: a message waghl sent or one typed on the business's phone.
+    Business,
+}
+
 /// What to send on WhatsApp.
 #[derive(Clone, Debug, PartialEq)]
 pub enum OutgoingContent {

@@ -12,6 +12,9 @@ pub mod render;
 
 pub use clip::{Clipped, clip};
 pub use ids::{Incarnation, InvalidId, LocationId, is_id};
-pub use message::{Content, InboundMessage, Media, MediaKind, OutgoingContent, UNAVAILABLE_KIND, Unavailable};
+pub use message::{
+    Content, InboundMessage, Media, MediaKind, MessageContext, OutgoingContent, Quote, QuoteAuthor, UNAVAILABLE_KIND,
+    Unavailable,
+};
 pub use outbound::{Fetched, OutboundRequest, plan_parts};
 pub use queue::{InboxState, OutboxState, PartStatus, UnknownState};

@@ -24,7 +24,9 @@ use super::workers::{Joined, Renewal, Workers};
 use super::{RelaySettings, retry_at};
 use crate::crypto::random_fraction;
 use crate::domain::phone::{Phone, Region};
-use crate::domain::{Incarnation, LocationId, OutboundRequest, OutboxState, PartStatus, plan_parts};
+use crate::domain::{
+    Incarnation, LocationId, MessageContext, OutboundRequest, OutboxState, PartStatus, Quote, QuoteAuthor, plan_parts,
+};
 use crate::ghl::types::{StatusError, StatusUpdate};
 use crate::ghl::{Action, GhlClient, GhlError};
 use crate::metrics::Metrics;
@@ -296,6 +298,11 @@ impl OutboundRelay {
             Ok(committed) => committed,
             Err(e) => return Outcome::Retry(format!("database: {e}")),
         };
+        // Every part goes out under the chat's disappearing timer, as WhatsApp's clients send.
+        let expiration = match self.store.chat_expiration(location.as_str(), &jid).await {
+            Ok(expiration) => expiration,
+            Err(e) => return Outcome::Retry(format!("database: {e}")),
+        };
         for (index, content) in parts.iter().enumerate() {
             let id = match committed.get(index) {
                 // Acked by WhatsApp's server before a crash or an earlier failure: never again.
@@ -310,11 +317,18 @@ impl OutboundRelay {
                     id
                 }
             };
-            let reply_to = if index == 0 { request.reply_to.as_deref() } else { None };
+            let quote = match request.reply_to.as_deref().filter(|_| index == 0) {
+                Some(quoted) => match self.quote(&location, &jid, quoted).await {
+                    Ok(quote) => Some(quote),
+                    Err(e) => return e,
+                },
+                None => None,
+            };
+            let context = MessageContext { quote, expiration };
             // Waiting starts before the send: the ack may be handled before `send` returns.
             let mut awaited = self.acks.expect(&location, &id);
             if let Err(e) = self
-                .paced_send(&location, session.as_ref(), &jid, &id, content, reply_to)
+                .paced_send(&location, session.as_ref(), &jid, &id, content, &context)
                 .await
             {
                 return e.into();
@@ -369,6 +383,20 @@ impl OutboundRelay {
         Ok(self.recipients.learned(location, phone.as_str(), answer))
     }
 
+    /// The message `quoted` with its author as waghl recorded it; one waghl never saw is taken
+    /// to be the contact's (agents reply to what the contact wrote).
+    async fn quote(&self, location: &LocationId, chat: &str, quoted: &str) -> Result<Quote, Outcome> {
+        let author = self
+            .store
+            .quote_author(location.as_str(), quoted)
+            .await
+            .map_err(|e| Outcome::Retry(format!("database: {e}")))?;
+        Ok(Quote {
+            id: quoted.to_owned(),
+            author: author.unwrap_or_else(|| QuoteAuthor::Contact(chat.to_owned())),
+        })
+    }
+
     /// Sends once the location's pacing allows; sends of one session never overlap.
     async fn paced_send(
         &self,
@@ -377,7 +405,7 @@ impl OutboundRelay {
         jid: &str,
         id: &str,
         content: &crate::domain::OutgoingContent,
-        reply_to: Option<&str>,
+        context: &MessageContext,
     ) -> Result<(), WaError> {
         let gate = self
             .pacing
@@ -386,7 +414,7 @@ impl OutboundRelay {
             .clone();
         let mut next = gate.lock().await;
         tokio::time::sleep_until(*next).await;
-        let outcome = session.send(jid, id, content, reply_to).await;
+        let outcome = session.send(jid, id, content, context).await;
         if !self.send_gap.is_zero() {
             // 70–130 % of the gap: an even rhythm is what bots look like.
             *next = Instant::now() + self.send_gap.mul_f64(0.7 + 0.6 * random_fraction());

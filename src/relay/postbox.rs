@@ -99,6 +99,19 @@ impl Postbox {
         }
     }
 
+    /// Records a chat's disappearing timer, for the sends into it. One try, not held against
+    /// the session: a lost timer is learned again from the contact's next message in the chat.
+    pub async fn chat_timer(&self, location: &LocationId, chat: &str, expiration: u32) {
+        if let Err(e) = self
+            .inner
+            .store
+            .set_chat_expiration(location.as_str(), chat, expiration)
+            .await
+        {
+            tracing::warn!(error = %e, "could not record a chat's disappearing-messages timer");
+        }
+    }
+
     /// A receipt or server ack (or refusal) of a sent message, for the outbound relay.
     pub fn receipt(&self, location: &LocationId, event: WaEvent) {
         let _ = self.inner.receipts.send((location.clone(), event));

@@ -288,6 +288,9 @@ impl Actor<'_> {
                 shared.postbox.receipt(self.location, event);
             }
             WaEvent::LidMapping { .. } => shared.postbox.wake_inbound(),
+            WaEvent::ChatTimer { chat, expiration } => {
+                shared.postbox.chat_timer(self.location, &chat, expiration).await;
+            }
         }
         None
     }

@@ -6,6 +6,7 @@
 //! row lock PostgreSQL takes around a token refresh, which SQLite's single writer does not need). Times are unix milliseconds. Secrets are sealed here, on the way
 //! in, so nothing else can write one in plaintext.
 
+mod chats;
 mod claims;
 mod console;
 mod contacts;
@@ -19,6 +20,7 @@ mod messages;
 mod meta;
 mod outbox;
 mod overview;
+mod quotes;
 mod sessions;
 mod url;
 mod webhooks;

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::domain::{InboundMessage, LocationId, OutgoingContent};
+use crate::domain::{InboundMessage, LocationId, MessageContext, OutgoingContent};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -179,6 +179,13 @@ pub enum WaEvent {
         id: String,
         code: String,
     },
+    /// A direct chat's disappearing-messages timer as the contact's client last showed it (a
+    /// message carrying it, or a change of it; 0: off). `chat` is the chat's phone JID when
+    /// WhatsApp named the phone, as waghl sends to that.
+    ChatTimer {
+        chat: String,
+        expiration: u32,
+    },
     /// WhatsApp revealed the phone behind a LID.
     LidMapping {
         lid: String,
@@ -203,14 +210,14 @@ pub trait WaSession: Send + Sync {
     fn link(&self) -> Link;
     /// A new message id in WhatsApp's format, for a send that must not be duplicated.
     fn new_message_id(&self) -> String;
-    /// Sends to `to` (a JID from [`WaSession::on_whatsapp`]) with the given id; quoting
-    /// `reply_to` when set.
+    /// Sends to `to` (a JID from [`WaSession::on_whatsapp`]) with the given id, in `context`
+    /// (the quoted message, the chat's disappearing timer).
     fn send<'a>(
         &'a self,
         to: &'a str,
         id: &'a str,
         content: &'a OutgoingContent,
-        reply_to: Option<&'a str>,
+        context: &'a MessageContext,
     ) -> BoxFuture<'a, Result<(), WaError>>;
     /// The JID to send to, or `None` when the number is not on WhatsApp.
     fn on_whatsapp<'a>(&'a self, phone: &'a str) -> BoxFuture<'a, Result<Option<String>, WaError>>;

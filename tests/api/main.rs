@@ -29,6 +29,8 @@ mod wa_kinds;
 #[cfg(feature = "wa-test-server")]
 mod wa_receives;
 #[cfg(feature = "wa-test-server")]
+mod wa_replies;
+#[cfg(feature = "wa-test-server")]
 mod wa_sends;
 
 mod crash;

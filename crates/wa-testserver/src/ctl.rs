@@ -16,7 +16,7 @@ use serde_json::json;
 use whatsapp_rust::buffa::MessageField;
 use whatsapp_rust::download::MediaType;
 use whatsapp_rust::media::{self, AudioOptions, DocumentOptions, ImageOptions, VideoOptions};
-use whatsapp_rust::proto_helpers::{MessageBuilderExt, wrap_as_album_child};
+use whatsapp_rust::proto_helpers::{MessageBuilderExt, MessageExt, wrap_as_album_child};
 use whatsapp_rust::upload::UploadOptions;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 use whatsapp_rust::waproto::whatsapp as wa;
@@ -45,6 +45,7 @@ pub fn routes() -> Router<Arc<Hub>> {
         .route("/_ctl/refuse", post(refuse))
         .route("/_ctl/presence/{phone}", get(presence))
         .route("/_ctl/reveal-lid", post(reveal_lid))
+        .route("/_ctl/disappearing", post(disappearing))
         .route("/_ctl/history-sync", post(history_sync))
 }
 
@@ -134,6 +135,9 @@ struct Send {
     /// The contact's LID (digits): the business's devices know the contact only by it until
     /// `/_ctl/reveal-lid`. With `from_me`, the phone writes into the chat of that LID.
     lid: Option<String>,
+    /// The chat's disappearing timer (seconds): the message carries it, as a client's message
+    /// into a disappearing chat does.
+    expiration: Option<u32>,
 }
 
 /// A contact (or, with `from_me`, the account's own phone) sends a message: its client
@@ -169,6 +173,10 @@ async fn send(State(hub): State<Arc<Hub>>, Json(body): Json<Send>) -> Reply {
         },
         (None, None) => return Err(error(StatusCode::BAD_REQUEST, "text, media or album is required")),
     };
+    if let Some(seconds) = body.expiration {
+        // What the client's own `SendOptions::with_ephemeral_expiration` does to a message.
+        message.set_ephemeral_expiration(seconds);
+    }
     if body.view_once {
         message = wa::Message {
             view_once_message_v2: MessageField::some(wa::message::FutureProofMessage {
@@ -179,6 +187,33 @@ async fn send(State(hub): State<Arc<Hub>>, Json(body): Json<Send>) -> Reply {
     }
     send_one(&hub, &peer.client, &to, id.clone(), message).await?;
     ok(json!({ "id": id }))
+}
+
+#[derive(Deserialize)]
+struct Disappearing {
+    from: String,
+    to: String,
+    seconds: u32,
+}
+
+/// The contact `from` turns disappearing messages on (`seconds`) or off (0) in its chat with
+/// the account `to`: its client sends the `EPHEMERAL_SETTING` protocol message a phone sends.
+async fn disappearing(State(hub): State<Arc<Hub>>, Json(body): Json<Disappearing>) -> Reply {
+    let (from, to) = (digits(&body.from)?, digits(&body.to)?);
+    let peer = hub.peers.peer(&hub, &from).await.map_err(internal)?;
+    hub.peers.peer(&hub, &to).await.map_err(internal)?;
+    let sent = peer
+        .client
+        .set_chat_disappearing_timer(Jid::pn(&to), body.seconds)
+        .await
+        .map_err(|e| {
+            error(
+                StatusCode::BAD_GATEWAY,
+                format!("the contact's client could not send: {e}"),
+            )
+        })?;
+    routed(&hub, &sent.message_id).await?;
+    ok(json!({ "id": sent.message_id }))
 }
 
 #[derive(Deserialize)]
@@ -278,8 +313,13 @@ async fn send_one(hub: &Hub, client: &Client, to: &Jid, id: String, message: wa:
                 format!("the sender's client could not send: {e}"),
             )
         })?;
+    routed(hub, &id).await
+}
+
+/// Returns once the server routed the message `id`.
+async fn routed(hub: &Hub, id: &str) -> Result<(), Fail> {
     for _ in 0..500 {
-        if hub.state.lock().expect("state lock").deliveries.contains_key(&id) {
+        if hub.state.lock().expect("state lock").deliveries.contains_key(id) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

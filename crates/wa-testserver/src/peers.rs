@@ -44,6 +44,10 @@ pub struct Received {
     pub sha256: Option<String>,
     pub file_name: Option<String>,
     pub reply_to: Option<String>,
+    /// The author the quote names (`context_info.participant`).
+    pub participant: Option<String>,
+    /// The disappearing timer the message carries (`context_info.expiration`, seconds).
+    pub expiration: Option<u32>,
     /// How long an audio or video plays, as its message says.
     pub seconds: Option<u32>,
 }
@@ -294,6 +298,8 @@ async fn describe(client: &Client, message: &wa::Message, info: &MessageInfo, fr
         sha256: None,
         file_name: None,
         reply_to: None,
+        participant: None,
+        expiration: None,
         seconds: None,
     };
     let media = if let Some(m) = base.image_message.as_option() {
@@ -333,18 +339,21 @@ async fn describe(client: &Client, message: &wa::Message, info: &MessageInfo, fr
             .as_option()
             .map(|m| MediaRef::new("sticker", m, m.mimetype.as_deref(), m.context_info.as_option()))
     };
-    let context = base
+    let text_context = base
         .extended_text_message
         .as_option()
         .and_then(|m| m.context_info.as_option());
     if base.album_message.is_set() {
         entry.kind = "album";
     }
+    let context = media.as_ref().map_or(text_context, |m| m.context);
+    entry.reply_to = context.and_then(|c| c.stanza_id.clone());
+    entry.participant = context.and_then(|c| c.participant.clone());
+    entry.expiration = context.and_then(|c| c.expiration);
     if let Some(media) = media {
         entry.kind = media.kind;
         entry.mime = media.mime.map(str::to_owned);
         entry.text = None;
-        entry.reply_to = media.context.and_then(|c| c.stanza_id.clone());
         match client.download(media.file).await {
             Ok(data) => {
                 entry.bytes = Some(data.len());
@@ -352,8 +361,6 @@ async fn describe(client: &Client, message: &wa::Message, info: &MessageInfo, fr
             }
             Err(e) => tracing::warn!(id = %info.id, error = %format!("{e:#}"), "media download failed"),
         }
-    } else {
-        entry.reply_to = context.and_then(|c| c.stanza_id.clone());
     }
     entry
 }

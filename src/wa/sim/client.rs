@@ -22,8 +22,8 @@ use super::{
 };
 use crate::crypto::random_hex;
 use crate::domain::jid::phone_of;
-use crate::domain::{LocationId, OutgoingContent};
-use crate::wa::whatsapp::convert::downloadable;
+use crate::domain::{LocationId, MessageContext, OutgoingContent};
+use crate::wa::whatsapp::convert::{Framing, downloadable};
 use crate::wa::{BoxFuture, Link, Pairing, Stored, Transport, WaError, WaEvent, WaSession};
 
 pub(super) struct SimSession {
@@ -233,7 +233,7 @@ impl WaSession for SimSession {
         to: &'a str,
         id: &'a str,
         content: &'a OutgoingContent,
-        reply_to: Option<&'a str>,
+        context: &'a MessageContext,
     ) -> BoxFuture<'a, Result<(), WaError>> {
         Box::pin(async move {
             let phone = phone_of(to).unwrap_or_else(|| to.to_owned());
@@ -260,8 +260,20 @@ impl WaSession for SimSession {
                 }
                 // A resend of the same id is the same message, as on a real phone.
                 if state.sent_ids.insert(id.to_owned()) {
-                    let message =
-                        proto::outgoing(content, reply_to, &jid, &format!("{MEDIA_PREFIX}sent-{}", sanitize(id)));
+                    let own = Jid::pn(
+                        state
+                            .persisted
+                            .phone
+                            .as_deref()
+                            .unwrap_or_default()
+                            .trim_start_matches('+'),
+                    );
+                    let framing = Framing {
+                        chat: &jid,
+                        own: &own,
+                        context,
+                    };
+                    let message = proto::outgoing(content, &framing, &format!("{MEDIA_PREFIX}sent-{}", sanitize(id)));
                     self.record_sent(&SentLine::new(id, &phone, &message));
                 }
             }

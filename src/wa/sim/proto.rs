@@ -11,8 +11,8 @@ use whatsapp_rust::types::message::{MessageInfo, MessageSource};
 use whatsapp_rust::waproto::whatsapp as wa;
 
 use super::SentMessage;
-use crate::domain::{Content, InboundMessage, OutgoingContent};
-use crate::wa::whatsapp::convert::{self, OutgoingMedia, Uploaded};
+use crate::domain::{Content, InboundMessage, MessageContext, OutgoingContent, Quote, QuoteAuthor};
+use crate::wa::whatsapp::convert::{self, Framing, OutgoingMedia, Uploaded};
 
 /// A message a contact (or the account's own phone) sends, as the simulated phone composes it.
 #[derive(Clone, Debug)]
@@ -123,7 +123,22 @@ fn compose(body: &Body, reply_to: Option<&str>, chat: &Jid, media_path: Option<&
         })
     };
     match body {
-        Body::Content(content) => outgoing(content, reply_to, chat, media_path.unwrap_or_default()),
+        Body::Content(content) => {
+            // The contact's client names the quoted author; waghl reads only the quoted id.
+            let context = MessageContext {
+                quote: reply_to.map(|id| Quote {
+                    id: id.to_owned(),
+                    author: QuoteAuthor::Contact(chat.to_string()),
+                }),
+                expiration: None,
+            };
+            let framing = Framing {
+                chat,
+                own: chat,
+                context: &context,
+            };
+            outgoing(content, &framing, media_path.unwrap_or_default())
+        }
         Body::Reaction { target, emoji } => wa::Message {
             reaction_message: MessageField::some(wa::message::ReactionMessage {
                 key: key(target),
@@ -204,9 +219,9 @@ fn simulated_upload(path: &str, size: usize) -> Uploaded {
 
 /// The proto the bridge's send builds for `content`, as the real transport builds it (the
 /// simulated upload keeps the file under `media_path`).
-pub fn outgoing(content: &OutgoingContent, reply_to: Option<&str>, to: &Jid, media_path: &str) -> wa::Message {
+pub fn outgoing(content: &OutgoingContent, framing: &Framing<'_>, media_path: &str) -> wa::Message {
     match content {
-        OutgoingContent::Text(text) => convert::outgoing_text(text, reply_to, to),
+        OutgoingContent::Text(text) => convert::outgoing_text(text, framing),
         OutgoingContent::Media {
             kind,
             mime,
@@ -221,7 +236,7 @@ pub fn outgoing(content: &OutgoingContent, reply_to: Option<&str>, to: &Jid, med
                 file_name: file_name.clone(),
                 seconds: convert::media_seconds(*kind, bytes),
             };
-            convert::media_message(media, simulated_upload(media_path, bytes.len()), reply_to, to)
+            convert::media_message(media, simulated_upload(media_path, bytes.len()), framing)
         }
     }
 }

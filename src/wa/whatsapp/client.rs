@@ -16,11 +16,11 @@ use whatsapp_rust::{
 
 use super::SHUTDOWN_TIMEOUT;
 use super::convert::{
-    OutgoingMedia, downloadable, media_message, media_seconds, media_type, outgoing_text, phone_of_jid,
+    Framing, OutgoingMedia, downloadable, media_message, media_seconds, media_type, outgoing_text, phone_of_jid,
 };
 use super::pairing::PairSignal;
 use super::version::WebVersion;
-use crate::domain::OutgoingContent;
+use crate::domain::{MessageContext, OutgoingContent};
 use crate::wa::{BoxFuture, Link, Presence, WaError, WaSession};
 
 /// How long `logout` waits for a dropped connection to come back, to unlink the device.
@@ -86,7 +86,7 @@ impl WaSession for WhatsAppSession {
         to: &'a str,
         id: &'a str,
         content: &'a OutgoingContent,
-        reply_to: Option<&'a str>,
+        context: &'a MessageContext,
     ) -> BoxFuture<'a, Result<(), WaError>> {
         Box::pin(async move {
             if id.is_empty() {
@@ -98,8 +98,14 @@ impl WaSession for WhatsAppSession {
             if self.ended.is_cancelled() || !self.client.is_connected() {
                 return Err(WaError::NotConnected);
             }
+            let own = self.client.pn().ok_or(WaError::NotConnected)?;
+            let framing = Framing {
+                chat: &jid,
+                own: &own,
+                context,
+            };
             let message = match content {
-                OutgoingContent::Text(text) => outgoing_text(text, reply_to, &jid),
+                OutgoingContent::Text(text) => outgoing_text(text, &framing),
                 OutgoingContent::Media {
                     kind,
                     mime,
@@ -121,8 +127,7 @@ impl WaSession for WhatsAppSession {
                             seconds: media_seconds(*kind, bytes),
                         },
                         upload.into(),
-                        reply_to,
-                        &jid,
+                        &framing,
                     )
                 }
             };

@@ -18,8 +18,8 @@ use whatsapp_rust::{Client, InboundDurabilityHook};
 use super::SHUTDOWN_TIMEOUT;
 use super::client::Shared;
 use super::convert::{
-    Ending, chat_lid_mapping, ending, lid_mapping, map_message, map_recovered, map_undecryptable, phone_of_jid,
-    receipt_status, recovered_id, recovered_messages,
+    Ending, chat_lid_mapping, chat_timer, ending, lid_mapping, map_message, map_recovered, map_undecryptable,
+    phone_of_jid, receipt_status, recovered_id, recovered_messages,
 };
 use super::pairing::PairSignal;
 use crate::domain::InboundMessage;
@@ -61,6 +61,9 @@ impl Sink {
     /// receiver resolves once waghl has stored the message. `None` for what waghl does not
     /// keep (protocol traffic, newsletters).
     fn message(&self, item: &WaInbound) -> Result<Option<oneshot::Receiver<()>>, Ended> {
+        if let Some((chat, expiration)) = chat_timer(&item.message, &item.info) {
+            self.emit(WaEvent::ChatTimer { chat, expiration })?;
+        }
         let Some((message, media_ref)) = map_message(&item.message, &item.info) else {
             tracing::trace!(location.id = %self.shared.location, message.id = %item.info.id, "not a message waghl keeps");
             return Ok(None);

@@ -12,6 +12,7 @@ pub(super) mod recovered;
 mod special;
 mod status;
 mod text;
+mod timer;
 mod unavailable;
 
 use whatsapp_rust::Jid;
@@ -24,9 +25,10 @@ use crate::domain::{Content, InboundMessage};
 
 pub use duration::media_seconds;
 pub use media::{downloadable, media_type};
-pub use outbound::{OutgoingMedia, Uploaded, media_message, outgoing_text};
+pub use outbound::{Framing, OutgoingMedia, Uploaded, media_message, outgoing_text};
 pub use recovered::{map_recovered, recovered_id, recovered_messages};
 pub use status::{Ending, ending, receipt_status};
+pub use timer::chat_timer;
 pub use unavailable::map_undecryptable;
 
 /// Maps a decrypted WhatsApp message to waghl's model. The second value is `media_ref`: the

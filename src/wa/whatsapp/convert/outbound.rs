@@ -7,24 +7,50 @@ use whatsapp_rust::proto_helpers::MessageBuilderExt;
 use whatsapp_rust::upload::UploadResponse;
 use whatsapp_rust::waproto::whatsapp as wa;
 
-use crate::domain::MediaKind;
+use crate::domain::{MediaKind, MessageContext, QuoteAuthor};
 
-/// A text to `chat`, quoting `reply_to` when given.
-pub fn outgoing_text(text: &str, reply_to: Option<&str>, chat: &Jid) -> wa::Message {
-    match reply_to.filter(|r| !r.is_empty()) {
-        Some(quoted) => wa::Message::text_with_context(text.to_owned(), quote_context(quoted, chat)),
-        None => wa::Message::text(text.to_owned()),
+/// What surrounds a send's content: the chat it goes to, the business's own phone JID (the
+/// author of its own messages when one is quoted), and the quote and timer it carries.
+pub struct Framing<'a> {
+    pub chat: &'a Jid,
+    pub own: &'a Jid,
+    pub context: &'a MessageContext,
+}
+
+impl Framing<'_> {
+    /// The `context_info` the message carries, if it needs one.
+    fn context(&self) -> Option<wa::ContextInfo> {
+        let quote = self.context.quote.as_ref().filter(|q| !q.id.is_empty());
+        let expiration = self.context.expiration.filter(|s| *s > 0);
+        if quote.is_none() && expiration.is_none() {
+            return None;
+        }
+        Some(wa::ContextInfo {
+            stanza_id: quote.map(|q| q.id.clone()),
+            participant: quote.map(|q| self.author(&q.author)),
+            expiration,
+            ..Default::default()
+        })
+    }
+
+    /// The quoted author's JID, without a device: the phone shows the quote under this name
+    /// and finds the quoted message by (id, author). waghl does not keep quoted bodies, so no
+    /// `quoted_message` goes along.
+    fn author(&self, author: &QuoteAuthor) -> String {
+        let jid = match author {
+            QuoteAuthor::Business => self.own.clone(),
+            // A sender recorded in a shape WhatsApp does not read: the other party of the chat.
+            QuoteAuthor::Contact(sender) => sender.parse().unwrap_or_else(|_| self.chat.clone()),
+        };
+        jid.to_non_ad().to_string()
     }
 }
 
-/// Quotes `stanza_id` in a direct chat with `chat`. waghl knows only the id of the quoted
-/// message, not its author or its body. So the quoted author is taken to be the other party
-/// (agents reply to what the contact wrote), and no `quoted_message` is sent.
-fn quote_context(stanza_id: &str, chat: &Jid) -> wa::ContextInfo {
-    wa::ContextInfo {
-        stanza_id: Some(stanza_id.to_owned()),
-        participant: Some(chat.to_non_ad().to_string()),
-        ..Default::default()
+/// A text, framed as `framing` says.
+pub fn outgoing_text(text: &str, framing: &Framing<'_>) -> wa::Message {
+    match framing.context() {
+        Some(context) => wa::Message::text_with_context(text.to_owned(), context),
+        None => wa::Message::text(text.to_owned()),
     }
 }
 
@@ -69,12 +95,9 @@ pub struct OutgoingMedia<'a> {
     pub seconds: Option<u32>,
 }
 
-/// A media message to `chat` for an uploaded file, quoting `reply_to` when given.
-pub fn media_message(media: OutgoingMedia<'_>, upload: Uploaded, reply_to: Option<&str>, chat: &Jid) -> wa::Message {
-    let context = reply_to
-        .filter(|r| !r.is_empty())
-        .map(|r| MessageField::some(quote_context(r, chat)))
-        .unwrap_or_default();
+/// A media message for an uploaded file, framed as `framing` says.
+pub fn media_message(media: OutgoingMedia<'_>, upload: Uploaded, framing: &Framing<'_>) -> wa::Message {
+    let context = framing.context().map(MessageField::some).unwrap_or_default();
     let mimetype = |default: &str| {
         Some(media.mime.trim())
             .filter(|m| !m.is_empty())
@@ -170,6 +193,7 @@ pub fn media_message(media: OutgoingMedia<'_>, upload: Uploaded, reply_to: Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Quote;
 
     fn upload() -> Uploaded {
         Uploaded {
@@ -192,7 +216,104 @@ mod tests {
             file_name: None,
             seconds,
         };
-        media_message(media, upload(), None, &"15551234567@s.whatsapp.net".parse().unwrap())
+        let chat = Jid::pn("15551234567");
+        let context = MessageContext::default();
+        let framing = Framing {
+            chat: &chat,
+            own: &chat,
+            context: &context,
+        };
+        media_message(media, upload(), &framing)
+    }
+
+    /// The `participant` a text quoting a message by `author` names, sent by the business
+    /// `14155550180` (linked device 7) to `15551234567`.
+    fn quoted_participant(author: QuoteAuthor) -> Option<String> {
+        let chat = Jid::pn("15551234567");
+        let own: Jid = "14155550180:7@s.whatsapp.net".parse().unwrap();
+        let context = MessageContext {
+            quote: Some(Quote {
+                id: "3EB0Q".into(),
+                author,
+            }),
+            expiration: None,
+        };
+        let framing = Framing {
+            chat: &chat,
+            own: &own,
+            context: &context,
+        };
+        let message = outgoing_text("ok", &framing);
+        let context = message.extended_text_message.as_option()?.context_info.as_option()?;
+        assert_eq!(context.stanza_id.as_deref(), Some("3EB0Q"));
+        context.participant.clone()
+    }
+
+    #[test]
+    fn a_quote_names_the_contact_by_the_lid_it_wrote_from() {
+        let lid = QuoteAuthor::Contact("987654321012345@lid".into());
+        assert_eq!(quoted_participant(lid).as_deref(), Some("987654321012345@lid"));
+    }
+
+    #[test]
+    fn a_quote_of_the_business_names_its_own_phone_jid_without_the_device() {
+        assert_eq!(
+            quoted_participant(QuoteAuthor::Business).as_deref(),
+            Some("14155550180@s.whatsapp.net")
+        );
+    }
+
+    #[test]
+    fn a_quote_of_an_unknown_message_names_the_chat() {
+        // The relay names the chat's contact when it does not know the quoted message; a
+        // sender it cannot read falls back to the chat too.
+        let chat = QuoteAuthor::Contact("15551234567@s.whatsapp.net".into());
+        assert_eq!(quoted_participant(chat).as_deref(), Some("15551234567@s.whatsapp.net"));
+        let unreadable = QuoteAuthor::Contact("not a jid".into());
+        assert_eq!(
+            quoted_participant(unreadable).as_deref(),
+            Some("15551234567@s.whatsapp.net")
+        );
+    }
+
+    #[test]
+    fn no_quote_no_timer_no_context() {
+        let chat = Jid::pn("15551234567");
+        let context = MessageContext::default();
+        let framing = Framing {
+            chat: &chat,
+            own: &chat,
+            context: &context,
+        };
+        assert_eq!(outgoing_text("hi", &framing), wa::Message::text("hi".to_owned()));
+    }
+
+    #[test]
+    fn texts_and_media_into_a_disappearing_chat_carry_its_timer() {
+        let chat = Jid::pn("15551234567");
+        let context = MessageContext {
+            quote: None,
+            expiration: Some(86_400),
+        };
+        let framing = Framing {
+            chat: &chat,
+            own: &chat,
+            context: &context,
+        };
+        let text = outgoing_text("hi", &framing);
+        let text = text.extended_text_message.as_option().unwrap();
+        let info = text.context_info.as_option().unwrap();
+        assert_eq!((info.expiration, info.stanza_id.as_ref()), (Some(86_400), None));
+        let media = OutgoingMedia {
+            kind: MediaKind::Image,
+            mime: "",
+            caption: None,
+            file_name: None,
+            seconds: None,
+        };
+        let image = media_message(media, upload(), &framing);
+        let image = image.image_message.as_option().unwrap();
+        assert_eq!(image.context_info.as_option().unwrap().expiration, Some(86_400));
     }
 
     #[test]
