@@ -23,6 +23,8 @@ pub enum Queued {
     New(i64),
     /// Its `webhookId` or `messageId` was queued before: nothing changed.
     Duplicate,
+    /// Its location is not installed: nothing stored.
+    UnknownLocation,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,8 @@ pub enum IntakeError {
 
 struct Job {
     row: IntakeRow,
+    /// When GHL says the message was written, to tell a replay of old messages.
+    written_at: Option<i64>,
     reply: oneshot::Sender<Result<Queued, IntakeError>>,
 }
 
@@ -64,11 +68,13 @@ impl Intake {
         }
     }
 
-    /// Queues `row` and waits until the transaction holding it committed.
-    pub async fn queue(&self, row: IntakeRow) -> Result<Queued, IntakeError> {
+    /// Queues `row` (written in GHL at `written_at`, when GHL says) and waits until the
+    /// transaction holding it committed. The writer judges the row with its batch: an unknown
+    /// location, or a message that can never be sent (`row.failure` is set then).
+    pub async fn queue(&self, row: IntakeRow, written_at: Option<i64>) -> Result<Queued, IntakeError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job { row, reply })
+            .send(Job { row, written_at, reply })
             .await
             .map_err(|_| IntakeError::Stopping)?;
         answer.await.map_err(|_| IntakeError::Stopping)?
@@ -113,9 +119,34 @@ async fn write(store: Store, mut receiver: mpsc::Receiver<Job>, stop: Cancellati
     }
 }
 
-/// Writes `batch` in one transaction, then answers each request.
+/// Writes `batch` in one transaction, then answers each request. One query first reads what
+/// every row's location needs (installed? paired when?), so a request costs no read of its own.
 async fn commit(store: &Store, batch: Vec<Job>) {
-    let (rows, replies): (Vec<IntakeRow>, Vec<_>) = batch.into_iter().map(|job| (job.row, job.reply)).unzip();
+    let mut locations: Vec<&str> = batch.iter().map(|job| job.row.location_id.as_str()).collect();
+    locations.sort_unstable();
+    locations.dedup();
+    let facts = match store.intake_facts(&locations).await {
+        Ok(facts) => facts,
+        Err(e) => return fail(batch, &e),
+    };
+    let mut rows = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    for job in batch {
+        match facts.get(&job.row.location_id) {
+            None => {
+                let _ = job.reply.send(Ok(Queued::UnknownLocation));
+            }
+            Some(paired_at) => {
+                let mut row = job.row;
+                row.failure = unsendable(*paired_at, job.written_at);
+                rows.push(row);
+                replies.push(job.reply);
+            }
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
     match store.enqueue_outbound_batch(&rows).await {
         Ok(ids) => {
             for (reply, id) in replies.into_iter().zip(ids) {
@@ -130,6 +161,27 @@ async fn commit(store: &Store, batch: Vec<Job>) {
                 let _ = reply.send(Err(IntakeError::Store(cause.clone())));
             }
         }
+    }
+}
+
+/// Answers every request of `batch` with the store's error.
+fn fail(batch: Vec<Job>, e: &crate::store::StoreError) {
+    tracing::error!(error = %e, rows = batch.len(), "the intake could not read its batch's locations");
+    for job in batch {
+        let _ = job.reply.send(Err(IntakeError::Store(e.to_string())));
+    }
+}
+
+/// A message that can never be sent, decided at once instead of after the TTL: the location's
+/// WhatsApp was never paired, or GHL is replaying a message written before it was (seen after
+/// installs).
+fn unsendable(paired_at: Option<i64>, written_at: Option<i64>) -> Option<&'static str> {
+    match (paired_at, written_at) {
+        (None, _) => Some("WhatsApp not paired"),
+        (Some(paired), Some(written)) if written < paired => {
+            Some("written before WhatsApp was paired (GHL replayed an old message); not sent")
+        }
+        _ => None,
     }
 }
 
@@ -151,6 +203,14 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_message_that_can_never_be_sent_is_failed_at_once() {
+        assert_eq!(unsendable(None, None), Some("WhatsApp not paired"));
+        assert!(unsendable(Some(2_000), Some(1_000)).unwrap().contains("written before"));
+        assert_eq!(unsendable(Some(2_000), Some(3_000)), None);
+        assert_eq!(unsendable(Some(2_000), None), None);
+    }
+
     #[tokio::test]
     async fn each_request_is_answered_after_its_row_committed_and_a_failed_commit_fails_its_batch() {
         let dir = tempfile::tempdir().unwrap();
@@ -159,6 +219,19 @@ mod tests {
             .await
             .unwrap();
         store.migrate().await.unwrap();
+        let tokens = crate::store::GhlTokens {
+            access_token: crate::crypto::Secret::new("token"),
+            refresh_token: None,
+            expires_at: i64::MAX / 2,
+        };
+        let installed = crate::store::NewLocation {
+            location_id: "loc",
+            company_id: None,
+            name: None,
+            tokens: &tokens,
+            source: crate::store::TokenSource::Oauth,
+        };
+        store.upsert_location(installed).await.unwrap();
         let intake = Intake::new();
         let tasks = TaskTracker::new();
         intake.spawn(store.clone(), &tasks);
@@ -166,7 +239,7 @@ mod tests {
             .map(|i| {
                 let (intake, store) = (intake.clone(), store.clone());
                 tokio::spawn(async move {
-                    let queued = intake.queue(row(&format!("m{}", i % 30))).await.unwrap();
+                    let queued = intake.queue(row(&format!("m{}", i % 30)), None).await.unwrap();
                     // Answered: the row is visible to any other connection.
                     if let Queued::New(id) = queued {
                         let count = store.outbound_count("loc").await.unwrap();
@@ -184,11 +257,14 @@ mod tests {
         assert_eq!(store.outbound_count("loc").await.unwrap(), 30);
 
         store.close().await;
-        let (a, b) = tokio::join!(intake.queue(row("x1")), intake.queue(row("x2")));
+        let (a, b) = tokio::join!(intake.queue(row("x1"), None), intake.queue(row("x2"), None));
         assert!(matches!(a, Err(IntakeError::Store(_))) && matches!(b, Err(IntakeError::Store(_))));
         intake.close();
         tasks.close();
         tasks.wait().await;
-        assert!(matches!(intake.queue(row("x3")).await, Err(IntakeError::Stopping)));
+        assert!(matches!(
+            intake.queue(row("x3"), None).await,
+            Err(IntakeError::Stopping)
+        ));
     }
 }

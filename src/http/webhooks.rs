@@ -134,7 +134,7 @@ fn refuse(state: &AppState, route: &str, rejection: Rejection) -> ApiError {
     responses((status = 200, body = WebhookAck, description = "Done"), (status = "default", body = ErrorBody, description = "An error")))]
 async fn provider(State(state): State<AppState>, webhook: VerifiedWebhook) -> Result<Json<WebhookAck>, ApiError> {
     state.ghl.ensure_configured()?;
-    let row = match intake_row(&state, &webhook).await {
+    let (row, written_at) = match intake_row(&state, &webhook) {
         Ok(row) => row,
         // A redelivery of a webhook handled before is a duplicate even when it would be
         // refused now; checked only here, so an accepted webhook costs no read for it.
@@ -142,23 +142,32 @@ async fn provider(State(state): State<AppState>, webhook: VerifiedWebhook) -> Re
         Err(e) => return Err(e),
     };
     let (location_id, message_id) = (row.location_id.clone(), row.ghl_message_id.clone());
-    let queued = state.intake.queue(row).await.map_err(|e| ApiError::Unavailable {
-        code: "intake_unavailable",
-        message: e.to_string(),
-    })?;
+    let queued = state
+        .intake
+        .queue(row, written_at)
+        .await
+        .map_err(|e| ApiError::Unavailable {
+            code: "intake_unavailable",
+            message: e.to_string(),
+        })?;
     let status = match queued {
         Queued::New(_) => {
             state.postbox.wake_outbound();
             "queued"
         }
         Queued::Duplicate => "duplicate",
+        Queued::UnknownLocation if already_processed(&state, &webhook).await? => "duplicate",
+        Queued::UnknownLocation => {
+            return Err(ApiError::not_found(format!("no location {location_id} is installed")));
+        }
     };
     tracing::info!(location.id = %location_id, ghl.message_id = %message_id, status, "outbound message received");
     Ok(WebhookAck::status(status))
 }
 
-/// The outbox row a provider webhook asks for, or why it cannot be queued.
-async fn intake_row(state: &AppState, webhook: &VerifiedWebhook) -> Result<IntakeRow, ApiError> {
+/// The outbox row a provider webhook asks for (the intake writer checks its location), with
+/// the time GHL says the message was written; or why it cannot be queued.
+fn intake_row(state: &AppState, webhook: &VerifiedWebhook) -> Result<(IntakeRow, Option<i64>), ApiError> {
     let provider_id = state.config.ghl.conversation_provider_id.as_deref();
     let request = OutboundRequest::from_webhook(&webhook.body, provider_id)
         .map_err(|message| ApiError::bad_request("invalid_webhook", message))?;
@@ -166,19 +175,16 @@ async fn intake_row(state: &AppState, webhook: &VerifiedWebhook) -> Result<Intak
         .location_id
         .clone()
         .expect("parsed webhooks name their location");
-    if state.store.location(location_id.as_str()).await?.is_none() {
-        return Err(ApiError::not_found(format!("no location {location_id} is installed")));
-    }
-    let failure = refuse_unsendable(state, &location_id, &request).await?;
-    Ok(IntakeRow {
+    let row = IntakeRow {
         body: serde_json::to_string(&request).map_err(anyhow::Error::from)?,
         location_id: location_id.as_str().to_owned(),
         ghl_contact_id: request.ghl_contact_id,
         to_phone: request.phone,
         ghl_message_id: request.ghl_message_id,
-        failure,
+        failure: None,
         webhook_id: webhook.webhook_id.clone(),
-    })
+    };
+    Ok((row, request.created_at))
 }
 
 /// A repeated `webhookId` is answered 200 and changes nothing (GHL may be retrying after a
@@ -188,28 +194,6 @@ async fn already_processed(state: &AppState, webhook: &VerifiedWebhook) -> Resul
         Some(id) => Ok(state.store.webhook_seen(id).await?),
         None => Ok(false),
     }
-}
-
-/// A message that can never be sent, decided at once instead of after the TTL: the location's
-/// WhatsApp was never paired, or GHL is replaying a message written before it was (seen after
-/// installs).
-async fn refuse_unsendable(
-    state: &AppState,
-    location: &crate::domain::LocationId,
-    request: &OutboundRequest,
-) -> Result<Option<&'static str>, ApiError> {
-    let paired_at = state
-        .store
-        .session_row(location.as_str())
-        .await?
-        .and_then(|row| row.paired_at);
-    Ok(match (paired_at, request.created_at) {
-        (None, _) => Some("WhatsApp not paired"),
-        (Some(paired), Some(created)) if created < paired => {
-            Some("written before WhatsApp was paired (GHL replayed an old message); not sent")
-        }
-        _ => None,
-    })
 }
 
 #[derive(Deserialize)]

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::QueryBuilder;
 
 use super::heads::{ChatKey, in_chats_tx};
-use super::{Result, Store};
+use super::{Result, Store, on_db};
 use crate::domain::OutboxState;
 use crate::time::now_ms;
 
@@ -35,6 +35,27 @@ impl IntakeRow {
 }
 
 impl Store {
+    /// For each of `locations` that is installed, when its WhatsApp was paired (`None`: never),
+    /// in one query: what the intake writer needs to judge a whole batch.
+    pub async fn intake_facts(&self, locations: &[&str]) -> Result<HashMap<String, Option<i64>>> {
+        if locations.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(String, Option<i64>)> = on_db!(self, pool => {
+            let mut query = QueryBuilder::new(
+                "SELECT l.location_id, s.paired_at FROM locations l \
+                 LEFT JOIN wa_sessions s ON s.location_id = l.location_id WHERE l.location_id IN (",
+            );
+            let mut ids = query.separated(", ");
+            for location in locations {
+                ids.push_bind(*location);
+            }
+            query.push(")");
+            query.build_query_as().fetch_all(pool).await?
+        });
+        Ok(rows.into_iter().collect())
+    }
+
     /// Queues `rows` in one transaction, in their order, and returns each one's outbox id, or
     /// `None` for a duplicate (its `webhookId` or its `messageId` was seen before, or earlier
     /// in the batch). Each chat's head is the first of its rows queued while nothing of the
