@@ -39,9 +39,12 @@ pub fn ending(event: &Event) -> Option<Ending> {
     Some(Ending::Parked(parked))
 }
 
+/// What a receipt says about a message waghl sent. A device that is not in active use (a
+/// companion such as WhatsApp Web in the background) acknowledges delivery as `inactive`: the
+/// message was delivered all the same.
 pub fn receipt_status(kind: &ReceiptType) -> Option<ReceiptStatus> {
     match kind {
-        ReceiptType::Delivered => Some(ReceiptStatus::Delivered),
+        ReceiptType::Delivered | ReceiptType::Inactive => Some(ReceiptStatus::Delivered),
         ReceiptType::Read | ReceiptType::Played => Some(ReceiptStatus::Read),
         _ => None,
     }
@@ -56,8 +59,9 @@ mod tests {
     };
 
     #[test]
-    fn receipts_map_delivered_and_read_and_ignore_the_rest() {
+    fn receipts_map_delivered_inactive_and_read_and_ignore_the_rest() {
         assert_eq!(receipt_status(&ReceiptType::Delivered), Some(ReceiptStatus::Delivered));
+        assert_eq!(receipt_status(&ReceiptType::Inactive), Some(ReceiptStatus::Delivered));
         assert_eq!(receipt_status(&ReceiptType::Read), Some(ReceiptStatus::Read));
         assert_eq!(receipt_status(&ReceiptType::Played), Some(ReceiptStatus::Read));
         assert_eq!(receipt_status(&ReceiptType::ReadSelf), None);
