@@ -4,7 +4,9 @@
 //! that every webhook answered `queued` is in the outbox.
 //!
 //! `cargo run --release --example bench_intake -- [seconds] [connections]`; set
-//! `WAGHL_BENCH_DATABASE_URL=postgres://…` (an empty database) to run it on PostgreSQL.
+//! `WAGHL_BENCH_DATABASE_URL=postgres://…` (an empty database) to run it on PostgreSQL, and
+//! `WAGHL_BENCH_SENDING=off` to measure the intake alone: the session is parked (a simulated
+//! ban) after pairing, so the outbound relay sends nothing meanwhile.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -26,6 +28,13 @@ async fn main() {
     let backend = if database.is_some() { "postgres" } else { "sqlite" };
     let bench = Arc::new(support::start(database).await);
     bench.install_and_pair(LOCATION, "+15550001234").await;
+    let sending = std::env::var("WAGHL_BENCH_SENDING").as_deref() != Ok("off");
+    if !sending {
+        let banned = bench
+            .admin(reqwest::Method::POST, &format!("/sim/{LOCATION}/ban"), json!({}))
+            .await;
+        assert_eq!(banned.status(), 200);
+    }
     let span = Duration::from_secs_f64(seconds);
 
     let (healthz, _) = hammer(&bench, connections, span, |bench, _| async move {
@@ -60,7 +69,8 @@ async fn main() {
 
     let healthz_rate = healthz as f64 / seconds;
     let intake_rate = accepted as f64 / seconds;
-    println!("intake benchmark ({backend}): {connections} connections, {seconds} s each");
+    let relay = if sending { "sending" } else { "not sending" };
+    println!("intake benchmark ({backend}, relay {relay}): {connections} connections, {seconds} s each");
     println!("  GET /healthz: {healthz_rate:.0} req/s");
     println!(
         "  provider webhooks accepted durably: {intake_rate:.0}/s ({:.1} % of /healthz)",
