@@ -294,7 +294,7 @@ async fn kill_9_with_outbound_messages_queued_sends_each_exactly_once_after_rest
     daemon.restart().await;
     let started = Instant::now();
     while sent_by(&daemon).await.len() < 6 {
-        if started.elapsed() > Duration::from_secs(15) {
+        if started.elapsed() > Duration::from_secs(45) {
             let list: Value = daemon
                 .get("/api/v1/locations/locCrashOut/messages")
                 .await
