@@ -15,12 +15,14 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let listen = listen_arg()?;
+    // The handlers exist before the address is printed: whoever reads it may signal at once.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let server = wa_testserver::TestServer::start(listen).await?;
     println!("listening on {}", server.addr());
-    let mut term = signal(SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
     }
     server.shutdown().await;
     Ok(())
