@@ -181,16 +181,21 @@ impl Actor<'_> {
     async fn notice_silent_reconnect(&self) {
         if self.slot.view().state == SessionState::Connected && self.session.link() == Link::Reconnecting {
             tracing::info!("the client is reconnecting by itself");
-            self.shared
-                .transition(
-                    self.location,
-                    self.slot,
-                    SessionState::Reconnecting,
-                    Some(reasons::WA_DISCONNECTED),
-                    None,
-                )
-                .await;
+            self.show_reconnecting().await;
         }
+    }
+
+    /// The transport is reconnecting by itself: `reconnecting` / `wa_disconnected`.
+    async fn show_reconnecting(&self) {
+        self.shared
+            .transition(
+                self.location,
+                self.slot,
+                SessionState::Reconnecting,
+                Some(reasons::WA_DISCONNECTED),
+                None,
+            )
+            .await;
     }
 
     async fn handle(&mut self, event: WaEvent) -> Option<Exit> {
@@ -243,15 +248,7 @@ impl Actor<'_> {
             }
             WaEvent::Disconnected => {
                 self.policy.disconnected(Instant::now());
-                shared
-                    .transition(
-                        self.location,
-                        self.slot,
-                        SessionState::Reconnecting,
-                        Some(reasons::WA_DISCONNECTED),
-                        None,
-                    )
-                    .await;
+                self.show_reconnecting().await;
             }
             WaEvent::LoggedOut => return Some(Exit::LoggedOut),
             WaEvent::Parked(reason) => return Some(Exit::Parked(reason)),

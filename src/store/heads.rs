@@ -42,37 +42,21 @@ const DEMOTE_OUTBOX: &str = "UPDATE outbox SET head = 0 WHERE location_id = $1 A
      AND state IN ('pending', 'sending') AND head = 1 AND outbox_id > (SELECT MIN(outbox_id) FROM outbox \
      WHERE location_id = $1 AND to_phone = $2 AND state IN ('pending', 'sending'))";
 
-/// Runs `$body` in a transaction (`$tx`) that holds `$key`'s chat lock: PostgreSQL takes an
-/// advisory lock for the transaction; SQLite's single writer already serialises write
-/// transactions (each body starts with a write, so it never upgrades a read snapshot). The lock
-/// keeps an enqueue and the end of the chat's last row from missing each other.
+/// Runs `$body` in a transaction (`$tx`) that holds `$key`'s chat lock: the one-chat case of
+/// [`in_chats_tx!`]. The lock keeps an enqueue and the end of the chat's last row from missing
+/// each other.
 macro_rules! in_chat_tx {
     ($store:expr, $key:expr, $tx:ident => $body:expr) => {
-        match &$store.db {
-            $crate::store::Db::Sqlite(pool) => {
-                let mut $tx = pool.begin().await?;
-                let out = $body;
-                $tx.commit().await?;
-                out
-            }
-            $crate::store::Db::Postgres(pool) => {
-                let mut $tx = pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                    .bind($key.lock_name())
-                    .execute(&mut *$tx)
-                    .await?;
-                let out = $body;
-                $tx.commit().await?;
-                out
-            }
-        }
+        $crate::store::heads::in_chats_tx!($store, &vec![$key.lock_name()], $tx => $body)
     };
 }
 pub(super) use in_chat_tx;
 
-/// [`in_chat_tx!`] for a transaction that writes to several chats: `$names` are their
-/// [`ChatKey::lock_name`]s, sorted and without repeats, so two such transactions (two writers,
-/// or two instances) take their locks in the same order and never deadlock.
+/// Runs `$body` in a transaction (`$tx`) that holds the chat locks `$names` (their
+/// [`ChatKey::lock_name`]s, sorted and without repeats, so two such transactions — two writers,
+/// or two instances — take their locks in the same order and never deadlock): PostgreSQL takes
+/// advisory locks for the transaction; SQLite's single writer already serialises write
+/// transactions (each body starts with a write, so it never upgrades a read snapshot).
 macro_rules! in_chats_tx {
     ($store:expr, $names:expr, $tx:ident => $body:expr) => {
         match &$store.db {

@@ -9,12 +9,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use fake_ghl::FakeGhl;
-use serde_json::{Value, json};
-use wa_testserver::TestServer;
+use serde_json::json;
 
 use crate::helpers::Backend;
-use crate::wa_rig::{BUSINESS, CONTACT, LOCATION, Rig, WAIT, wait};
+use crate::wa_rig::{BUSINESS, CONTACT, DaemonRig, LOCATION, Rig, WAIT, wait};
 
 on_both_backends!(
     the_real_transport_pairs_relays_both_ways_and_reports_receipts,
@@ -181,42 +179,23 @@ async fn the_phone_removing_the_device_logs_the_session_out(backend: Backend) {
 }
 
 async fn kill_9_while_messages_arrive_loses_and_duplicates_nothing(backend: Backend) {
-    use crate::crash::Daemon;
     let Some(db) = crate::helpers::TestDb::new(backend).await else {
         return;
     };
-    let server = TestServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let fake = FakeGhl::start().await;
-    let (ws, media) = (server.ws_url(), server.http_url());
-    let mut daemon = Daemon::start(
-        &fake,
-        &[
-            ("DATABASE_URL", db.url.as_str()),
-            ("WAGHL_WA_BACKEND", "whatsapp"),
-            ("WAGHL_WA_SERVER_URL", ws.as_str()),
-            ("WAGHL_WA_MEDIA_URL", media.as_str()),
-        ],
-    )
-    .await;
-    pair_daemon(&daemon, &fake, &media).await;
-    let http = reqwest::Client::new();
+    let mut rig = DaemonRig::start(&db.url, &[]).await;
 
     // Messages in flight between WhatsApp, the device's store and its acknowledgement.
     let mut ids = Vec::new();
     for i in 0..20 {
-        let sent: Value = http
-            .post(format!("{media}/_ctl/send"))
-            .json(&json!({ "from": CONTACT, "to": BUSINESS, "text": format!("in flight {i}") }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let text = format!("in flight {i}");
+        let sent = rig
+            .ctl_post("/_ctl/send", json!({ "from": CONTACT, "to": BUSINESS, "text": text }))
+            .await;
         ids.push(sent["id"].as_str().unwrap().to_owned());
     }
-    daemon.kill9();
-    daemon.restart().await;
+    rig.daemon.kill9();
+    rig.daemon.restart().await;
+    let fake = &rig.fake;
     for id in &ids {
         wait(|| fake.messages().into_iter().find(|m| m.body["altId"] == id.as_str())).await;
     }
@@ -230,65 +209,35 @@ async fn kill_9_while_messages_arrive_loses_and_duplicates_nothing(backend: Back
     // Every one acknowledged to WhatsApp in the end by both devices (waghl's once stored by one
     // life or the other).
     for id in &ids {
-        let acked: Value = http
-            .get(format!("{media}/_ctl/acked/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let acked = rig.ctl_get(&format!("/_ctl/acked/{id}")).await;
         // The business's phone and waghl's device.
         assert!(acked["acked_by_devices"].as_u64() >= Some(2), "{id}: {acked}");
     }
-    server.shutdown().await;
+    rig.server.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_message_is_acknowledged_only_once_stored_and_a_kill_in_between_redelivers_it() {
-    use crate::crash::Daemon;
     use sqlx::Connection as _;
-    let server = TestServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let fake = FakeGhl::start().await;
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}/waghl.db", dir.path().display());
-    let (ws, media) = (server.ws_url(), server.http_url());
-    let mut daemon = Daemon::start(
-        &fake,
-        &[
-            ("DATABASE_URL", db.as_str()),
-            ("WAGHL_WA_BACKEND", "whatsapp"),
-            ("WAGHL_WA_SERVER_URL", ws.as_str()),
-            ("WAGHL_WA_MEDIA_URL", media.as_str()),
-        ],
-    )
-    .await;
-    pair_daemon(&daemon, &fake, &media).await;
-    let http = reqwest::Client::new();
-    let acked = |id: String| {
-        let http = http.clone();
-        let url = format!("{media}/_ctl/acked/{id}");
-        async move { http.get(url).send().await.unwrap().json::<Value>().await.unwrap() }
-    };
+    let mut rig = DaemonRig::start(&db, &[]).await;
 
     // The database cannot be written: the message reaches the device but is not stored, so
     // the device must not acknowledge it.
     let mut blocker = sqlx::SqliteConnection::connect(&db).await.unwrap();
     sqlx::query("BEGIN EXCLUSIVE").execute(&mut blocker).await.unwrap();
-    let sent: Value = http
-        .post(format!("{media}/_ctl/send"))
-        .json(&json!({ "from": CONTACT, "to": BUSINESS, "text": "stored before acked" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sent = rig
+        .ctl_post(
+            "/_ctl/send",
+            json!({ "from": CONTACT, "to": BUSINESS, "text": "stored before acked" }),
+        )
+        .await;
     let id = sent["id"].as_str().unwrap().to_owned();
     // Two devices get it: the business's phone (which acknowledges it at once) and waghl's.
     let started = Instant::now();
     loop {
-        let counts = acked(id.clone()).await;
+        let counts = rig.ctl_get(&format!("/_ctl/acked/{id}")).await;
         if counts["delivered_to_devices"].as_u64() >= Some(2) {
             break;
         }
@@ -296,20 +245,20 @@ async fn a_message_is_acknowledged_only_once_stored_and_a_kill_in_between_redeli
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let counts = acked(id.clone()).await;
+    let counts = rig.ctl_get(&format!("/_ctl/acked/{id}")).await;
     assert_eq!(
         counts["acked_by_devices"], 1,
         "waghl acknowledged it before it was stored: {counts}"
     );
 
     // Killed in between; the database back; WhatsApp delivers it again to the new life.
-    daemon.kill9();
+    rig.daemon.kill9();
     sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
     blocker.close().await.unwrap();
-    daemon.restart().await;
-    wait(|| fake.messages().into_iter().find(|m| m.body["altId"] == id.as_str())).await;
+    rig.daemon.restart().await;
+    wait(|| rig.fake.messages().into_iter().find(|m| m.body["altId"] == id.as_str())).await;
     let started = Instant::now();
-    while acked(id.clone()).await["acked_by_devices"].as_u64() < Some(2) {
+    while rig.ctl_get(&format!("/_ctl/acked/{id}")).await["acked_by_devices"].as_u64() < Some(2) {
         assert!(
             started.elapsed() < WAIT,
             "waghl never acknowledged it after the restart"
@@ -317,44 +266,6 @@ async fn a_message_is_acknowledged_only_once_stored_and_a_kill_in_between_redeli
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(fake.messages().len(), 1, "stored once, relayed once");
-    server.shutdown().await;
-}
-
-/// Installs the location on a daemon and pairs it by QR with the business's phone.
-pub async fn pair_daemon(daemon: &crate::crash::Daemon, fake: &FakeGhl, media: &str) {
-    let http = reqwest::Client::new();
-    let code = fake.location_code(LOCATION);
-    let installed = http
-        .get(daemon.url(&format!("/oauth/callback?code={code}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(installed.status(), 200);
-    let started = daemon
-        .post(&format!("/api/v1/locations/{LOCATION}/session"), json!({}))
-        .await;
-    assert_eq!(started.status(), 202);
-    let started_at = Instant::now();
-    let qr = loop {
-        let location: Value = daemon
-            .get(&format!("/api/v1/locations/{LOCATION}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        if let Some(qr) = location["session"]["qr"].as_str() {
-            break qr.to_owned();
-        }
-        assert!(started_at.elapsed() < WAIT, "no QR code: {location}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let scan = http
-        .post(format!("{media}/_ctl/scan"))
-        .json(&json!({ "phone": BUSINESS, "qr": qr }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(scan.status(), 200);
-    daemon.wait_for_state(LOCATION, "connected").await;
+    assert_eq!(rig.fake.messages().len(), 1, "stored once, relayed once");
+    rig.server.shutdown().await;
 }

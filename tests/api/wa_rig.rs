@@ -174,3 +174,84 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// The real binary (`crash::Daemon`) on the real transport against a new test server, its
+/// location installed and paired by QR: the rig of the kill -9 tests.
+pub struct DaemonRig {
+    pub server: TestServer,
+    pub fake: FakeGhl,
+    pub daemon: crate::crash::Daemon,
+    ctl: reqwest::Client,
+}
+
+impl DaemonRig {
+    /// Starts it on the database at `database_url`, with `extra` settings.
+    pub async fn start(database_url: &str, extra: &[(&str, &str)]) -> DaemonRig {
+        let server = TestServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let fake = FakeGhl::start().await;
+        let (ws, media) = (server.ws_url(), server.http_url());
+        let mut settings = vec![
+            ("DATABASE_URL", database_url),
+            ("WAGHL_WA_BACKEND", "whatsapp"),
+            ("WAGHL_WA_SERVER_URL", ws.as_str()),
+            ("WAGHL_WA_MEDIA_URL", media.as_str()),
+        ];
+        settings.extend_from_slice(extra);
+        let daemon = crate::crash::Daemon::start(&fake, &settings).await;
+        let rig = DaemonRig {
+            server,
+            fake,
+            daemon,
+            ctl: reqwest::Client::new(),
+        };
+        rig.pair().await;
+        rig
+    }
+
+    /// A control call to the test server; its JSON answer, after checking it is a 200.
+    pub async fn ctl_post(&self, path: &str, body: Value) -> Value {
+        let response = self
+            .ctl
+            .post(format!("{}{path}", self.server.http_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        response.json().await.unwrap_or(Value::Null)
+    }
+
+    pub async fn ctl_get(&self, path: &str) -> Value {
+        let url = format!("{}{path}", self.server.http_url());
+        self.ctl.get(url).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Installs the location and pairs it by QR with the business's phone.
+    async fn pair(&self) {
+        let daemon = &self.daemon;
+        let code = self.fake.location_code(LOCATION);
+        let installed = daemon.get(&format!("/oauth/callback?code={code}")).await;
+        assert_eq!(installed.status(), 200);
+        let started = daemon
+            .post(&format!("/api/v1/locations/{LOCATION}/session"), json!({}))
+            .await;
+        assert_eq!(started.status(), 202);
+        let started_at = Instant::now();
+        let qr = loop {
+            let location: Value = daemon
+                .get(&format!("/api/v1/locations/{LOCATION}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            if let Some(qr) = location["session"]["qr"].as_str() {
+                break qr.to_owned();
+            }
+            assert!(started_at.elapsed() < WAIT, "no QR code: {location}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        self.ctl_post("/_ctl/scan", json!({ "phone": BUSINESS, "qr": qr }))
+            .await;
+        daemon.wait_for_state(LOCATION, "connected").await;
+    }
+}

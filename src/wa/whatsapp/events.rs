@@ -72,27 +72,19 @@ impl Sink {
     }
 
     /// Queues a message the phone sent again, from its answer (see `convert/recovered.rs`),
-    /// unless the crate already dispatched it: then the confirmation already on its way.
+    /// unless the crate already dispatched it: then its confirmation already on the way.
+    /// `None` when there is nothing to wait for (not a message waghl keeps).
     fn recovered(
         &self,
         web: &whatsapp_rust::waproto::whatsapp::WebMessageInfo,
-    ) -> Result<oneshot::Receiver<()>, Ended> {
+    ) -> Result<Option<oneshot::Receiver<()>>, Ended> {
         if let Some(stored) = recovered_id(web).and_then(|id| self.shared.take_recovered(id)) {
-            return Ok(stored);
+            return Ok(Some(stored));
         }
-        let Some((message, media_ref)) = map_recovered(web, self.shared.own_jid().as_ref()) else {
-            // Nothing waghl keeps (or the phone could not read it either): nothing to wait for.
-            let (stored, confirmed) = Stored::new();
-            stored.confirm();
-            return Ok(confirmed);
-        };
-        let (stored, confirmed) = Stored::new();
-        self.emit(WaEvent::Message {
-            message: Box::new(message),
-            media_ref,
-            stored,
-        })?;
-        Ok(confirmed)
+        match map_recovered(web, self.shared.own_jid().as_ref()) {
+            Some((message, media_ref)) => self.deliver(message, media_ref).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Queues a mapped message (see [`Sink::message`]).
@@ -112,6 +104,11 @@ impl Sink {
         {
             self.record_lid(lid, phone);
         }
+        self.deliver(message, media_ref)
+    }
+
+    /// Queues `message`; the receiver resolves once waghl has stored it.
+    fn deliver(&self, message: InboundMessage, media_ref: Option<Vec<u8>>) -> Result<oneshot::Receiver<()>, Ended> {
         let (stored, confirmed) = Stored::new();
         self.emit(WaEvent::Message {
             message: Box::new(message),
@@ -365,7 +362,7 @@ impl StoreHook {
                 Err(Ended) => return Err(ended()),
             }
             for recovered in recovered_messages(&item.message, &item.info) {
-                confirmations.push(self.sink.recovered(&recovered).map_err(|Ended| ended())?);
+                confirmations.extend(self.sink.recovered(&recovered).map_err(|Ended| ended())?);
             }
         }
         if confirmations.is_empty() {
