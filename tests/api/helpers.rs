@@ -285,6 +285,16 @@ impl TestApp {
     }
 
     /// The location's `session` block.
+    /// The value of the first `/metrics` line starting with `name` (0 when there is none).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.admin_get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     pub async fn session(&self, location: &str) -> serde_json::Value {
         let location: serde_json::Value = self
             .admin_get(&format!("/api/v1/locations/{location}"))

@@ -79,15 +79,6 @@ impl SimBench {
     pub async fn sim(&self, location: &str, action: &str, body: Value) -> reqwest::Response {
         self.app.admin_post(&format!("/sim/{location}/{action}"), &body).await
     }
-
-    async fn metric(&self, name: &str) -> f64 {
-        let text = self.app.admin_get("/metrics").await.text().await.unwrap();
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    }
 }
 
 #[tokio::test]
@@ -100,8 +91,8 @@ async fn a_scan_pairs_the_session_and_the_admin_api_shows_it() {
     assert_eq!(session["state"], "connected");
     assert_eq!(session["phone"], "+15550001111");
     assert_eq!(session["reason"], Value::Null);
-    assert!(b.metric("waghl_pairings_total").await >= 1.0);
-    assert_eq!(b.metric("waghl_sessions{state=\"connected\"}").await, 1.0);
+    assert!(b.app.metric("waghl_pairings_total").await >= 1.0);
+    assert_eq!(b.app.metric("waghl_sessions{state=\"connected\"}").await, 1.0);
 }
 
 #[tokio::test]
@@ -119,7 +110,7 @@ async fn a_network_drop_heals_by_itself() {
     assert_eq!(session["phone"], "+15550002222");
     b.app.wait_for_session("locDrop", "connected", None).await;
     // The transport reconnected; the supervisor restarted nothing.
-    assert_eq!(b.metric("waghl_session_restarts_total").await, 0.0);
+    assert_eq!(b.app.metric("waghl_session_restarts_total").await, 0.0);
 }
 
 #[tokio::test]
@@ -133,7 +124,7 @@ async fn a_logout_from_the_phone_is_terminal() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let session = b.app.session("locOut").await;
     assert_eq!(session["state"], "logged_out", "no attempt to reconnect: {session}");
-    assert_eq!(b.metric("waghl_session_restarts_total").await, 0.0);
+    assert_eq!(b.app.metric("waghl_session_restarts_total").await, 0.0);
     // A restart does not bring it back either.
     let app = b.app.restart().await;
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -188,12 +179,12 @@ async fn the_health_check_restarts_a_zombie() {
     assert_eq!(b.sim("locZombie", "zombie", json!({})).await.status(), 200);
     // Found dead, restarted, and connected again with the stored keys.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while b.metric("waghl_session_restarts_total").await < 1.0 {
+    while b.app.metric("waghl_session_restarts_total").await < 1.0 {
         assert!(std::time::Instant::now() < deadline, "never restarted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     b.app.wait_for_session("locZombie", "connected", None).await;
-    assert!(b.metric("waghl_session_health_check_failures_total").await >= 2.0);
+    assert!(b.app.metric("waghl_session_health_check_failures_total").await >= 2.0);
 }
 
 #[tokio::test]
@@ -214,7 +205,7 @@ async fn a_client_that_keeps_failing_is_parked_as_a_crash_loop() {
     b.sim("locLoop", "break", json!({})).await;
     b.sim("locLoop", "zombie", json!({})).await;
     b.app.wait_for_session("locLoop", "parked", Some("crash_loop")).await;
-    assert_eq!(b.metric("waghl_session_restarts_total").await, 4.0);
+    assert_eq!(b.app.metric("waghl_session_restarts_total").await, 4.0);
 }
 
 /// The real whatsapp-rust transport with no network: the session reports that it is not
@@ -232,7 +223,7 @@ async fn the_whatsapp_backend_without_network_stays_up_and_says_it_is_not_connec
     assert_eq!(b.app.get("/healthz").await.status(), 200);
     // The client keeps trying by itself; waghl did not restart it.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(b.metric("waghl_session_restarts_total").await, 0.0);
+    assert_eq!(b.app.metric("waghl_session_restarts_total").await, 0.0);
     let started = std::time::Instant::now();
     b.app.stop().await;
     assert!(

@@ -27,12 +27,8 @@ async fn bench() -> SimBench {
 
 impl SimBench {
     async fn panic_count(&self, task: &str) -> f64 {
-        let text = self.app.admin_get("/metrics").await.text().await.unwrap();
-        let prefix = format!("waghl_task_panics_total{{task=\"{task}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+        let series = format!("waghl_task_panics_total{{task=\"{task}\"}} ");
+        self.app.metric(&series).await
     }
 
     async fn arm_panic(&self, location: &str, at: &str) {

@@ -10,15 +10,6 @@ use serde_json::json;
 use crate::helpers::Backend;
 use crate::wa_rig::{BUSINESS, LOCATION, Rig, WAIT};
 
-async fn metric(rig: &Rig, name: &str) -> f64 {
-    let text = rig.app.admin_get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 async fn stat(rig: &Rig, name: &str) -> u64 {
     rig.ctl_get("/_ctl/stats").await[name].as_u64().unwrap()
 }
@@ -54,13 +45,17 @@ async fn an_outdated_client_comes_back_with_the_version_fetched_again(backend: B
         .await;
     until(
         "parked as outdated",
-        async || metric(&rig, "waghl_session_transitions_total{state=\"parked\"}").await,
+        async || {
+            rig.app
+                .metric("waghl_session_transitions_total{state=\"parked\"}")
+                .await
+        },
         |parked| *parked >= 1.0,
     )
     .await;
     rig.app.wait_for_session(LOCATION, "connected", None).await;
     assert_eq!(stat(&rig, "sw_js_fetches").await, 2, "fetched again after the refusal");
-    assert_eq!(metric(&rig, "waghl_session_restarts_total").await, 0.0);
+    assert_eq!(rig.app.metric("waghl_session_restarts_total").await, 0.0);
 }
 
 /// A stream restart (515) the client answers by reconnecting on its own, without a
@@ -76,8 +71,8 @@ async fn a_silent_reconnect_is_not_mistaken_for_a_dead_client(backend: Backend) 
         .wait_for_session(LOCATION, "reconnecting", Some("wa_disconnected"))
         .await;
     rig.app.wait_for_session(LOCATION, "connected", None).await;
-    assert_eq!(metric(&rig, "waghl_session_restarts_total").await, 0.0);
-    assert_eq!(metric(&rig, "waghl_session_health_check_failures_total").await, 0.0);
+    assert_eq!(rig.app.metric("waghl_session_restarts_total").await, 0.0);
+    assert_eq!(rig.app.metric("waghl_session_health_check_failures_total").await, 0.0);
 }
 
 /// The business does not show "online" around the clock: the crate announces `available` on

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
 use crate::helpers::Backend;
-use crate::wa_rig::{BUSINESS, CONTACT, Rig};
+use crate::wa_rig::{BUSINESS, CONTACT, CONTACT_LID, Rig};
 
 on_both_backends!(
     every_album_item_reaches_ghl_with_its_bytes_and_the_parent_adds_nothing,
@@ -15,10 +15,6 @@ on_both_backends!(
     the_phones_history_sync_reveals_the_phone_behind_a_lid,
     a_voice_note_from_ghl_reaches_the_contact_with_its_duration,
 );
-
-/// The contact's LID in these tests (the test server fixes it when the contact's account is
-/// created).
-const CONTACT_LID: &str = "123456789012345";
 
 async fn every_album_item_reaches_ghl_with_its_bytes_and_the_parent_adds_nothing(backend: Backend) {
     let Some(rig) = Rig::start(backend).await else { return };
@@ -89,11 +85,7 @@ async fn a_message_typed_on_the_phone_into_a_lid_chat_reaches_ghl_with_the_conta
 async fn the_phones_history_sync_reveals_the_phone_behind_a_lid(backend: Backend) {
     let Some(rig) = Rig::start(backend).await else { return };
     rig.pair_by_qr().await;
-    rig.ctl_post(
-        "/_ctl/history-sync",
-        json!({ "phone": BUSINESS, "contacts": [{ "phone": CONTACT, "lid": CONTACT_LID }] }),
-    )
-    .await;
+    rig.history_sync_names_the_contacts_lid().await;
     // The contact writes from its LID; WhatsApp never names its number in the message.
     let id = rig
         .contact_sends(json!({ "lid": CONTACT_LID, "text": "known by LID" }))

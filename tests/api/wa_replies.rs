@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::helpers::Backend;
-use crate::wa_rig::{BUSINESS, CONTACT, KEY, LOCATION, Rig};
+use crate::wa_rig::{BUSINESS, CONTACT, CONTACT_LID, LOCATION, Rig};
 
 on_both_backends!(
     a_reply_quoting_a_lid_contact_names_the_lid,
@@ -13,24 +13,13 @@ on_both_backends!(
     replies_into_a_disappearing_chat_carry_its_timer_until_it_is_turned_off,
 );
 
-/// The contact's LID (the test server fixes it when the contact's account is created).
-const CONTACT_LID: &str = "123456789012345";
-
 /// GHL's reply to the contact quoting the WhatsApp message `quoted`.
 async fn reply_quoting(rig: &Rig, ghl_id: &str, text: &str, quoted: &str) {
     let webhook = json!({
         "locationId": LOCATION, "messageId": ghl_id, "contactId": "c", "type": "SMS",
         "phone": CONTACT, "message": text, "replyToAltId": quoted,
     });
-    let response = rig
-        .app
-        .client
-        .post(rig.app.url(&format!("/webhooks/ghl/provider?key={KEY}")))
-        .json(&webhook)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    rig.provider_webhook(webhook).await;
 }
 
 async fn received_text(rig: &Rig, text: &str) -> Value {
@@ -41,11 +30,7 @@ async fn a_reply_quoting_a_lid_contact_names_the_lid(backend: Backend) {
     let Some(rig) = Rig::start(backend).await else { return };
     rig.pair_by_qr().await;
     // The phone's history sync maps the LID to the number, so the message reaches GHL.
-    rig.ctl_post(
-        "/_ctl/history-sync",
-        json!({ "phone": BUSINESS, "contacts": [{ "phone": CONTACT, "lid": CONTACT_LID }] }),
-    )
-    .await;
+    rig.history_sync_names_the_contacts_lid().await;
     let id = rig
         .contact_sends(json!({ "lid": CONTACT_LID, "text": "written from a LID" }))
         .await;

@@ -12,6 +12,8 @@ use crate::helpers::{Backend, TestApp, spawn_app_with_ghl};
 pub const KEY: &str = "real-transport-key";
 pub const BUSINESS: &str = "+14155550180";
 pub const CONTACT: &str = "+14155550181";
+/// The contact's LID (the test server fixes it when the contact's account is created).
+pub const CONTACT_LID: &str = "123456789012345";
 pub const LOCATION: &str = "locReal";
 pub const WAIT: Duration = Duration::from_secs(60);
 
@@ -124,6 +126,11 @@ impl Rig {
             "locationId": LOCATION, "messageId": ghl_id, "contactId": "c", "type": "SMS",
             "phone": CONTACT, "message": text, "attachments": attachments,
         });
+        self.provider_webhook(webhook).await;
+    }
+
+    /// Delivers `webhook` to waghl's provider webhook; it must be accepted.
+    pub async fn provider_webhook(&self, webhook: Value) {
         let response = self
             .app
             .client
@@ -133,6 +140,15 @@ impl Rig {
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
+    }
+
+    /// The business's phone shares, in its history sync, that the contact is `CONTACT_LID`.
+    pub async fn history_sync_names_the_contacts_lid(&self) {
+        self.ctl_post(
+            "/_ctl/history-sync",
+            json!({ "phone": BUSINESS, "contacts": [{ "phone": CONTACT, "lid": CONTACT_LID }] }),
+        )
+        .await;
     }
 
     /// What the contact's phone received and decrypted, once `pick` finds it.
