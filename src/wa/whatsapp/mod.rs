@@ -144,15 +144,20 @@ impl Transport for WhatsAppTransport {
                 .await
                 .map_err(|e| WaError::Failed(format!("could not open the session store: {e}")))?;
             restrict_store_files(&db);
-            let stored = match store.load().await {
-                Ok(Some(device)) => Some((
-                    device.app_version_primary,
-                    device.app_version_secondary,
-                    device.app_version_tertiary,
-                )),
-                _ => None,
+            // Without a version fetched in this process, the one the device stored (the crate
+            // would fetch again itself and fail the connection if that fails); none for a new
+            // device, which leaves the choice to the crate.
+            let version = match self.version.current().await {
+                Some(version) => Some(version),
+                None => match store.load().await {
+                    Ok(Some(device)) => Some((
+                        device.app_version_primary,
+                        device.app_version_secondary,
+                        device.app_version_tertiary,
+                    )),
+                    _ => None,
+                },
             };
-            let version = self.version.current(stored).await;
 
             let (queue, queued) = mpsc::unbounded_channel();
             let (pair_signals, pair_signals_rx) = mpsc::unbounded_channel();

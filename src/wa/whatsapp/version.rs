@@ -20,6 +20,8 @@ const REFRESH_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
 /// After a failed fetch, the next start tries again only after this long, so 200 sessions
 /// starting while the host is down make one request, not 200.
 const RETRY_FAILED_AFTER: Duration = Duration::from_secs(60);
+/// The crate bounds its own fetch so; starts wait for ours, so it must not hang them longer.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub struct WebVersion {
     http: Arc<dyn HttpClient>,
@@ -45,9 +47,10 @@ impl WebVersion {
     }
 
     /// The version a client starting now announces: the last one fetched while it is less
-    /// than a day old (and not refused since), else a fresh fetch; on a failed fetch the last
-    /// one known, else `stored` (the device's own). `None` leaves the choice to the crate.
-    pub async fn current(&self, stored: Option<Version>) -> Option<Version> {
+    /// than a day old (and not refused since), else a fresh fetch (bounded by
+    /// [`FETCH_TIMEOUT`]); on a failed fetch the last one known. `None` when this process never
+    /// fetched one: the caller falls back to the device's own.
+    pub async fn current(&self) -> Option<Version> {
         // One fetch at a time: the sessions starting together wait for its answer.
         let mut known = self.state.lock().await;
         let now = Instant::now();
@@ -59,7 +62,13 @@ impl WebVersion {
             .failed_at
             .is_some_and(|at| now.duration_since(at) < RETRY_FAILED_AFTER);
         if !fresh && !failed_lately {
-            match whatsapp_rust::version::fetch_latest_app_version(&self.http).await {
+            let fetched = tokio::time::timeout(
+                FETCH_TIMEOUT,
+                whatsapp_rust::version::fetch_latest_app_version(&self.http),
+            )
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {} s", FETCH_TIMEOUT.as_secs())));
+            match fetched {
                 Ok(version) => {
                     if known.version != Some(version) {
                         tracing::info!(version = %show(version), "WhatsApp Web version fetched");
@@ -75,7 +84,7 @@ impl WebVersion {
                 }
             }
         }
-        known.version.or(stored)
+        known.version
     }
 
     /// WhatsApp refused a client as outdated: the next start fetches the version again.
@@ -135,7 +144,7 @@ mod tests {
         let version = Arc::new(version);
         let starts = (0..20).map(|_| {
             let version = version.clone();
-            tokio::spawn(async move { version.current(None).await })
+            tokio::spawn(async move { version.current().await })
         });
         for start in starts {
             assert_eq!(start.await.unwrap(), Some((2, 3000, 111)));
@@ -147,27 +156,27 @@ mod tests {
     async fn a_failed_fetch_falls_back_to_the_last_version_known() {
         let (sw, version) = serving(111);
         sw.failing.store(true, Ordering::SeqCst);
-        // Nothing known in this process: the device's stored version, else the crate's choice.
-        assert_eq!(version.current(Some((2, 3000, 7))).await, Some((2, 3000, 7)));
-        assert_eq!(version.current(None).await, None);
+        // Nothing known in this process: the caller falls back to the device's version.
+        assert_eq!(version.current().await, None);
+        assert_eq!(version.current().await, None);
         assert_eq!(sw.fetches.load(Ordering::SeqCst), 1, "a failure is not retried at once");
 
         let (sw, version) = serving(111);
-        assert_eq!(version.current(None).await, Some((2, 3000, 111)));
+        assert_eq!(version.current().await, Some((2, 3000, 111)));
         sw.failing.store(true, Ordering::SeqCst);
         version.refused();
-        assert_eq!(version.current(Some((2, 3000, 7))).await, Some((2, 3000, 111)));
+        assert_eq!(version.current().await, Some((2, 3000, 111)));
     }
 
     #[tokio::test]
     async fn a_refused_version_is_fetched_again() {
         let (sw, version) = serving(111);
-        assert_eq!(version.current(None).await, Some((2, 3000, 111)));
+        assert_eq!(version.current().await, Some((2, 3000, 111)));
         sw.revision.store(222, Ordering::SeqCst);
-        assert_eq!(version.current(None).await, Some((2, 3000, 111)), "a day is not over");
+        assert_eq!(version.current().await, Some((2, 3000, 111)), "a day is not over");
         version.refused();
-        assert_eq!(version.current(None).await, Some((2, 3000, 222)));
-        assert_eq!(version.current(None).await, Some((2, 3000, 222)));
+        assert_eq!(version.current().await, Some((2, 3000, 222)));
+        assert_eq!(version.current().await, Some((2, 3000, 222)));
         assert_eq!(sw.fetches.load(Ordering::SeqCst), 2);
     }
 }
