@@ -1,20 +1,12 @@
-//! The intake writer: provider webhooks are queued by one task that writes everything waiting
-//! at that moment in one transaction (group commit), so concurrent requests share a durable
-//! commit instead of each paying for its own. A request is answered only after the transaction
-//! holding its row committed; a failed commit fails every request of its batch (GHL retries).
+//! The intake: provider webhooks are queued through group commit (see `group_commit`), so
+//! concurrent requests share a durable commit instead of each paying for its own. A request is
+//! answered only after the transaction holding its row committed; a failed commit fails every
+//! request of its batch (GHL retries).
 
-use std::sync::{Arc, Mutex};
-
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::group_commit::{GroupCommit, Stopping};
 use crate::store::{IntakeRow, Store};
-
-/// Most rows per transaction: bounds one commit's latency under a burst.
-const BATCH: usize = 256;
-/// Requests waiting for the writer; a full queue makes new requests wait (backpressure).
-const QUEUE: usize = 4096;
 
 /// What became of one webhook's row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,98 +23,55 @@ pub enum Queued {
 pub enum IntakeError {
     #[error("the message could not be stored ({0}); retry")]
     Store(String),
-    #[error("waghl is stopping; retry")]
-    Stopping,
+    #[error(transparent)]
+    Stopping(#[from] Stopping),
 }
 
-struct Job {
+/// One webhook's row, waiting for its batch.
+pub struct Pending {
     row: IntakeRow,
     /// When GHL says the message was written, to tell a replay of old messages.
     written_at: Option<i64>,
-    reply: oneshot::Sender<Result<Queued, IntakeError>>,
 }
+
+type Job = crate::group_commit::Job<Pending, Result<Queued, IntakeError>>;
 
 /// The handle requests queue through; cheap to clone.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Intake {
-    jobs: mpsc::Sender<Job>,
-    /// Taken once by [`Intake::spawn`].
-    receiver: Arc<Mutex<Option<mpsc::Receiver<Job>>>>,
-    /// Stops the writer once it wrote what is queued (after the HTTP server stopped).
-    stop: CancellationToken,
-}
-
-impl Default for Intake {
-    fn default() -> Self {
-        Self::new()
-    }
+    writer: GroupCommit<Pending, Result<Queued, IntakeError>>,
 }
 
 impl Intake {
     pub fn new() -> Self {
-        let (jobs, receiver) = mpsc::channel(QUEUE);
-        Self {
-            jobs,
-            receiver: Arc::new(Mutex::new(Some(receiver))),
-            stop: CancellationToken::new(),
-        }
+        Self::default()
     }
 
     /// Queues `row` (written in GHL at `written_at`, when GHL says) and waits until the
     /// transaction holding it committed. The writer judges the row with its batch: an unknown
     /// location, or a message that can never be sent (`row.failure` is set then).
     pub async fn queue(&self, row: IntakeRow, written_at: Option<i64>) -> Result<Queued, IntakeError> {
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { row, written_at, reply })
-            .await
-            .map_err(|_| IntakeError::Stopping)?;
-        answer.await.map_err(|_| IntakeError::Stopping)?
+        self.writer.submit(Pending { row, written_at }).await?
     }
 
     /// Starts the writer on `tasks`.
     pub fn spawn(&self, store: Store, tasks: &TaskTracker) {
-        let receiver = self
-            .receiver
-            .lock()
-            .expect("the intake lock is never poisoned")
-            .take()
-            .expect("the intake writer is started once");
-        tasks.spawn(write(store, receiver, self.stop.clone()));
+        self.writer.spawn(tasks, move |batch| {
+            let store = store.clone();
+            async move { commit(&store, batch).await }
+        });
     }
 
     /// Lets the writer finish what is queued, then stop. Called once no request can arrive.
     pub fn close(&self) {
-        self.stop.cancel();
-    }
-}
-
-/// The writer: takes everything queued now (up to [`BATCH`]), commits it, answers each request.
-async fn write(store: Store, mut receiver: mpsc::Receiver<Job>, stop: CancellationToken) {
-    loop {
-        let mut batch = Vec::with_capacity(BATCH);
-        let first = tokio::select! {
-            job = receiver.recv() => job,
-            () = stop.cancelled() => {
-                receiver.close();
-                receiver.recv().await
-            }
-        };
-        let Some(first) = first else { return };
-        batch.push(first);
-        while batch.len() < BATCH
-            && let Ok(job) = receiver.try_recv()
-        {
-            batch.push(job);
-        }
-        commit(&store, batch).await;
+        self.writer.close();
     }
 }
 
 /// Writes `batch` in one transaction, then answers each request. One query first reads what
 /// every row's location needs (installed? paired when?), so a request costs no read of its own.
 async fn commit(store: &Store, batch: Vec<Job>) {
-    let mut locations: Vec<&str> = batch.iter().map(|job| job.row.location_id.as_str()).collect();
+    let mut locations: Vec<&str> = batch.iter().map(|job| job.job.row.location_id.as_str()).collect();
     locations.sort_unstable();
     locations.dedup();
     let facts = match store.intake_facts(&locations).await {
@@ -131,16 +80,16 @@ async fn commit(store: &Store, batch: Vec<Job>) {
     };
     let mut rows = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
-    for job in batch {
+    for Job { job, reply } in batch {
         match facts.get(&job.row.location_id) {
             None => {
-                let _ = job.reply.send(Ok(Queued::UnknownLocation));
+                let _ = reply.send(Ok(Queued::UnknownLocation));
             }
             Some(paired_at) => {
                 let mut row = job.row;
                 row.failure = unsendable(*paired_at, job.written_at);
                 rows.push(row);
-                replies.push(job.reply);
+                replies.push(reply);
             }
         }
     }
@@ -187,6 +136,8 @@ fn unsendable(paired_at: Option<i64>, written_at: Option<i64>) -> Option<&'stati
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::crypto::SecretKey;
     use crate::store::DatabaseUrl;
@@ -264,7 +215,7 @@ mod tests {
         tasks.wait().await;
         assert!(matches!(
             intake.queue(row("x3"), None).await,
-            Err(IntakeError::Stopping)
+            Err(IntakeError::Stopping(_))
         ));
     }
 }

@@ -12,9 +12,11 @@ pub mod crypto;
 pub mod domain;
 /// The GHL API: OAuth, tokens, rate limits, retries, typed calls.
 pub mod ghl;
+/// Group commit: one writer task, one transaction per batch of concurrent requests.
+pub mod group_commit;
 /// The axum router and one file per HTTP surface.
 pub mod http;
-/// Group commit of provider webhooks: one writer, one transaction per batch of requests.
+/// The provider webhooks' intake into the outbox, through group commit.
 pub mod intake;
 /// Periodic housekeeping: pruning replay-defence ids, purging old message bodies.
 pub mod maintenance;

@@ -89,6 +89,7 @@ impl Application {
             tracing::info!(inbox, outbox, "released the claims of an earlier run of this instance");
         }
         crate::maintenance::spawn(&state);
+        state.postbox.spawn_writer(&state.tasks);
         let restored = state
             .sessions
             .restore()
@@ -121,6 +122,7 @@ impl Application {
             // No request can queue any more: the writer commits what is queued and stops.
             state.intake.close();
             state.sessions.shutdown(deadline).await;
+            state.postbox.close_writer();
             state.tasks.wait().await;
             served
         })

@@ -1,6 +1,9 @@
 //! What both benchmarks share: a fake GHL with its rate limit raised, waghl running in this
 //! process with the simulated WhatsApp, one installed and paired location, and percentiles.
 
+// Each example compiles this module on its own and uses a part of it.
+#![allow(dead_code)]
+
 use std::time::{Duration, Instant};
 
 use fake_ghl::FakeGhl;
@@ -10,6 +13,7 @@ use waghl::startup::Application;
 
 pub const ADMIN: &str = "bench-admin-token-0123456789";
 pub const KEY: &str = "bench-webhook-key";
+pub const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 pub struct Bench {
     pub base: String,
@@ -17,7 +21,6 @@ pub struct Bench {
     pub fake: FakeGhl,
     /// waghl's store, to check what the run left in the database (bench_intake reads it;
     /// each example compiles this module on its own).
-    #[allow(dead_code)]
     pub store: waghl::store::Store,
     _dir: tempfile::TempDir,
 }
@@ -28,31 +31,7 @@ pub async fn start(database_url: Option<String>) -> Bench {
     let fake = FakeGhl::start().await;
     fake.set_rate_limit(usize::MAX);
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = format!("sqlite://{}/waghl.db", dir.path().display());
-    let database_url = database_url.unwrap_or(sqlite);
-    let settings: Vec<(&str, String)> = vec![
-        ("WAGHL_LISTEN", "127.0.0.1:0".into()),
-        ("DATABASE_URL", database_url),
-        ("WAGHL_DATA_DIR", dir.path().join("data").display().to_string()),
-        ("WAGHL_SESSIONS_DIR", dir.path().join("sessions").display().to_string()),
-        (
-            "WAGHL_SECRET_KEY",
-            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into(),
-        ),
-        ("WAGHL_ADMIN_TOKEN", ADMIN.into()),
-        ("WAGHL_WA_BACKEND", "sim".into()),
-        ("WAGHL_SIM_TIME_SCALE", "0.1".into()),
-        ("WAGHL_WEBHOOK_KEY", KEY.into()),
-        ("WAGHL_SEND_GAP_MS", "0".into()),
-        ("WAGHL_GHL_RATE_LIMIT", "1000000".into()),
-        ("WAGHL_RELAY_POLL_MS", "50".into()),
-        ("GHL_CLIENT_ID", fake.client_id().into()),
-        ("GHL_CLIENT_SECRET", fake.client_secret().into()),
-        ("GHL_CONVERSATION_PROVIDER_ID", "bench-provider".into()),
-        ("GHL_API_BASE_URL", fake.base_url.clone()),
-        ("GHL_MARKETPLACE_URL", fake.base_url.clone()),
-        ("RUST_LOG", "error".into()),
-    ];
+    let settings = settings(&fake, dir.path(), database_url);
     let config = Config::from_lookup(|name| settings.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())).unwrap();
     let app = Application::build(config).await.unwrap();
     let base = format!("http://{}", app.local_addr());
@@ -67,7 +46,45 @@ pub async fn start(database_url: Option<String>) -> Bench {
     }
 }
 
+/// waghl's settings for a benchmark: the simulated WhatsApp with send pacing off, the fake GHL,
+/// files under `dir`, and SQLite there unless `database_url` is given.
+pub fn settings(fake: &FakeGhl, dir: &std::path::Path, database_url: Option<String>) -> Vec<(&'static str, String)> {
+    let sqlite = format!("sqlite://{}/waghl.db", dir.display());
+    vec![
+        ("WAGHL_LISTEN", "127.0.0.1:0".into()),
+        ("DATABASE_URL", database_url.unwrap_or(sqlite)),
+        ("WAGHL_DATA_DIR", dir.join("data").display().to_string()),
+        ("WAGHL_SESSIONS_DIR", dir.join("sessions").display().to_string()),
+        ("WAGHL_SECRET_KEY", SECRET_KEY.into()),
+        ("WAGHL_ADMIN_TOKEN", ADMIN.into()),
+        ("WAGHL_WA_BACKEND", "sim".into()),
+        ("WAGHL_SIM_TIME_SCALE", "0.1".into()),
+        ("WAGHL_WEBHOOK_KEY", KEY.into()),
+        ("WAGHL_SEND_GAP_MS", "0".into()),
+        ("WAGHL_GHL_RATE_LIMIT", "1000000".into()),
+        ("WAGHL_RELAY_POLL_MS", "50".into()),
+        ("GHL_CLIENT_ID", fake.client_id().into()),
+        ("GHL_CLIENT_SECRET", fake.client_secret().into()),
+        ("GHL_CONVERSATION_PROVIDER_ID", "bench-provider".into()),
+        ("GHL_API_BASE_URL", fake.base_url.clone()),
+        ("GHL_MARKETPLACE_URL", fake.base_url.clone()),
+        ("RUST_LOG", "error".into()),
+    ]
+}
+
 impl Bench {
+    /// A benchmark against waghl running at `base` (another process) on the database `store`
+    /// also opens, with its files in `dir`.
+    pub fn remote(base: String, fake: FakeGhl, store: waghl::store::Store, dir: tempfile::TempDir) -> Self {
+        Self {
+            base,
+            client: reqwest::Client::new(),
+            fake,
+            store,
+            _dir: dir,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -128,6 +145,10 @@ impl Bench {
             if location["session"]["state"] == "connected" {
                 return;
             }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{location} did not connect"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

@@ -6,6 +6,7 @@ mod address;
 mod convert;
 mod fetch;
 pub mod inbound;
+mod inbox_writer;
 pub mod outbound;
 mod postbox;
 mod recipients;

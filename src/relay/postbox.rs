@@ -9,6 +9,9 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
+use tokio_util::task::TaskTracker;
+
+use super::inbox_writer::{self, Inbound, InboxWriter};
 use crate::backoff::Backoff;
 use crate::crypto::random_fraction;
 use crate::domain::{InboundMessage, LocationId};
@@ -28,6 +31,8 @@ pub struct Postbox {
 
 struct Inner {
     store: Store,
+    /// Stores the inbound messages of every session, a batch per transaction.
+    writer: InboxWriter,
     metrics: Arc<Metrics>,
     /// Woken when an inbound message is stored, a LID is revealed or work is replayed.
     inbound_ready: Arc<Notify>,
@@ -46,6 +51,7 @@ impl Postbox {
         Self {
             inner: Arc::new(Inner {
                 store,
+                writer: InboxWriter::default(),
                 metrics,
                 inbound_ready: Arc::new(Notify::new()),
                 outbound_ready: Arc::new(Notify::new()),
@@ -66,19 +72,27 @@ impl Postbox {
         media_ref: Option<&[u8]>,
         budget: Duration,
     ) -> Result<(), StoreError> {
-        let start = inbox_start(message);
+        let inbound = Inbound {
+            location: location.clone(),
+            message: message.clone(),
+            media_ref: media_ref.map(<[u8]>::to_vec),
+            start: inbox_start(message),
+        };
         let backoff = Backoff::new(STORE_RETRY, STORE_RETRY_MAX);
         let deadline = Instant::now() + budget;
         let mut attempt = 0;
         loop {
-            let failure = match self
+            let written = self
                 .inner
-                .store
-                .insert_inbound(location.as_str(), message, media_ref, start)
+                .writer
+                .submit(inbound.clone())
                 .await
-            {
+                // The writer stops after the sessions: the message stays unconfirmed, and
+                // WhatsApp delivers it again to the next life.
+                .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+            let failure = match written {
                 Ok(InboxWrite::New | InboxWrite::Replaced) => {
-                    self.inner.metrics.count_inbound(message.content.kind(), start);
+                    self.inner.metrics.count_inbound(message.content.kind(), inbound.start);
                     self.wake_inbound();
                     return Ok(());
                 }
@@ -97,6 +111,16 @@ impl Postbox {
             tokio::time::sleep(delay).await;
             attempt += 1;
         }
+    }
+
+    /// Starts the inbox writer on `tasks`; before the sessions start.
+    pub fn spawn_writer(&self, tasks: &TaskTracker) {
+        inbox_writer::spawn(&self.inner.writer, self.inner.store.clone(), tasks);
+    }
+
+    /// Lets the inbox writer store what is queued, then stop; once the sessions stopped.
+    pub fn close_writer(&self) {
+        self.inner.writer.close();
     }
 
     /// Records a chat's disappearing timer, for the sends into it. One try, not held against

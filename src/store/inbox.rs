@@ -2,7 +2,7 @@
 //! arrived; its key `(location_id, chat, sender, wa_message_id)` makes a redelivery a no-op —
 //! but for a placeholder, which the message it stands for replaces.
 
-use super::heads::{ChatKey, demote_in, in_chat_tx, promote_in};
+use super::heads::{ChatKey, demote_in, in_chat_tx, in_chats_tx, promote_in};
 use super::message_map::SUPERSEDED;
 use super::{Db, Result, Store, on_db};
 use crate::domain::{Content, InboundMessage, Incarnation, UNAVAILABLE_KIND};
@@ -30,6 +30,15 @@ pub enum InboxWrite {
     Busy,
 }
 
+/// One inbound message to store, as a session hands it over.
+#[derive(Clone, Copy, Debug)]
+pub struct NewInbound<'a> {
+    pub location_id: &'a str,
+    pub message: &'a InboundMessage,
+    pub media_ref: Option<&'a [u8]>,
+    pub start: InboxStart,
+}
+
 impl Store {
     /// Stores an inbound message durably. A redelivery is a no-op, except that a message
     /// replaces the placeholder (`Content::Unavailable`) stored under its id.
@@ -40,20 +49,70 @@ impl Store {
         media_ref: Option<&[u8]>,
         start: InboxStart,
     ) -> Result<InboxWrite> {
-        let body =
-            serde_json::to_string(message).map_err(|e| super::StoreError::Database(sqlx::Error::Encode(e.into())))?;
+        let new = NewInbound {
+            location_id,
+            message,
+            media_ref,
+            start,
+        };
+        let mut writes = self.insert_inbound_batch(&[new]).await?;
+        Ok(writes.pop().expect("one write per message"))
+    }
+
+    /// Stores `messages` in one transaction (group commit), each exactly as
+    /// [`Store::insert_inbound`] would, in their order; returns what became of each.
+    pub async fn insert_inbound_batch(&self, messages: &[NewInbound<'_>]) -> Result<Vec<InboxWrite>> {
+        let mut bodies = Vec::with_capacity(messages.len());
+        for new in messages {
+            bodies.push(
+                serde_json::to_string(new.message)
+                    .map_err(|e| super::StoreError::Database(sqlx::Error::Encode(e.into())))?,
+            );
+        }
+        let mut locks: Vec<String> = messages
+            .iter()
+            .map(|new| {
+                ChatKey::Inbox {
+                    location: new.location_id,
+                    chat: &new.message.chat,
+                }
+                .lock_name()
+            })
+            .collect();
+        locks.sort();
+        locks.dedup();
+        let now = now_ms();
+        in_chats_tx!(self, &locks, tx => {
+            let mut writes = Vec::with_capacity(messages.len());
+            for (new, body) in messages.iter().zip(&bodies) {
+                writes.push(insert_one!(tx, new, body, now));
+            }
+            Ok(writes)
+        })
+    }
+}
+
+/// Stores one inbound message inside the caller's transaction, which holds its chat's lock.
+/// A pending message is its chat's head when nothing of the chat is pending before it.
+macro_rules! insert_one {
+    ($tx:ident, $new:expr, $body:expr, $now:expr) => {{
+        let NewInbound {
+            location_id,
+            message,
+            media_ref,
+            start,
+        } = *$new;
+        let (body, now): (&String, i64) = ($body, $now);
         let (state, reason) = match start {
             InboxStart::Pending => ("pending", None),
             InboxStart::Skipped(reason) => ("skipped", Some(reason)),
         };
-        let now = now_ms();
         let key = ChatKey::Inbox {
             location: location_id,
             chat: &message.chat,
         };
         let is_placeholder = matches!(message.content, Content::Unavailable { .. });
-        // A pending message is its chat's head when nothing of the chat is pending before it.
-        let write = in_chat_tx!(self, key, tx => {
+        {
             let inserted = sqlx::query(
                 "INSERT INTO inbox (location_id, chat, sender, wa_message_id, from_me, push_name, kind, body, \
                    media_ref, wa_timestamp, state, attempts, next_attempt_at, retry_from, last_error, received_at, \
@@ -70,13 +129,13 @@ impl Store {
             .bind(i64::from(message.from_me))
             .bind(message.push_name.as_deref())
             .bind(message.content.kind())
-            .bind(&body)
+            .bind(body)
             .bind(media_ref)
             .bind(message.timestamp)
             .bind(state)
             .bind(now)
             .bind(reason)
-            .execute(&mut *tx)
+            .execute(&mut *$tx)
             .await?
             .rows_affected();
             if inserted == 1 {
@@ -100,14 +159,14 @@ impl Store {
                 .bind(&message.id)
                 .bind(message.push_name.as_deref())
                 .bind(message.content.kind())
-                .bind(&body)
+                .bind(body)
                 .bind(media_ref)
                 .bind(message.timestamp)
                 .bind(state)
                 .bind(reason)
                 .bind(now)
                 .bind(UNAVAILABLE_KIND)
-                .execute(&mut *tx)
+                .execute(&mut *$tx)
                 .await?
                 .rows_affected();
                 if replaced == 1 {
@@ -122,10 +181,10 @@ impl Store {
                     .bind(&message.chat)
                     .bind(&message.id)
                     .bind(SUPERSEDED)
-                    .execute(&mut *tx)
+                    .execute(&mut *$tx)
                     .await?;
-                    demote_in!(tx, key);
-                    promote_in!(tx, key);
+                    demote_in!($tx, key);
+                    promote_in!($tx, key);
                     InboxWrite::Replaced
                 } else {
                     let kind: Option<String> = sqlx::query_scalar(
@@ -136,7 +195,7 @@ impl Store {
                     .bind(&message.chat)
                     .bind(&message.sender)
                     .bind(&message.id)
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut *$tx)
                     .await?;
                     if kind.as_deref() == Some(UNAVAILABLE_KIND) {
                         InboxWrite::Busy
@@ -145,10 +204,10 @@ impl Store {
                     }
                 }
             }
-        });
-        Ok(write)
-    }
+        }
+    }};
 }
+use insert_one;
 
 /// A claimed inbox row, ready to relay.
 #[derive(Clone, Debug, sqlx::FromRow)]

@@ -39,7 +39,7 @@ pub use claims::Queue;
 pub use console::StateEvent;
 pub use contacts::CachedContact;
 pub use credentials::{Credentials, GhlTokens, TokenLock, TokenOwner};
-pub use inbox::{InboxOutcome, InboxRow, InboxStart, InboxWrite};
+pub use inbox::{InboxOutcome, InboxRow, InboxStart, InboxWrite, NewInbound};
 pub use intake::IntakeRow;
 pub use locations::{LocationRecord, LocationStatus, NewLocation, TokenSource};
 pub use messages::{MessageRef, MessageRow};

@@ -30,6 +30,7 @@ on_both_backends!(
     retention_purges_bodies_of_finished_messages_and_keeps_the_rows,
     a_redelivered_inbound_message_is_stored_once,
     a_message_replaces_its_placeholder_and_is_relayed,
+    a_batch_of_inbound_messages_is_stored_as_one_by_one,
     concurrent_enqueues_to_one_chat_leave_one_head_and_keep_their_order,
     a_replayed_older_message_becomes_its_chats_head_again,
 );
@@ -271,6 +272,65 @@ async fn a_redelivered_inbound_message_is_stored_once(_db: TestDb, store: Store)
 /// A placeholder ("view once", "waiting for this message") stands for a message until WhatsApp
 /// delivers it: the message replaces it, whether or not the placeholder reached GHL, and is
 /// relayed itself; a redelivery of either changes nothing after that.
+/// Group commit changes nothing of what storing does: a batch is stored exactly as its messages
+/// one by one would be (duplicates within it, a placeholder and its message, one head per chat).
+async fn a_batch_of_inbound_messages_is_stored_as_one_by_one(_db: TestDb, store: Store) {
+    use waghl::domain::{Content, Incarnation, Unavailable};
+    use waghl::store::{InboxStart, InboxWrite, NewInbound};
+    install(&store, "locA").await;
+    install(&store, "locB").await;
+    let mut other_chat = inbound_message("P");
+    other_chat.chat = "15550002222@s.whatsapp.net".into();
+    other_chat.sender = other_chat.chat.clone();
+    let mut placeholder = other_chat.clone();
+    placeholder.content = Content::Unavailable {
+        reason: Unavailable::Waiting,
+    };
+    let (m1, m2) = (inbound_message("M1"), inbound_message("M2"));
+    let batch = [
+        ("locA", &m1),
+        ("locA", &m2),
+        ("locB", &m1),
+        ("locA", &m1),
+        ("locA", &placeholder),
+        ("locA", &other_chat),
+    ];
+    let news: Vec<NewInbound> = batch
+        .iter()
+        .map(|(location_id, message)| NewInbound {
+            location_id,
+            message,
+            media_ref: None,
+            start: InboxStart::Pending,
+        })
+        .collect();
+    use InboxWrite::*;
+    assert_eq!(
+        store.insert_inbound_batch(&news).await.unwrap(),
+        [New, New, New, Duplicate, New, Replaced]
+    );
+    assert_eq!(
+        store.insert_inbound_batch(&news[..2]).await.unwrap(),
+        [Duplicate, Duplicate],
+        "a redelivered batch"
+    );
+    // One head per chat, each its chat's first message, the placeholder's chat with the message.
+    let mut heads: Vec<(String, String, String)> = store
+        .claim_inbox_batch(10, 60_000, &Incarnation::new("test", "1"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.location_id, row.wa_message_id, row.body.unwrap_or_default()))
+        .collect();
+    heads.sort();
+    let ids: Vec<(&str, &str)> = heads.iter().map(|(l, id, _)| (l.as_str(), id.as_str())).collect();
+    assert_eq!(ids, [("locA", "M1"), ("locA", "P"), ("locB", "M1")]);
+    assert!(
+        heads[1].2.contains("a private message"),
+        "the message replaced its placeholder"
+    );
+}
+
 async fn a_message_replaces_its_placeholder_and_is_relayed(_db: TestDb, store: Store) {
     use waghl::domain::{Content, Incarnation, Unavailable};
     use waghl::store::{InboxOutcome, InboxStart, InboxWrite};

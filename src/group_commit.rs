@@ -1,0 +1,112 @@
+//! Group commit: requests that each need a durable write are queued for one writer task, which
+//! takes everything waiting at that moment and writes it in one transaction, so concurrent
+//! requests share a commit instead of each paying for its own. Each request is answered only
+//! after the transaction holding its row committed. The provider-webhook intake and the inbox
+//! both write through one.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Most jobs per transaction: bounds one commit's latency under a burst.
+const BATCH: usize = 256;
+/// Jobs waiting for the writer; a full queue makes new requests wait (backpressure).
+const QUEUE: usize = 4096;
+
+/// One queued job and where its answer goes.
+pub struct Job<J, R> {
+    pub job: J,
+    pub reply: oneshot::Sender<R>,
+}
+
+/// The queue's receiving end, until the writer takes it.
+type Receiver<J, R> = Arc<Mutex<Option<mpsc::Receiver<Job<J, R>>>>>;
+
+/// The writer is gone: it was stopped, or never started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("waghl is stopping; retry")]
+pub struct Stopping;
+
+/// The handle requests queue through; cheap to clone.
+pub struct GroupCommit<J, R> {
+    jobs: mpsc::Sender<Job<J, R>>,
+    /// Taken once by [`GroupCommit::spawn`].
+    receiver: Receiver<J, R>,
+    /// Stops the writer once it wrote what is queued.
+    stop: CancellationToken,
+}
+
+impl<J, R> Clone for GroupCommit<J, R> {
+    fn clone(&self) -> Self {
+        Self {
+            jobs: self.jobs.clone(),
+            receiver: self.receiver.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+impl<J: Send + 'static, R: Send + 'static> Default for GroupCommit<J, R> {
+    fn default() -> Self {
+        let (jobs, receiver) = mpsc::channel(QUEUE);
+        Self {
+            jobs,
+            receiver: Arc::new(Mutex::new(Some(receiver))),
+            stop: CancellationToken::new(),
+        }
+    }
+}
+
+impl<J: Send + 'static, R: Send + 'static> GroupCommit<J, R> {
+    /// Queues `job` and waits for the writer's answer, given once its batch committed (or
+    /// failed).
+    pub async fn submit(&self, job: J) -> Result<R, Stopping> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs.send(Job { job, reply }).await.map_err(|_| Stopping)?;
+        answer.await.map_err(|_| Stopping)
+    }
+
+    /// Starts the writer on `tasks`: `commit` writes one batch in one transaction and answers
+    /// every job of it.
+    pub fn spawn<F, Fut>(&self, tasks: &TaskTracker, mut commit: F)
+    where
+        F: FnMut(Vec<Job<J, R>>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let mut receiver = self
+            .receiver
+            .lock()
+            .expect("the group-commit lock is never poisoned")
+            .take()
+            .expect("a group-commit writer is started once");
+        let stop = self.stop.clone();
+        tasks.spawn(async move {
+            loop {
+                let first = tokio::select! {
+                    job = receiver.recv() => job,
+                    () = stop.cancelled() => {
+                        receiver.close();
+                        receiver.recv().await
+                    }
+                };
+                let Some(first) = first else { return };
+                let mut batch = Vec::with_capacity(BATCH);
+                batch.push(first);
+                while batch.len() < BATCH
+                    && let Ok(job) = receiver.try_recv()
+                {
+                    batch.push(job);
+                }
+                commit(batch).await;
+            }
+        });
+    }
+
+    /// Lets the writer finish what is queued, then stop. Called once no job can arrive.
+    pub fn close(&self) {
+        self.stop.cancel();
+    }
+}
