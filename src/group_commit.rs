@@ -69,44 +69,58 @@ impl<J: Send + 'static, R: Send + 'static> GroupCommit<J, R> {
         answer.await.map_err(|_| Stopping)
     }
 
-    /// Starts the writer on `tasks`: `commit` writes one batch in one transaction and answers
-    /// every job of it.
-    pub fn spawn<F, Fut>(&self, tasks: &TaskTracker, mut commit: F)
+    /// Starts `writers` writer tasks on `tasks`: `commit` writes one batch in one transaction
+    /// and answers every job of it. Several writers commit batches side by side (PostgreSQL);
+    /// one takes the next batch while the others commit, so each batch is what was queued at
+    /// that moment.
+    pub fn spawn<F, Fut>(&self, tasks: &TaskTracker, writers: usize, commit: F)
     where
-        F: FnMut(Vec<Job<J, R>>) -> Fut + Send + 'static,
+        F: Fn(Vec<Job<J, R>>) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = ()> + Send,
     {
-        let mut receiver = self
+        let receiver = self
             .receiver
             .lock()
             .expect("the group-commit lock is never poisoned")
             .take()
             .expect("a group-commit writer is started once");
-        let stop = self.stop.clone();
-        tasks.spawn(async move {
-            loop {
-                let first = tokio::select! {
-                    job = receiver.recv() => job,
-                    () = stop.cancelled() => {
-                        receiver.close();
-                        receiver.recv().await
-                    }
-                };
-                let Some(first) = first else { return };
-                let mut batch = Vec::with_capacity(BATCH);
-                batch.push(first);
-                while batch.len() < BATCH
-                    && let Ok(job) = receiver.try_recv()
-                {
-                    batch.push(job);
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        for _ in 0..writers.max(1) {
+            let (receiver, stop, commit) = (receiver.clone(), self.stop.clone(), commit.clone());
+            tasks.spawn(async move {
+                while let Some(batch) = next_batch(&receiver, &stop).await {
+                    commit(batch).await;
                 }
-                commit(batch).await;
-            }
-        });
+            });
+        }
     }
 
     /// Lets the writer finish what is queued, then stop. Called once no job can arrive.
     pub fn close(&self) {
         self.stop.cancel();
     }
+}
+
+/// Waits for the next job, then takes everything queued behind it (up to [`BATCH`]); `None`
+/// once stopped and empty.
+async fn next_batch<J, R>(
+    receiver: &tokio::sync::Mutex<mpsc::Receiver<Job<J, R>>>,
+    stop: &CancellationToken,
+) -> Option<Vec<Job<J, R>>> {
+    let mut receiver = receiver.lock().await;
+    let first = tokio::select! {
+        job = receiver.recv() => job,
+        () = stop.cancelled() => {
+            receiver.close();
+            receiver.recv().await
+        }
+    }?;
+    let mut batch = Vec::with_capacity(BATCH);
+    batch.push(first);
+    while batch.len() < BATCH
+        && let Ok(job) = receiver.try_recv()
+    {
+        batch.push(job);
+    }
+    Some(batch)
 }

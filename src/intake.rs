@@ -56,7 +56,7 @@ impl Intake {
 
     /// Starts the writer on `tasks`.
     pub fn spawn(&self, store: Store, tasks: &TaskTracker) {
-        self.writer.spawn(tasks, move |batch| {
+        self.writer.spawn(tasks, store.writers(), move |batch| {
             let store = store.clone();
             async move { commit(&store, batch).await }
         });

@@ -1,5 +1,7 @@
 //! Group commit of the outbound queue's intake: many provider webhooks written in one
 //! transaction, so the intake costs one durable commit per batch instead of one per request.
+//! The batch statements are not kept prepared: their text differs with every batch size, and
+//! each connection's cache would otherwise fill with one large statement per size.
 
 use std::collections::{HashMap, HashSet};
 
@@ -51,7 +53,7 @@ impl Store {
                 ids.push_bind(*location);
             }
             query.push(")");
-            query.build_query_as().fetch_all(pool).await?
+            query.build_query_as().persistent(false).fetch_all(pool).await?
         });
         Ok(rows.into_iter().collect())
     }
@@ -81,7 +83,7 @@ impl Store {
                     b.push_bind(*id).push_bind(now);
                 });
                 insert.push(" ON CONFLICT (webhook_id) DO NOTHING RETURNING webhook_id");
-                let recorded: HashSet<String> = insert.build_query_scalar().fetch_all(&mut *tx).await?.into_iter().collect();
+                let recorded: HashSet<String> = insert.build_query_scalar().persistent(false).fetch_all(&mut *tx).await?.into_iter().collect();
                 for (row, fresh) in rows.iter().zip(fresh.iter_mut()) {
                     if let Some(id) = &row.webhook_id && !recorded.contains(id) {
                         *fresh = false;
@@ -126,7 +128,7 @@ impl Store {
                         .push_unseparated(" AND state IN ('pending', 'sending')) THEN 1 ELSE 0 END");
                 });
                 insert.push(" ON CONFLICT (location_id, ghl_message_id) DO NOTHING RETURNING outbox_id, location_id, ghl_message_id");
-                let inserted: Vec<(i64, String, String)> = insert.build_query_as().fetch_all(&mut *tx).await?;
+                let inserted: Vec<(i64, String, String)> = insert.build_query_as().persistent(false).fetch_all(&mut *tx).await?;
                 let mut by_key: HashMap<(&str, &str), usize> = candidates
                     .iter()
                     .map(|(i, _)| ((rows[*i].location_id.as_str(), rows[*i].ghl_message_id.as_str()), *i))

@@ -48,6 +48,10 @@ pub use overview::QueueCounts;
 pub use sessions::SessionRow;
 pub use url::DatabaseUrl;
 
+/// Group-commit writers per queue on PostgreSQL: enough to keep a commit in flight while the
+/// next batch is written, few enough to leave most of the pool (16) to the relays.
+const POSTGRES_WRITERS: usize = 4;
+
 /// Runs the same query body on whichever pool the store holds. The body is compiled once per
 /// dialect, so every type it binds or decodes must work on both.
 macro_rules! on_db {
@@ -158,6 +162,15 @@ impl Store {
                 .await
         });
         applied.is_ok_and(|n| n as usize >= expected)
+    }
+
+    /// How many write transactions are worth running side by side: SQLite has one writer at
+    /// a time; PostgreSQL commits transactions of different chats concurrently.
+    pub fn writers(&self) -> usize {
+        match self.db {
+            Db::Sqlite(_) => 1,
+            Db::Postgres(_) => POSTGRES_WRITERS,
+        }
     }
 
     pub fn dialect(&self) -> &'static str {
