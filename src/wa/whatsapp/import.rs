@@ -113,6 +113,13 @@ async fn import_file(store: &Store, location: &LocationId, path: &Path) -> anyho
 /// The file's device and its rows; `None` when it holds no device.
 async fn read(path: &Path) -> anyhow::Result<Option<(Device, Vec<KeyRow>)>> {
     let url = path.to_str().context("the file's path is not UTF-8")?;
+    // The earlier version created the file empty before the crate's store filled it.
+    if std::fs::metadata(path).context("reading the file's size")?.len() == 0 {
+        return Ok(None);
+    }
+    // The tables first: a file that is not the crate's database fails here at once, where
+    // the crate's connection pool would retry it for half a minute.
+    let file = LegacyDeviceFile::read(path).await.context("reading the tables")?;
     // Opening runs the crate's migrations, which are no-ops on a file of this crate version.
     let crate_store = SqliteStore::new(url)
         .await
@@ -120,7 +127,6 @@ async fn read(path: &Path) -> anyhow::Result<Option<(Device, Vec<KeyRow>)>> {
     let Some(device) = crate_store.load().await.context("reading the device")? else {
         return Ok(None);
     };
-    let file = LegacyDeviceFile::read(path).await.context("reading the tables")?;
     let mut rows = Vec::new();
     for id in &file.sync_key_ids {
         if let Some(key) = crate_store.get_sync_key(id).await.context("reading an app-state key")? {
