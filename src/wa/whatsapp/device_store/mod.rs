@@ -35,12 +35,20 @@ use rows::{UNSCOPED, hex, joined};
 /// One location's device keys, as whatsapp-rust's storage backend.
 pub struct DbBackend {
     keys: DeviceKeys,
+    /// Held from the start of a device save to its commit. The crate's saver and its explicit
+    /// flushes each take a snapshot of the device and save it, and may overlap; on two pool
+    /// connections the older snapshot could commit last and stay (the next start then loses
+    /// e.g. the pre-key watermarks and uploads a new batch). Tokio's mutex is first come,
+    /// first served, and a save takes it before its first await: saves commit in the order the
+    /// snapshots were taken, as on the crate's own single-connection store.
+    device_saves: tokio::sync::Mutex<()>,
 }
 
 impl DbBackend {
     pub fn new(store: &Store, location: &LocationId) -> Self {
         Self {
             keys: store.device_keys(location.as_str()),
+            device_saves: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -554,6 +562,7 @@ impl MsgSecretStore for DbBackend {
 #[whatsapp_rust::async_trait]
 impl DeviceStore for DbBackend {
     async fn save(&self, device: &Device) -> Result<()> {
+        let _in_order = self.device_saves.lock().await;
         self.keys.save_device(&rows::encode_device(device)?).await.map_err(db)
     }
 

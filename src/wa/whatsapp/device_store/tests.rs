@@ -366,3 +366,41 @@ async fn the_device_and_its_latest_usable_app_state_key_come_back() {
         assert_eq!(b.get_sync_key(&[0, 2]).await.unwrap().unwrap().timestamp, 2);
     }
 }
+
+/// Two overlapping saves (the crate's saver and a flush) commit in the order they were called:
+/// the older snapshot never lands last. SQLite's busy handler wakes a later waiter first when
+/// the writer's lock is held a while, which is what would reorder them.
+#[tokio::test]
+async fn overlapping_device_saves_commit_in_the_order_they_were_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/w.db", dir.path().display());
+    let store = Store::connect(
+        &DatabaseUrl::parse(&url).unwrap(),
+        Arc::new(SecretKey::from_bytes(&[3; 32]).unwrap()),
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let b = Arc::new(backend(&store));
+    b.create().await.unwrap();
+    let mut device = b.load().await.unwrap().unwrap();
+
+    let mut writer = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut writer).await.unwrap();
+    device.push_name = "older".into();
+    let older = tokio::spawn({
+        let (b, device) = (b.clone(), device.clone());
+        async move { b.save(&device).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    device.push_name = "newer".into();
+    let newer = tokio::spawn({
+        let (b, device) = (b.clone(), device.clone());
+        async move { b.save(&device).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    sqlx::query("ROLLBACK").execute(&mut writer).await.unwrap();
+    older.await.unwrap().unwrap();
+    newer.await.unwrap().unwrap();
+    assert_eq!(b.load().await.unwrap().unwrap().push_name, "newer");
+}
