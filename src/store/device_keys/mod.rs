@@ -479,6 +479,88 @@ mod tests {
         assert_eq!(prefix_end(""), None);
     }
 
+    /// A sealed value moved to another location, kind, scope or key by someone with write
+    /// access to the database does not open there.
+    #[tokio::test]
+    async fn a_value_copied_to_another_row_does_not_open() {
+        use std::sync::Arc;
+
+        use sqlx::Connection as _;
+
+        use crate::crypto::SecretKey;
+        use crate::store::{DatabaseUrl, StoreError};
+
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/w.db", dir.path().display());
+        let key = Arc::new(SecretKey::from_bytes(&[9; 32]).unwrap());
+        let store = Store::connect(&DatabaseUrl::parse(&url).unwrap(), key).await.unwrap();
+        store.migrate().await.unwrap();
+        let loc1 = store.device_keys("loc1");
+        loc1.put(
+            KeyRow::new(DeviceKeyKind::Session, "", "a@lid", b"record".to_vec()),
+            OnConflict::Replace,
+        )
+        .await
+        .unwrap();
+        loc1.save_device(b"device").await.unwrap();
+        assert_eq!(
+            loc1.get(DeviceKeyKind::Session, "", "a@lid")
+                .await
+                .unwrap()
+                .unwrap()
+                .value,
+            b"record"
+        );
+
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        for (location, kind, scope, key) in [
+            ("loc2", 2, "", "a@lid"),
+            ("loc1", 1, "", "a@lid"),
+            ("loc1", 2, "g", "a@lid"),
+            ("loc1", 2, "", "b@lid"),
+        ] {
+            sqlx::query(
+                "INSERT INTO wa_device_keys (location_id, kind, scope, key, value, flag) \
+                 SELECT $1, $2, $3, $4, value, flag FROM wa_device_keys WHERE location_id = 'loc1' AND kind = 2 AND key = 'a@lid' AND scope = ''",
+            )
+            .bind(location)
+            .bind(kind)
+            .bind(scope)
+            .bind(key)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+        sqlx::query(
+            "INSERT INTO wa_devices (location_id, device, updated_at) SELECT 'loc2', device, 0 FROM wa_devices",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let refused = |r: Result<Option<KeyRow>>| matches!(r, Err(StoreError::Crypto(_)));
+        let loc2 = store.device_keys("loc2");
+        assert!(
+            refused(loc2.get(DeviceKeyKind::Session, "", "a@lid").await),
+            "another location"
+        );
+        assert!(
+            refused(loc1.get(DeviceKeyKind::Identity, "", "a@lid").await),
+            "another kind"
+        );
+        assert!(
+            refused(loc1.get(DeviceKeyKind::Session, "g", "a@lid").await),
+            "another scope"
+        );
+        assert!(
+            refused(loc1.get(DeviceKeyKind::Session, "", "b@lid").await),
+            "another key"
+        );
+        assert!(
+            matches!(loc2.load_device().await, Err(StoreError::Crypto(_))),
+            "another location's device"
+        );
+    }
+
     #[test]
     fn a_row_prints_without_its_value() {
         let row = KeyRow::new(
