@@ -52,7 +52,11 @@ impl Application {
                 "this is a test build talking to a WhatsApp test server, not to WhatsApp (WAGHL_WA_SERVER_URL)"
             );
         }
-        let (transport, sim) = transport_for(&config);
+        if config.wa_backend == WaBackend::WhatsApp {
+            // Before any session starts: a session must find its keys where it looks for them.
+            crate::wa::whatsapp::import_device_files(&store, &config.sessions_dir).await;
+        }
+        let (transport, sim) = transport_for(&config, &store);
         let state = AppState::new(Arc::new(config), store, admin_token, webhooks, transport, sim);
         Ok(Self { listener, state })
     }
@@ -140,7 +144,7 @@ impl Application {
 
 /// The WhatsApp behind the transport seam: whatsapp-rust, or the simulated WhatsApp (whose
 /// world the `/sim` control routes also need).
-fn transport_for(config: &Config) -> (Arc<dyn Transport>, Option<Arc<SimWorld>>) {
+fn transport_for(config: &Config, store: &Store) -> (Arc<dyn Transport>, Option<Arc<SimWorld>>) {
     match config.wa_backend {
         WaBackend::Sim => {
             let world = SimWorld::new(&config.sessions_dir, config.sim_time_scale);
@@ -148,6 +152,7 @@ fn transport_for(config: &Config) -> (Arc<dyn Transport>, Option<Arc<SimWorld>>)
         }
         WaBackend::WhatsApp => (
             Arc::new(WhatsAppTransport::new(
+                store.clone(),
                 &config.sessions_dir,
                 config.wa_test_server.clone(),
                 config.wa_presence,

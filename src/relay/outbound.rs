@@ -74,7 +74,8 @@ enum Outcome {
 impl From<WaError> for Outcome {
     fn from(e: WaError) -> Self {
         match e {
-            WaError::NotConnected => Self::Wait(e.to_string()),
+            // A client that cannot start is not connected either.
+            WaError::NotConnected | WaError::Unstartable(_) => Self::Wait(e.to_string()),
             WaError::NotOnWhatsApp => Self::Failed("the number is not on WhatsApp".into()),
             WaError::Rejected(_) => Self::Failed(e.to_string()),
             WaError::Failed(_) => Self::Retry(e.to_string()),

@@ -17,7 +17,7 @@ use super::supervisor::{Shared, Slot, lock};
 use crate::crypto::random_fraction;
 use crate::domain::LocationId;
 use crate::time::now_ms;
-use crate::wa::{Pairing, Resume};
+use crate::wa::{Pairing, Resume, WaError};
 
 /// Owns one location's client from start to its final exit.
 pub(super) struct Runner {
@@ -218,6 +218,7 @@ impl Runner {
             .await
         {
             Ok(session) => session,
+            Err(WaError::Unstartable(reason)) => return Exit::Parked(reason),
             Err(e) => {
                 tracing::warn!(error = %e, "the WhatsApp client did not start");
                 return Exit::Ended;

@@ -62,6 +62,9 @@ pub enum ParkReason {
     ClientOutdated,
     /// WhatsApp refused the connection with this code (400, 413, 414, 501, …).
     ConnectRefused(i32),
+    /// The location's device keys are in a device file of an earlier version that could not
+    /// be imported: starting would pair a new device over them.
+    KeysNotImported,
 }
 
 /// When a parked session tries again by itself.
@@ -83,6 +86,7 @@ impl ParkReason {
             Self::StreamReplaced => "wa_stream_replaced",
             Self::ClientOutdated => "wa_client_outdated",
             Self::ConnectRefused(_) => "wa_connect_refused",
+            Self::KeysNotImported => "wa_keys_not_imported",
         }
     }
 
@@ -91,6 +95,8 @@ impl ParkReason {
             Self::TemporaryBan { ends_in: Some(left) } => Resume::After(left),
             // Another client holds the number: two clients retrying would take turns forever.
             Self::StreamReplaced => Resume::Never,
+            // Nothing changes by itself: an operator fixes the file, or logs the session out.
+            Self::KeysNotImported => Resume::Never,
             // An outdated client retries with the version fetched again (the transport refetches
             // it after a refusal); a refusal or a ban without an end may be lifted any time.
             Self::TemporaryBan { ends_in: None } | Self::ClientOutdated | Self::ConnectRefused(_) => Resume::Backoff,
@@ -203,6 +209,9 @@ pub enum WaError {
     Rejected(String),
     #[error("{0}")]
     Failed(String),
+    /// The client cannot start until an operator acts; the session parks for this reason.
+    #[error("the client cannot start ({})", .0.code())]
+    Unstartable(ParkReason),
 }
 
 /// One location's WhatsApp client.

@@ -23,6 +23,8 @@ mod screens;
 #[cfg(feature = "wa-test-server")]
 mod wa_connection;
 #[cfg(feature = "wa-test-server")]
+mod wa_device_store;
+#[cfg(feature = "wa-test-server")]
 mod wa_kill;
 #[cfg(feature = "wa-test-server")]
 mod wa_kinds;

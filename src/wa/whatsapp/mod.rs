@@ -2,16 +2,19 @@
 //! its API between minor versions). It implements the seam of `wa/mod.rs`; no type of the
 //! crate leaves this folder. `client` is the session waghl drives, `events` the translation of
 //! the crate's events and the durability hook, `pairing` the pairing-code task, `convert` the
-//! pure message conversion (shared with the simulated WhatsApp), `files` the key store's files.
+//! pure message conversion (shared with the simulated WhatsApp), `device_store` the crate's
+//! storage on waghl's database, `import` and `files` the device files of earlier versions.
 //!
 //! # Who owns what
 //!
-//! - **One client per location, one SQLite file per client.** `start` builds a `Bot` on
-//!   `{sessions_dir}/{location}.db` (directory 0700, files 0600). The file holds the device
-//!   keys, the Signal sessions, the LID↔phone mappings, and the crate's buffer of inbound
-//!   messages that are not acknowledged yet. The crate has no "delete this device" call, so
-//!   `wipe` deletes the file and its `-wal`/`-shm` companions. It runs only after the client
-//!   has stopped, because the supervisor never runs two clients for one location.
+//! - **One client per location, its device keys in waghl's database.** `start` builds a `Bot`
+//!   on a `DbBackend` (`device_store`): the device keys, the Signal sessions, the LID↔phone
+//!   mappings and the crate's buffer of inbound messages that are not acknowledged yet live in
+//!   `wa_devices`/`wa_device_keys`, sealed with the daemon's key, so the session can start on
+//!   any instance of the database. Nothing is written under the sessions directory; device
+//!   files that earlier versions kept there are imported once (`import`). `wipe` deletes the
+//!   location's rows (and such a file). It runs only after the client has stopped, because the
+//!   supervisor never runs two clients for one location.
 //! - **The `BotHandle` belongs to one watcher task** (`watch`). Only that task awaits the run
 //!   loop. On `stop` it calls the graceful `BotHandle::shutdown` (flush receipts, commits and
 //!   device state) under a timeout. When the timeout fires, the unfinished shutdown future is
@@ -56,8 +59,10 @@
 
 mod client;
 pub mod convert;
+mod device_store;
 mod events;
 mod files;
+mod import;
 mod pairing;
 mod version;
 
@@ -69,24 +74,28 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use whatsapp_rust::bot::Bot;
-use whatsapp_rust::store::{DeviceStore, SqliteStore};
+use whatsapp_rust::store::DeviceStore;
 
-use super::{BoxFuture, Link, Pairing, Presence, Transport, WaError, WaEvent, WaSession};
+use super::{BoxFuture, Link, Pairing, ParkReason, Presence, Transport, WaError, WaEvent, WaSession};
 use crate::domain::LocationId;
+use crate::store::Store;
 use client::{Shared, WhatsAppSession, track};
+use device_store::DbBackend;
 use events::{BusHandler, Sink, StoreHook, forward_in_order, watch};
-use files::{prepare_store_file, restrict_store_files, with_suffix};
 use pairing::pair_by_code;
 use version::WebVersion;
 
 pub use client::live_clients;
+pub use import::import_device_files;
 
 /// How long a graceful shutdown may take: the crate's disconnect waits up to 5 s for pending
 /// inbound commits and 5 s for outbound receipts, then flushes the device state.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Starts whatsapp-rust clients, one per location, each on its own SQLite store.
+/// Starts whatsapp-rust clients, one per location, each on its device keys in the database.
 pub struct WhatsAppTransport {
+    store: Store,
+    /// Where earlier versions kept device files: imported from, deleted from by `wipe`.
     sessions_dir: PathBuf,
     /// The WhatsApp test server to talk to instead of WhatsApp (test builds only).
     server: Option<TestServer>,
@@ -106,22 +115,19 @@ pub struct TestServer {
 }
 
 impl WhatsAppTransport {
-    pub fn new(sessions_dir: &Path, server: Option<TestServer>, presence: Presence) -> Self {
+    pub fn new(store: Store, sessions_dir: &Path, server: Option<TestServer>, presence: Presence) -> Self {
         let http: Arc<dyn whatsapp_rust::http::HttpClient> = match &server {
             #[cfg(feature = "wa-test-server")]
             Some(server) => Arc::new(wa_testserver::LoopbackHttpClient::new(&server.media_url)),
             _ => Arc::new(whatsapp_rust::http::UreqHttpClient::new()),
         };
         Self {
+            store,
             sessions_dir: sessions_dir.to_path_buf(),
             server,
             version: Arc::new(WebVersion::new(http)),
             presence,
         }
-    }
-
-    fn db_path(&self, location: &LocationId) -> PathBuf {
-        self.sessions_dir.join(format!("{}.db", location.as_str()))
     }
 }
 
@@ -133,17 +139,13 @@ impl Transport for WhatsAppTransport {
         events: mpsc::Sender<WaEvent>,
     ) -> BoxFuture<'a, Result<Arc<dyn WaSession>, WaError>> {
         Box::pin(async move {
-            let db = self.db_path(location);
-            prepare_store_file(&self.sessions_dir, &db)
-                .map_err(|e| WaError::Failed(format!("could not prepare the session store {}: {e}", db.display())))?;
-            let url = db
-                .to_str()
-                .ok_or_else(|| WaError::Failed(format!("the session store path {} is not UTF-8", db.display())))?
-                .to_owned();
-            let store = SqliteStore::new(&url)
-                .await
-                .map_err(|e| WaError::Failed(format!("could not open the session store: {e}")))?;
-            restrict_store_files(&db);
+            // A device file of an earlier version holds this location's keys until imported;
+            // starting without them would pair a new device over them.
+            if let Err(e) = import::import_if_present(&self.store, &self.sessions_dir, location).await {
+                import::report_failure(location, &files::legacy_file(&self.sessions_dir, location), &e);
+                return Err(WaError::Unstartable(ParkReason::KeysNotImported));
+            }
+            let store = DbBackend::new(&self.store, location);
             // Without a version fetched in this process, the one the device stored (the crate
             // would fetch again itself and fail the connection if that fails); none for a new
             // device, which leaves the choice to the crate.
@@ -235,23 +237,15 @@ impl Transport for WhatsAppTransport {
 
     fn wipe<'a>(&'a self, location: &'a LocationId) -> BoxFuture<'a, Result<(), WaError>> {
         Box::pin(async move {
-            let db = self.db_path(location);
-            // The WAL goes first. A stale `-wal` next to a new database would be replayed into
-            // it and bring the old keys back.
-            for path in [
-                with_suffix(&db, "-wal"),
-                with_suffix(&db, "-shm"),
-                with_suffix(&db, "-journal"),
-                db.clone(),
-            ] {
-                match tokio::fs::remove_file(&path).await {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(WaError::Failed(format!("could not delete {}: {e}", path.display())));
-                    }
-                }
-            }
+            // The file first: left behind, it would be imported again at the next start.
+            files::remove_legacy_files(&self.sessions_dir, location)
+                .await
+                .map_err(|e| WaError::Failed(format!("could not delete the device file of an earlier version: {e}")))?;
+            self.store
+                .device_keys(location.as_str())
+                .wipe()
+                .await
+                .map_err(|e| WaError::Failed(format!("could not delete the device keys: {e}")))?;
             tracing::info!(location.id = %location, "WhatsApp device keys wiped");
             Ok(())
         })
@@ -260,22 +254,56 @@ impl Transport for WhatsAppTransport {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::crypto::SecretKey;
+    use crate::store::DatabaseUrl;
 
     #[tokio::test]
-    async fn wipe_deletes_the_database_and_its_companions_only() {
+    async fn wipe_deletes_the_locations_keys_and_device_file_only() {
         let temp = tempfile::tempdir().unwrap();
-        let transport = WhatsAppTransport::new(temp.path(), None, Presence::Unavailable);
+        let url = DatabaseUrl::parse(&format!("sqlite://{}/w.db", temp.path().display())).unwrap();
+        let store = Store::connect(&url, Arc::new(SecretKey::from_bytes(&[7; 32]).unwrap()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let sessions = temp.path().join("sessions");
+        std::fs::create_dir(&sessions).unwrap();
+        for name in ["loc1.db", "loc1.db.imported", "loc2.db"] {
+            std::fs::write(sessions.join(name), b"x").unwrap();
+        }
+        for location in ["loc1", "loc2"] {
+            let backend = DbBackend::new(&store, &LocationId::parse(location).unwrap());
+            backend.create().await.unwrap();
+            whatsapp_rust::store::traits::SignalStore::put_session(&backend, "1555@s.whatsapp.net", b"record")
+                .await
+                .unwrap();
+        }
+        let transport = WhatsAppTransport::new(store.clone(), &sessions, None, Presence::Unavailable);
         let location = LocationId::parse("loc1").unwrap();
-        let names = ["loc1.db", "loc1.db-wal", "loc1.db-shm", "loc2.db"];
-        for name in names {
-            std::fs::write(temp.path().join(name), b"x").unwrap();
-        }
         transport.wipe(&location).await.unwrap();
-        for name in &names[..3] {
-            assert!(!temp.path().join(name).exists(), "{name} survived");
-        }
-        assert!(temp.path().join("loc2.db").exists());
+        assert!(!store.device_keys("loc1").has_device().await.unwrap());
+        assert!(
+            store
+                .device_keys("loc1")
+                .keys(crate::store::DeviceKeyKind::Session)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(store.device_keys("loc2").has_device().await.unwrap());
+        assert_eq!(
+            store
+                .device_keys("loc2")
+                .keys(crate::store::DeviceKeyKind::Session)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(!sessions.join("loc1.db").exists() && !sessions.join("loc1.db.imported").exists());
+        assert!(sessions.join("loc2.db").exists());
         // Wiping what is already gone is fine.
         transport.wipe(&location).await.unwrap();
     }
