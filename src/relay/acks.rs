@@ -13,9 +13,8 @@ use crate::domain::LocationId;
 
 /// How long a handed part waits for the server's ack before it is sent again (same id, so
 /// the recipient keeps one copy). WhatsApp acks within a second on a working link; 10 s covers
-/// a slow one without leaving a frame that a half-dead socket swallowed unsent for long, and
-/// bounds the delay when an ack is not heard at all (seen under heavy load in tests, cause not
-/// found yet). A reconnect ends the wait at once.
+/// a slow one without leaving a frame that a half-dead socket swallowed unsent for long. A
+/// reconnect ends the wait at once.
 pub(super) const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a waiting send learns.

@@ -115,22 +115,38 @@ impl Workers {
 
 /// Runs `work` while renewing the row's claim. A renewal that finds the claim gone is logged
 /// and the work goes on: the steps that must not run twice check the claim themselves.
+///
+/// The renewals run beside the work, never in its place. The work ends by writing its row in
+/// a transaction (settling it and promoting its chat's next message), and a renewal updates
+/// that same row, so it waits for that transaction. Were the work not polled while a renewal
+/// waits, the transaction could never end: on PostgreSQL both would wait forever (the row stays
+/// claimed, its chat held), on SQLite until the busy timeout, every other writer with them.
 async fn renewing(renewal: Renewal, row: i64, work: impl Future<Output = ()>) {
     let period = (renewal.claim_for / 3).max(Duration::from_millis(10));
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    tokio::pin!(work);
-    loop {
-        tokio::select! {
-            () = &mut work => return,
-            _ = ticks.tick() => {
-                let until = now_ms() + renewal.claim_for.as_millis() as i64;
-                match renewal.store.renew_claim(renewal.queue, row, &renewal.holder, until).await {
-                    Ok(true) => {}
-                    Ok(false) => tracing::warn!(row, queue = ?renewal.queue, "a claim was lost while its row was being worked on"),
-                    Err(e) => tracing::warn!(row, queue = ?renewal.queue, error = %e, "could not renew a claim"),
+    let renewals = async {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            ticks.tick().await;
+            let until = now_ms() + renewal.claim_for.as_millis() as i64;
+            match renewal
+                .store
+                .renew_claim(renewal.queue, row, &renewal.holder, until)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(row, queue = ?renewal.queue, "a claim was lost while its row was being worked on")
                 }
+                Err(e) => tracing::warn!(row, queue = ?renewal.queue, error = %e, "could not renew a claim"),
             }
         }
+    };
+    // Work first: once it is done, a renewal still in flight is dropped (the row's final write
+    // released the claim, so that renewal would only find it gone).
+    tokio::select! {
+        biased;
+        () = work => {}
+        _ = renewals => {}
     }
 }
 
@@ -159,5 +175,101 @@ mod tests {
         assert!(workers.start(2, async {}).await, "a panicked row stays blocked");
         assert_eq!(workers.next().await, Some(Joined::Done(2)));
         assert_eq!(workers.next().await, None);
+    }
+
+    /// The interleaving that held chats under load: a renewal falls due while the work holds
+    /// its row in an open transaction, as its final write (settling the row and promoting the
+    /// chat's next message) does. The work still ends at once, and the claim is still renewed
+    /// while it runs.
+    #[tokio::test]
+    async fn a_renewal_due_while_the_work_holds_its_row_in_a_transaction_does_not_stop_the_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = format!("sqlite://{}/w.db", dir.path().display());
+        renewal_beside_a_transaction::<sqlx::Sqlite>(&sqlite).await;
+        // On PostgreSQL the renewal waits for the row's lock with no timeout: never ending.
+        if let Some(postgres) = fresh_postgres_database().await {
+            renewal_beside_a_transaction::<sqlx::Postgres>(&postgres).await;
+        }
+    }
+
+    async fn renewal_beside_a_transaction<DB>(url: &str)
+    where
+        DB: sqlx::Database,
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+        i64: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+        usize: sqlx::ColumnIndex<DB::Row>,
+    {
+        let key = std::sync::Arc::new(crate::crypto::SecretKey::from_bytes(&[1; 32]).unwrap());
+        let store = Store::connect(&crate::store::DatabaseUrl::parse(url).unwrap(), key)
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let queued = crate::store::NewOutbound {
+            location_id: "loc",
+            ghl_message_id: "m1",
+            ghl_contact_id: None,
+            to_phone: "+14155550001",
+            body: "{}",
+        };
+        let row = store.enqueue_outbound(queued, None).await.unwrap().unwrap();
+        let holder = Incarnation::new("host", "life");
+        let own = sqlx::Pool::<DB>::connect(url).await.unwrap();
+        let claimed_until = |pool: sqlx::Pool<DB>| async move {
+            let sql = format!("SELECT claimed_until FROM outbox WHERE outbox_id = {row}");
+            let found = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_one(&pool).await.unwrap();
+            sqlx::Row::get::<i64, _>(&found, 0)
+        };
+        let claimed = now_ms() + 60_000;
+        let claim = format!(
+            "UPDATE outbox SET claimed_by = '{}', claimed_until = {claimed} WHERE outbox_id = {row}",
+            holder.as_str()
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(claim)).execute(&own).await.unwrap();
+
+        let pool = own.clone();
+        let work = async move {
+            let mut tx = pool.begin().await.unwrap();
+            let write = format!("UPDATE outbox SET updated_at = updated_at + 1 WHERE outbox_id = {row}");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(write))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            // Renewals fall due every 10 ms: several while the row is held.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tx.commit().await.unwrap();
+            // Then more work, outside any transaction, while the renewals go on.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        let renewal = Renewal {
+            store: store.clone(),
+            queue: Queue::Outbox,
+            holder,
+            claim_for: Duration::from_millis(30),
+        };
+        // Far below SQLite's busy timeout (10 s), which was the least a renewal held it up.
+        tokio::time::timeout(Duration::from_secs(5), renewing(renewal, row, work))
+            .await
+            .expect("the work waited for a renewal of its own claim");
+        assert_ne!(
+            claimed_until(own).await,
+            claimed,
+            "the claim was not renewed while the work ran"
+        );
+        store.close().await;
+    }
+
+    /// A database of its own on the PostgreSQL server of `WAGHL_TEST_DATABASE_URL`, if set.
+    async fn fresh_postgres_database() -> Option<String> {
+        let admin = std::env::var("WAGHL_TEST_DATABASE_URL")
+            .ok()
+            .filter(|url| !url.is_empty())?;
+        let name = format!("waghl_unit_{}_{}", std::process::id(), now_ms());
+        let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+        let create = format!("CREATE DATABASE {name}");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(create)).execute(&pool).await.unwrap();
+        pool.close().await;
+        let mut url = url::Url::parse(&admin).unwrap();
+        url.set_path(&format!("/{name}"));
+        Some(url.to_string())
     }
 }
