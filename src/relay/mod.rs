@@ -70,6 +70,7 @@ pub fn spawn(state: &crate::state::AppState) {
         config.send_gap,
         config.outbound_ttl,
         state.incarnation.clone(),
+        state.postbox.clone(),
     );
     state.tasks.spawn(
         outbound.run(

@@ -17,7 +17,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::acks::{ACK_TIMEOUT, AwaitedAcks, Heard};
+use super::Postbox;
+use super::acks::{ACK_TIMEOUT, Heard};
 use super::fetch::Fetcher;
 use super::recipients::{Recipient, Recipients};
 use super::workers::{Joined, Renewal, Workers};
@@ -34,6 +35,9 @@ use crate::sessions::Supervisor;
 use crate::store::{OutboxRow, Queue, StatusToReport, Store};
 use crate::time::now_ms;
 use crate::wa::{ReceiptStatus, WaError, WaEvent, WaSession};
+
+/// Most receipts and acks applied in one round of the relay's loop before it claims again.
+const EVENTS_PER_ROUND: usize = 256;
 
 pub struct OutboundRelay {
     pub store: Store,
@@ -54,8 +58,8 @@ pub struct OutboundRelay {
     pacing: DashMap<String, Arc<tokio::sync::Mutex<Instant>>>,
     /// GHL refused the `sent` status once: report `delivered` instead from then on.
     sent_unsupported: std::sync::atomic::AtomicBool,
-    /// Sends waiting for WhatsApp's server to ack them.
-    acks: AwaitedAcks,
+    /// Where acks arrive, for the sends waiting for them.
+    postbox: Postbox,
     /// Who is on WhatsApp, so a burst of replies is not a burst of lookups.
     recipients: Recipients,
     /// Cancelled at shutdown: a send stops waiting for its ack (the next life resends it).
@@ -96,6 +100,7 @@ impl OutboundRelay {
         send_gap: Duration,
         ttl: Duration,
         holder: Incarnation,
+        postbox: Postbox,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -110,7 +115,7 @@ impl OutboundRelay {
             holder,
             pacing: DashMap::new(),
             sent_unsupported: Default::default(),
-            acks: AwaitedAcks::default(),
+            postbox,
             recipients: Recipients::default(),
             stopping: CancellationToken::new(),
         })
@@ -170,8 +175,14 @@ impl OutboundRelay {
                     break;
                 }
                 Some(joined) = sending.next(), if !sending.is_empty() => {
-                    if let Joined::Panicked(row) = joined {
-                        super::after_panic(&self.store, &self.metrics, &self.settings, Queue::Outbox, &self.holder, row).await;
+                    // Every send that ended meanwhile too, so that one round's claim refills
+                    // all their slots.
+                    let mut joined = Some(joined);
+                    while let Some(one) = joined {
+                        if let Joined::Panicked(row) = one {
+                            super::after_panic(&self.store, &self.metrics, &self.settings, Queue::Outbox, &self.holder, row).await;
+                        }
+                        joined = sending.try_next();
                     }
                 }
                 Some(joined) = reporting.next(), if !reporting.is_empty() => {
@@ -181,7 +192,15 @@ impl OutboundRelay {
                         tracing::error!(outbox.id = row, "a status report panicked");
                     }
                 }
-                Some((location, event)) = events.recv() => self.apply_receipt(&location, event).await,
+                Some((location, event)) = events.recv() => {
+                    // Everything already queued behind it as well, before the next round's
+                    // queries: acks arrive as fast as sends go out.
+                    self.apply_receipt(&location, event).await;
+                    for _ in 0..EVENTS_PER_ROUND {
+                        let Ok((location, event)) = events.try_recv() else { break };
+                        self.apply_receipt(&location, event).await;
+                    }
+                }
                 () = ready.notified() => {}
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
             }
@@ -327,7 +346,7 @@ impl OutboundRelay {
             };
             let context = MessageContext { quote, expiration };
             // Waiting starts before the send: the ack may be handled before `send` returns.
-            let mut awaited = self.acks.expect(&location, &id);
+            let mut awaited = self.postbox.acks().expect(&location, &id);
             if let Err(e) = self
                 .paced_send(&location, session.as_ref(), &jid, &id, content, &context)
                 .await
@@ -423,36 +442,20 @@ impl OutboundRelay {
         outcome
     }
 
-    /// A receipt or server ack moves parts forward; the message follows its least advanced
-    /// part, and GHL is told on the next round. A reconnection ends the waits for acks.
+    /// A receipt, or a server ack no send waited for, moves parts forward; the message follows
+    /// its least advanced part, and GHL is told on the next round. (The postbox hands acks to
+    /// the sends waiting for them.)
     #[tracing::instrument(skip_all, fields(location.id = %location))]
     async fn apply_receipt(&self, location: &LocationId, event: WaEvent) {
         let (ids, status) = match event {
-            WaEvent::ServerAck { id } => {
-                self.acks.heard(location, &id, Heard::Acked);
-                (vec![id], PartStatus::Sent)
-            }
-            WaEvent::ServerRefused { id, code } => {
-                // A send waiting for this ack fails its message itself.
-                if !self.acks.heard(location, &id, Heard::Refused(code.clone())) {
-                    self.refused(location, &id, &code).await;
-                }
-                return;
-            }
+            WaEvent::ServerAck { id } => (vec![id], PartStatus::Sent),
+            WaEvent::ServerRefused { id, code } => return self.refused(location, &id, &code).await,
             WaEvent::Receipt { ids, status } => {
-                // A receipt from the recipient implies the server took the message.
-                for id in &ids {
-                    self.acks.heard(location, id, Heard::Acked);
-                }
                 let status = match status {
                     ReceiptStatus::Delivered => PartStatus::Delivered,
                     ReceiptStatus::Read => PartStatus::Read,
                 };
                 (ids, status)
-            }
-            WaEvent::Connected { .. } => {
-                self.acks.reconnected(location);
-                return;
             }
             _ => return,
         };

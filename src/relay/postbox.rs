@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use tokio_util::task::TaskTracker;
 
+use super::acks::{AwaitedAcks, Heard};
 use super::inbox_writer::{self, Inbound, InboxWriter};
 use crate::backoff::Backoff;
 use crate::crypto::random_fraction;
@@ -33,13 +34,15 @@ struct Inner {
     store: Store,
     /// Stores the inbound messages of every session, a batch per transaction.
     writer: InboxWriter,
+    /// The sends waiting for WhatsApp's server to ack them.
+    acks: AwaitedAcks,
     metrics: Arc<Metrics>,
     /// Woken when an inbound message is stored, a LID is revealed or work is replayed.
     inbound_ready: Arc<Notify>,
     /// Woken when an outbound message is queued, a session connects or work is replayed.
     outbound_ready: Arc<Notify>,
-    /// Receipts, server acks and (re)connections of every session, in arrival order, for the
-    /// outbound relay.
+    /// Receipts, and the acks and refusals no send waited for, of every session, in arrival
+    /// order, for the outbound relay.
     receipts: mpsc::UnboundedSender<(LocationId, WaEvent)>,
     /// The receiving end, until the outbound relay takes it.
     receipts_rx: Mutex<Option<mpsc::UnboundedReceiver<(LocationId, WaEvent)>>>,
@@ -52,6 +55,7 @@ impl Postbox {
             inner: Arc::new(Inner {
                 store,
                 writer: InboxWriter::default(),
+                acks: AwaitedAcks::default(),
                 metrics,
                 inbound_ready: Arc::new(Notify::new()),
                 outbound_ready: Arc::new(Notify::new()),
@@ -136,18 +140,37 @@ impl Postbox {
         }
     }
 
-    /// A receipt or server ack (or refusal) of a sent message, for the outbound relay.
+    /// A receipt or server ack (or refusal) of a sent message. The send waiting for it hears
+    /// it at once, here, not behind the outbound relay's other work (a send kept waiting holds
+    /// its chat); what needs the database (receipts, late acks and refusals) goes to the relay.
     pub fn receipt(&self, location: &LocationId, event: WaEvent) {
-        let _ = self.inner.receipts.send((location.clone(), event));
+        let acks = &self.inner.acks;
+        let settled = match &event {
+            WaEvent::ServerAck { id } => acks.heard(location, id, Heard::Acked),
+            WaEvent::ServerRefused { id, code } => acks.heard(location, id, Heard::Refused(code.clone())),
+            WaEvent::Receipt { ids, .. } => {
+                // A receipt from the recipient implies the server took the message.
+                for id in ids {
+                    acks.heard(location, id, Heard::Acked);
+                }
+                false
+            }
+            _ => false,
+        };
+        if !settled {
+            let _ = self.inner.receipts.send((location.clone(), event));
+        }
     }
 
     /// The session connected (again): sends still waiting for the server's ack of a frame
     /// written on the old connection are sent again.
-    pub fn connected(&self, location: &LocationId, phone: String) {
-        let _ = self
-            .inner
-            .receipts
-            .send((location.clone(), WaEvent::Connected { phone }));
+    pub fn connected(&self, location: &LocationId) {
+        self.inner.acks.reconnected(location);
+    }
+
+    /// The sends waiting for their server acks.
+    pub(super) fn acks(&self) -> &AwaitedAcks {
+        &self.inner.acks
     }
 
     pub fn wake_inbound(&self) {
@@ -181,5 +204,42 @@ fn inbox_start(message: &InboundMessage) -> InboxStart {
         InboxStart::Skipped("group chat")
     } else {
         InboxStart::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::crypto::SecretKey;
+    use crate::store::DatabaseUrl;
+
+    #[tokio::test]
+    async fn a_waiting_send_hears_its_ack_at_once_and_only_the_rest_goes_to_the_relay() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = DatabaseUrl::parse(&format!("sqlite://{}/p.db", dir.path().display())).unwrap();
+        let store = Store::connect(&url, Arc::new(SecretKey::from_bytes(&[1; 32]).unwrap()))
+            .await
+            .unwrap();
+        let postbox = Postbox::new(store, Arc::new(Metrics::new()));
+        let mut relay = postbox.take_receipts().unwrap();
+        let location = LocationId::parse("loc").unwrap();
+        let never = CancellationToken::new();
+
+        // Nobody reads the relay's queue here: the send hears its ack from the postbox itself.
+        let mut waiting = postbox.acks().expect(&location, "A");
+        postbox.receipt(&location, WaEvent::ServerAck { id: "A".into() });
+        assert_eq!(waiting.heard(Duration::from_secs(5), &never).await, Heard::Acked);
+        assert!(relay.try_recv().is_err(), "an ack a send took is not queued");
+
+        // A late ack, and a receipt, need the database: queued for the relay.
+        postbox.receipt(&location, WaEvent::ServerAck { id: "late".into() });
+        assert!(matches!(relay.try_recv(), Ok((_, WaEvent::ServerAck { .. }))));
+
+        // A reconnection ends the waits at once.
+        let mut waiting = postbox.acks().expect(&location, "B");
+        postbox.connected(&location);
+        assert_eq!(waiting.heard(Duration::from_secs(5), &never).await, Heard::Reconnected);
     }
 }

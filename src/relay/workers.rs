@@ -85,7 +85,18 @@ impl Workers {
 
     /// The next task to end; `None` when none runs.
     pub async fn next(&mut self) -> Option<Joined> {
-        let joined = match self.tasks.join_next_with_id().await? {
+        let joined = self.tasks.join_next_with_id().await?;
+        Some(self.reap(joined))
+    }
+
+    /// A task that already ended, without waiting; `None` when none has.
+    pub fn try_next(&mut self) -> Option<Joined> {
+        let joined = self.tasks.try_join_next_with_id()?;
+        Some(self.reap(joined))
+    }
+
+    fn reap(&mut self, joined: Result<(Id, i64), tokio::task::JoinError>) -> Joined {
+        let joined = match joined {
             Ok((id, row)) => {
                 self.rows.remove(&id);
                 Joined::Done(row)
@@ -104,10 +115,9 @@ impl Workers {
         };
         let (Joined::Done(row) | Joined::Panicked(row)) = joined;
         self.in_flight.remove(&row);
-        Some(joined)
+        joined
     }
 
-    /// Waits for every task (at shutdown).
     pub async fn drain(&mut self) {
         while self.next().await.is_some() {}
     }

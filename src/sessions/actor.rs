@@ -231,6 +231,11 @@ impl Actor<'_> {
                 }
             }
             WaEvent::Connected { phone } => {
+                // First: sends still waiting for an ack of a frame written on the old
+                // connection are sent again (before the transition's database write, so that
+                // the window for a send on the new connection to be taken for an old one is
+                // as short as it can be).
+                shared.postbox.connected(self.location);
                 self.slot.show_code(None, None, None);
                 self.policy.connected(Instant::now());
                 let phone = Some(phone).filter(|p| !p.is_empty());
@@ -243,7 +248,6 @@ impl Actor<'_> {
                         phone.as_deref(),
                     )
                     .await;
-                shared.postbox.connected(self.location, phone.unwrap_or_default());
                 shared.postbox.wake_outbound();
             }
             WaEvent::Disconnected => {
