@@ -15,6 +15,7 @@ use crate::config::{Config, WaBackend};
 use crate::crypto::Secret;
 use crate::crypto::SecretKey;
 use crate::ghl::webhook::WebhookVerifier;
+use crate::sessions::Replay;
 use crate::state::AppState;
 use crate::store::Store;
 use crate::wa::Transport;
@@ -94,7 +95,13 @@ impl Application {
             .restore()
             .await
             .context("restoring the WhatsApp sessions")?;
-        state.sessions.spawn_heartbeat(&state.tasks);
+        state.sessions.spawn_lease_loop(&state.tasks);
+        state.sessions.spawn_listener(&state.tasks);
+        let replay: Option<Arc<dyn Replay>> = match state.sim {
+            Some(_) => Some(Arc::new(crate::http::SimReplay::new(state.clone()))),
+            None => None,
+        };
+        state.sessions.serve_commands(replay, &state.tasks);
         crate::relay::spawn(&state);
         state.intake.spawn(state.store.clone(), &state.tasks);
         let app = crate::http::router(state.clone());

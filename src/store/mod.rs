@@ -8,11 +8,13 @@
 
 mod chats;
 mod claims;
+mod commands;
 mod console;
 mod contacts;
 mod credentials;
 mod heads;
 mod inbox;
+mod instances;
 mod intake;
 mod locations;
 mod message_map;
@@ -36,10 +38,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use crate::crypto::{CryptoError, SecretKey};
 
 pub use claims::Queue;
+pub use commands::PendingCommand;
 pub use console::StateEvent;
 pub use contacts::CachedContact;
 pub use credentials::{Credentials, GhlTokens, TokenLock, TokenOwner};
 pub use inbox::{InboxOutcome, InboxRow, InboxStart, InboxWrite};
+pub use instances::{LeaseCandidate, LiveInstance, channels};
 pub use intake::IntakeRow;
 pub use locations::{LocationRecord, LocationStatus, NewLocation, TokenSource};
 pub use messages::{MessageRef, MessageRow};

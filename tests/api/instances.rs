@@ -1,0 +1,272 @@
+//! Several waghl instances on one PostgreSQL database (#19): sessions spread over them and move
+//! when one stops or dies, any instance answers any request, and no session ever has two
+//! clients at once. PostgreSQL only: each test says so and passes when
+//! `WAGHL_TEST_DATABASE_URL` is not set (outside CI).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use fake_ghl::FakeGhl;
+use serde_json::{Value, json};
+use sqlx::Row as _;
+use tokio::sync::oneshot;
+use waghl::startup::Application;
+use waghl::state::AppState;
+
+use crate::helpers::{ADMIN_TOKEN, Backend, TestDb, ghl_settings, test_config};
+use crate::sessions::FAST_SESSIONS;
+
+/// A client for one instance's HTTP API.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: String) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(45))
+            .build()
+            .unwrap();
+        Self { base, client }
+    }
+
+    /// An admin call: its status and JSON body; `None` when the instance cannot be reached.
+    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, Value)> {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call("GET", path, None).await.expect("the instance answers")
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.call("POST", path, Some(body)).await.expect("the instance answers")
+    }
+
+    pub async fn install(&self, fake: &FakeGhl, location: &str) {
+        let code = fake.location_code(location);
+        let response = self
+            .client
+            .get(format!("{}/oauth/callback?code={code}", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    pub async fn wait_for_state(&self, location: &str, state: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, body) = self.get(&format!("/api/v1/locations/{location}")).await;
+            if body["session"]["state"] == state {
+                return body["session"].clone();
+            }
+            assert!(Instant::now() < deadline, "{location} never {state}: {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Pairs `location` as `phone`: pairing is started on `start` (which then runs the session),
+/// the QR code is read and scanned through `other` (which passes both to `start`).
+pub async fn pair(start: &Api, other: &Api, location: &str, phone: &str) {
+    let (status, body) = start
+        .post(&format!("/api/v1/locations/{location}/session"), &json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while other.get(&format!("/sim/{location}/qr")).await.0 != 200 {
+        assert!(Instant::now() < deadline, "no QR code for {location}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (status, body) = other
+        .post(&format!("/sim/{location}/scan"), &json!({ "phone": phone }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    other.wait_for_state(location, "connected").await;
+}
+
+/// An instance running in this test process.
+struct Member {
+    api: Api,
+    state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Builds an instance on `db` (its sessions directory, the simulated WhatsApp's shared state,
+/// included); [`Member::run`] starts it.
+async fn build(db: &TestDb, fake: &FakeGhl, extra: &[(&str, &str)]) -> Application {
+    crate::logs::capture();
+    let mut settings: Vec<(&str, String)> = ghl_settings(fake);
+    settings.extend(FAST_SESSIONS.iter().map(|(k, v)| (*k, v.to_string())));
+    settings.push(("WAGHL_SIM_TIME_SCALE", "0.1".into()));
+    settings.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    let refs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Application::build(test_config(db.dir.path(), &db.url, &refs))
+        .await
+        .unwrap()
+}
+
+impl Member {
+    fn run(app: Application) -> Self {
+        let api = Api::new(format!("http://{}", app.local_addr()));
+        let state = app.state().clone();
+        let (stop, stopped) = oneshot::channel();
+        let running = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            api,
+            state,
+            stop: Some(stop),
+            running: Some(running),
+        }
+    }
+
+    /// A clean stop, as on SIGTERM.
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.running.take().unwrap().await.unwrap().unwrap();
+    }
+
+    fn runs(&self, location: &str) -> bool {
+        let location = waghl::domain::LocationId::parse(location).unwrap();
+        self.state.sessions.session(&location).is_some()
+    }
+
+    fn me(&self) -> String {
+        self.state.incarnation.as_str().to_owned()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Reads the events of every session and returns each moment a location had two live clients:
+/// an instance's client lives from its first event after a start until it hands the session
+/// over or loses its lease (or its process was killed, at the time given in `killed`, by
+/// incarnation prefix); an event of another instance in between is a second client.
+pub async fn two_clients_at_once(url: &str, killed: &HashMap<String, i64>) -> Vec<String> {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let rows = sqlx::query(
+        "SELECT location_id, to_state, reason, instance_id, at FROM events WHERE instance_id IS NOT NULL \
+         ORDER BY event_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let mut live: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut found = Vec::new();
+    for row in rows {
+        let (location, state, reason, by, at): (String, String, Option<String>, String, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let clients = live.entry(location.clone()).or_default();
+        clients.retain(|i| {
+            !killed
+                .iter()
+                .any(|(prefix, t)| i.starts_with(prefix.as_str()) && *t <= at)
+        });
+        let ends = matches!(reason.as_deref(), Some("handed_over" | "lease_lost"))
+            || matches!(state.as_str(), "logged_out" | "parked")
+            || (state == "unpaired" && reason.as_deref() != Some("pairing_starting"))
+            || reason.as_deref() == Some("qr_exhausted");
+        if ends {
+            clients.remove(&by);
+            continue;
+        }
+        if let Some(other) = clients.iter().find(|i| **i != by) {
+            found.push(format!("{location}: {by} {state} {reason:?} while {other} ran it"));
+        }
+        clients.insert(by);
+    }
+    found
+}
+
+/// Two instances start at the same moment over 24 paired sessions whose leases are free: each
+/// sees only itself alive and reaches for all of them, so every lease is raced for. Then they
+/// share the sessions out, one stops cleanly and the other takes them all. At no moment has a
+/// location two clients, and at the end each runs on exactly one instance.
+#[tokio::test]
+async fn racing_instances_never_run_one_session_twice_and_share_the_sessions_out() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let fake = FakeGhl::start().await;
+    let fast = [("WAGHL_LEASE_TTL_MS", "1500"), ("WAGHL_RESTORE_SPREAD_MS", "30")];
+    let first = Member::run(build(&db, &fake, &fast).await);
+    let locations: Vec<String> = (0..24).map(|i| format!("locRace{i:02}")).collect();
+    for (i, location) in locations.iter().enumerate() {
+        first.api.install(&fake, location).await;
+        pair(&first.api, &first.api, location, &format!("+15553{i:03}1234")).await;
+    }
+    first.stop().await;
+
+    let (a, b) = (build(&db, &fake, &fast).await, build(&db, &fake, &fast).await);
+    let (a, b) = (Member::run(a), Member::run(b));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let on_a = locations.iter().filter(|l| a.runs(l)).count();
+        let on_b = locations.iter().filter(|l| b.runs(l)).count();
+        let both: Vec<&String> = locations.iter().filter(|l| a.runs(l) && b.runs(l)).collect();
+        assert!(both.is_empty(), "two live clients for {both:?}");
+        if on_a + on_b == 24 && on_a.abs_diff(on_b) <= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not shared out: {on_a} on a, {on_b} on b");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for location in &locations {
+        a.api.wait_for_state(location, "connected").await;
+    }
+    let a_id = a.me();
+    a.stop().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while locations.iter().any(|l| !b.runs(l)) {
+        assert!(
+            Instant::now() < deadline,
+            "the sessions of the stopped instance were not taken"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for location in &locations {
+        b.api.wait_for_state(location, "connected").await;
+    }
+    let doubled = two_clients_at_once(&db.url, &HashMap::new()).await;
+    assert!(doubled.is_empty(), "{doubled:#?}");
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let owners: Vec<String> = sqlx::query_scalar("SELECT owner FROM wa_sessions WHERE lease_until > 0")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(owners, vec![b.me(); 24], "every lease is the survivor's");
+    let recorders: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT instance_id FROM events WHERE instance_id IS NOT NULL")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(
+        recorders.contains(&a_id) && recorders.contains(&b.me()),
+        "{recorders:?}"
+    );
+    pool.close().await;
+    b.stop().await;
+}
