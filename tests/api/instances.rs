@@ -270,3 +270,113 @@ async fn racing_instances_never_run_one_session_twice_and_share_the_sessions_out
     pool.close().await;
     b.stop().await;
 }
+
+/// The session runs on one instance; the other answers every request for it as if it ran it:
+/// the admin API and the pairing page show its state and live code, the simulated phone's
+/// calls and a logout reach the client, and a webhook queued on the other instance is sent at
+/// once (the owner's relay is woken by a notification: it polls only every 10 s here). When the
+/// session's owner does not answer, the caller gets a clear 503.
+#[tokio::test]
+async fn any_instance_answers_for_a_session_another_instance_runs() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let fake = FakeGhl::start().await;
+    let settings = [("WAGHL_RELAY_POLL_MS", "10000"), ("WAGHL_WEBHOOK_KEY", "hook-key")];
+    let owner = Member::run(build(&db, &fake, &settings).await);
+    let other = Member::run(build(&db, &fake, &settings).await);
+    let (o, a) = (&owner.api, &other.api);
+    a.install(&fake, "locAny").await;
+    let (status, _) = o.post("/api/v1/locations/locAny/session", &json!({})).await;
+    assert_eq!(status, 202);
+    let shown = a.wait_for_state("locAny", "pairing").await;
+    let (status, qr) = a.get("/sim/locAny/qr").await;
+    assert_eq!(status, 200, "{qr}");
+    assert_eq!(
+        shown["qr"], qr["code"],
+        "the other instance shows the owner's current code"
+    );
+    let (_, link) = a.post("/api/v1/locations/locAny/pairing-link", &json!({})).await;
+    let link = link["url"].as_str().unwrap();
+    let query = &link[link.find("?").unwrap()..];
+    let page: Value = reqwest::get(format!("{}/pair/locAny/state{query}", a.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        page["qr_svg"].as_str().is_some_and(|svg| svg.contains("<svg")),
+        "{page}"
+    );
+    let (status, body) = a.post("/sim/locAny/scan", &json!({ "phone": "+15553331234" })).await;
+    assert_eq!(status, 200, "{body}");
+    a.wait_for_state("locAny", "connected").await;
+    assert!(owner.runs("locAny") && !other.runs("locAny"));
+
+    let webhook = json!({
+        "locationId": "locAny", "messageId": "any-1", "contactId": "c", "type": "SMS",
+        "phone": "+14155550123", "message": "sent by the owner",
+    });
+    let queued = Instant::now();
+    let response = reqwest::Client::new()
+        .post(format!("{}/webhooks/ghl/provider?key=hook-key", a.base))
+        .json(&webhook)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    loop {
+        let (_, sent) = a.get("/sim/locAny/sent").await;
+        if sent["sent"].as_array().is_some_and(|s| s.len() == 1) {
+            assert_eq!(sent["sent"][0]["text"], "sent by the owner");
+            break;
+        }
+        assert!(
+            queued.elapsed() < Duration::from_secs(3),
+            "the owner was not woken: {sent}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let inbound = json!({ "from": "+14155550123", "id": "ANY1", "text": "hello" });
+    let (status, body) = a.post("/sim/locAny/inbound", &inbound).await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = a.post("/api/v1/locations/locAny/session", &json!({})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("session_connected"))
+    );
+    let (status, body) = a
+        .call("DELETE", "/api/v1/locations/locAny/session", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "unpaired");
+    assert!(!owner.runs("locAny"), "the owner's client was not logged out");
+
+    // An owner that died a moment ago still holds its lease: nobody answers for it.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::query("UPDATE wa_sessions SET owner = 'gone#0', lease_until = $1 WHERE location_id = 'locAny'")
+        .bind(waghl::time::now_ms() + 60_000)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let asked = Instant::now();
+    let (status, body) = a.post("/api/v1/locations/locAny/session", &json!({})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("owner_unavailable")),
+        "{body}"
+    );
+    assert!(asked.elapsed() < Duration::from_secs(6));
+    let (status, body) = a.get("/sim/locAny/qr").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("owner_unavailable")),
+        "{body}"
+    );
+    other.stop().await;
+    owner.stop().await;
+}
