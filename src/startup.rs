@@ -138,7 +138,11 @@ impl Application {
             Ok(Err(e)) => tracing::error!(error = %e, "the HTTP server task panicked"),
             Err(_) => tracing::warn!(?deadline, "in-flight work did not finish in time; stopping anyway"),
         }
-        state.store.close().await;
+        // A task still holding a connection (it missed the deadline) would hold the close, and
+        // the process, forever; exiting ends its transaction.
+        if tokio::time::timeout(deadline, state.store.close()).await.is_err() {
+            tracing::warn!("the database did not close in time; exiting anyway");
+        }
         Ok(())
     }
 }

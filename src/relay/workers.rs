@@ -117,26 +117,74 @@ impl Workers {
 /// and the work goes on: the steps that must not run twice check the claim themselves.
 async fn renewing(renewal: Renewal, row: i64, work: impl Future<Output = ()>) {
     let period = (renewal.claim_for / 3).max(Duration::from_millis(10));
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    tokio::pin!(work);
-    loop {
-        tokio::select! {
-            () = &mut work => return,
-            _ = ticks.tick() => {
-                let until = now_ms() + renewal.claim_for.as_millis() as i64;
-                match renewal.store.renew_claim(renewal.queue, row, &renewal.holder, until).await {
-                    Ok(true) => {}
-                    Ok(false) => tracing::warn!(row, queue = ?renewal.queue, "a claim was lost while its row was being worked on"),
-                    Err(e) => tracing::warn!(row, queue = ?renewal.queue, error = %e, "could not renew a claim"),
+    let renew = || {
+        let renewal = renewal.clone();
+        async move {
+            let until = now_ms() + renewal.claim_for.as_millis() as i64;
+            match renewal
+                .store
+                .renew_claim(renewal.queue, row, &renewal.holder, until)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(row, queue = ?renewal.queue, "a claim was lost while its row was being worked on")
                 }
+                Err(e) => tracing::warn!(row, queue = ?renewal.queue, error = %e, "could not renew a claim"),
             }
         }
+    };
+    alongside(period, renew, work).await;
+}
+
+/// Runs `work`, and `renew` every `period` until the work ends. The two run side by side: a
+/// renewal that waits — for the row's lock, which the work's own transaction may hold — must
+/// not stop the work from finishing that transaction (that would wait forever).
+async fn alongside<R, F>(period: Duration, mut renew: R, work: impl Future<Output = ()>)
+where
+    R: FnMut() -> F,
+    F: Future<Output = ()>,
+{
+    let renewals = async {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            ticks.tick().await;
+            renew().await;
+        }
+    };
+    tokio::select! {
+        () = work => {}
+        () = renewals => {}
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_renewal_waiting_for_what_the_work_holds_does_not_stop_the_work() {
+        // The work holds a lock (as its transaction holds the row) across several renewal
+        // periods; each renewal needs that lock (as its UPDATE needs the row).
+        let row = std::sync::Arc::new(tokio::sync::Mutex::new(0));
+        let work = {
+            let row = row.clone();
+            async move {
+                let _held = row.lock().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let renew = || {
+            let row = row.clone();
+            async move { *row.lock().await += 1 }
+        };
+        let finished = tokio::time::timeout(
+            Duration::from_secs(2),
+            alongside(Duration::from_millis(10), renew, work),
+        )
+        .await;
+        assert!(finished.is_ok(), "the work never finished: its renewal waited on it");
+    }
 
     #[tokio::test]
     async fn a_row_runs_once_at_a_time_and_a_panic_names_its_row() {

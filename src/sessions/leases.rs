@@ -18,7 +18,8 @@ use tokio_util::task::TaskTracker;
 
 use super::slot::{PairingCode, Slot, lock};
 use super::state::{SessionState, reasons};
-use super::supervisor::{Supervisor, view_of};
+use super::supervisor::Supervisor;
+use super::views::view_of;
 use crate::crypto::random_fraction;
 use crate::domain::LocationId;
 use crate::store::{LeaseCandidate, LiveInstance};
@@ -43,7 +44,9 @@ pub(super) struct Rounds {
 }
 
 impl Supervisor {
-    /// Runs the lease round until shutdown.
+    /// Runs the lease round until shutdown; then leaves the live instances before the runners
+    /// free their leases (so no other instance hands this one the sessions it frees), and tells
+    /// the others again once every lease is freed.
     pub fn spawn_lease_loop(&self, tasks: &TaskTracker) {
         let supervisor = self.clone();
         tasks.spawn(async move {
@@ -51,12 +54,16 @@ impl Supervisor {
             let mut rounds = Rounds::default();
             loop {
                 tokio::select! {
-                    () = shared.shutdown.cancelled() => return,
+                    () = shared.shutdown.cancelled() => break,
                     () = tokio::time::sleep(shared.settings.lease_ttl / 3) => {}
                     () = shared.wake_leases.notified() => {}
                 }
                 supervisor.lease_round(&mut rounds).await;
             }
+            supervisor.leave().await;
+            supervisor.runners.close();
+            supervisor.runners.wait().await;
+            supervisor.leave().await;
         });
     }
 

@@ -56,17 +56,11 @@ impl Supervisor {
     fn heard(&self, channel: &str, payload: &str) {
         let shared = &self.shared;
         match channel {
-            channels::OUTBOX => {
-                if LocationId::parse(payload).is_ok_and(|l| self.runs_here(&l)) {
-                    shared.postbox.wake_outbound();
-                }
+            channels::OUTBOX if LocationId::parse(payload).is_ok_and(|l| self.runs_here(&l)) => {
+                shared.postbox.wake_outbound();
             }
             channels::COMMANDS if payload == shared.me.as_str() => shared.commands.command_arrived(),
-            channels::ANSWERS => {
-                if let Ok(id) = payload.parse() {
-                    shared.commands.answered(id);
-                }
-            }
+            channels::ANSWERS if let Ok(id) = payload.parse() => shared.commands.answered(id),
             channels::LEASES if payload != shared.me.as_str() => shared.wake_leases.notify_one(),
             _ => {}
         }

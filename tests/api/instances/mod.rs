@@ -16,6 +16,9 @@ use waghl::state::AppState;
 use crate::helpers::{ADMIN_TOKEN, Backend, TestDb, ghl_settings, test_config};
 use crate::sessions::FAST_SESSIONS;
 
+/// Three instances of the real binary, one killed and one stopped, with messages flowing.
+mod failover;
+
 /// A client for one instance's HTTP API.
 #[derive(Clone)]
 pub struct Api {
