@@ -206,8 +206,8 @@ pub async fn two_clients_at_once(url: &str, killed: &HashMap<String, i64>) -> Ve
 
 /// Two instances start at the same moment over 24 paired sessions whose leases are free: each
 /// sees only itself alive and reaches for all of them, so every lease is raced for. Then they
-/// share the sessions out, one stops cleanly and the other takes them all. At no moment has a
-/// location two clients, and at the end each runs on exactly one instance.
+/// share the sessions out, one stops cleanly and the other takes them all, and a third one
+/// joins and is handed half. At no moment has a location two clients.
 #[tokio::test]
 async fn racing_instances_never_run_one_session_twice_and_share_the_sessions_out() {
     let Some(db) = TestDb::new(Backend::Postgres).await else {
@@ -253,6 +253,25 @@ async fn racing_instances_never_run_one_session_twice_and_share_the_sessions_out
     for location in &locations {
         b.api.wait_for_state(location, "connected").await;
     }
+    // A new instance gets its share without a restart: the busy one hands over idle sessions.
+    let c = Member::run(build(&db, &fake, &fast).await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (on_b, on_c) = (
+            locations.iter().filter(|l| b.runs(l)).count(),
+            locations.iter().filter(|l| c.runs(l)).count(),
+        );
+        let both: Vec<&String> = locations.iter().filter(|l| b.runs(l) && c.runs(l)).collect();
+        assert!(both.is_empty(), "two live clients for {both:?}");
+        if on_b + on_c == 24 && on_c == 12 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not rebalanced: {on_b} on b, {on_c} on c");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for location in &locations {
+        c.api.wait_for_state(location, "connected").await;
+    }
     let doubled = two_clients_at_once(&db.url, &HashMap::new()).await;
     assert!(doubled.is_empty(), "{doubled:#?}");
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
@@ -260,17 +279,22 @@ async fn racing_instances_never_run_one_session_twice_and_share_the_sessions_out
         .fetch_all(&pool)
         .await
         .unwrap();
-    assert_eq!(owners, vec![b.me(); 24], "every lease is the survivor's");
+    assert_eq!(
+        owners.iter().filter(|o| **o == b.me()).count(),
+        12,
+        "the first survivor kept half: {owners:?}"
+    );
     let recorders: Vec<String> =
         sqlx::query_scalar("SELECT DISTINCT instance_id FROM events WHERE instance_id IS NOT NULL")
             .fetch_all(&pool)
             .await
             .unwrap();
     assert!(
-        recorders.contains(&a_id) && recorders.contains(&b.me()),
+        [a_id, b.me(), c.me()].iter().all(|i| recorders.contains(i)),
         "{recorders:?}"
     );
     pool.close().await;
+    c.stop().await;
     b.stop().await;
 }
 
