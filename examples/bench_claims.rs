@@ -32,6 +32,7 @@ async fn main() {
     .unwrap();
     store.migrate().await.unwrap();
     println!("backend {}", store.dialect());
+    let holder = Incarnation::new("bench", "1");
     for l in 0..LOCATIONS {
         let location = format!("benchLoc{l}");
         let tokens = GhlTokens {
@@ -50,11 +51,12 @@ async fn main() {
             .await
             .unwrap();
         store
-            .record_transition(&location, "connected", None, Some(&format!("+1415555{l:04}")))
+            .record_transition(&location, "connected", None, Some(&format!("+1415555{l:04}")), None)
             .await
             .unwrap();
+        // This process runs the sessions, so it sends for them.
+        store.acquire_lease(&location, holder.as_str(), i64::MAX).await.unwrap();
     }
-    let holder = Incarnation::new("bench", "1");
     let mut queued = 0;
     let mut first = None;
     for target in [1_000, 10_000, 100_000].into_iter().filter(|t| *t <= largest) {

@@ -70,8 +70,10 @@ pub struct Config {
     pub retention_days: u32,
     pub ghl: GhlConfig,
     pub sessions: crate::sessions::SessionSettings,
-    /// Names this instance in session leases. Stable across restarts (the host name), so a
-    /// restarted daemon takes its sessions back at once instead of waiting for its own leases.
+    /// Names this instance (with a nonce per start, see `domain::Incarnation`) in session leases
+    /// and queue claims; unique per instance sharing a database. Stable across restarts (the
+    /// host name), so a restarted daemon frees its earlier life's leases and takes its sessions
+    /// back at once instead of waiting for them to expire.
     pub instance_id: String,
     pub relay: crate::relay::RelaySettings,
     /// An outbound message waits this long for WhatsApp to connect, then fails.

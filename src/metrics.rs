@@ -80,6 +80,10 @@ pub struct Metrics {
     pub ghl_token_refreshes: Family<OutcomeLabels, Counter>,
     pub webhook_rejections: Family<ReasonLabels, Counter>,
     pub sessions: Family<StateLabels, Gauge>,
+    /// Sessions whose lease this instance holds and runs.
+    pub sessions_owned: Gauge,
+    /// Sessions this instance took over from another instance (stopped, dead or rebalancing).
+    pub lease_takeovers: Counter,
     pub session_transitions: Family<StateLabels, Counter>,
     pub restarts: Counter,
     pub health_failures: Counter,
@@ -140,6 +144,18 @@ impl Metrics {
         );
         let sessions = Family::<StateLabels, Gauge>::default();
         registry.register("waghl_sessions", "WhatsApp sessions by state", sessions.clone());
+        let sessions_owned = Gauge::default();
+        registry.register(
+            "waghl_sessions_owned",
+            "WhatsApp sessions this instance runs (holds the lease of)",
+            sessions_owned.clone(),
+        );
+        let lease_takeovers = Counter::default();
+        registry.register(
+            "waghl_lease_takeovers",
+            "Sessions this instance took over from another instance that stopped, died or handed them over",
+            lease_takeovers.clone(),
+        );
         let session_transitions = Family::<StateLabels, Counter>::default();
         registry.register(
             "waghl_session_transitions",
@@ -226,6 +242,8 @@ impl Metrics {
             ghl_token_refreshes,
             webhook_rejections,
             sessions,
+            sessions_owned,
+            lease_takeovers,
             session_transitions,
             restarts,
             health_failures,

@@ -15,6 +15,7 @@ use crate::config::{Config, WaBackend};
 use crate::crypto::Secret;
 use crate::crypto::SecretKey;
 use crate::ghl::webhook::WebhookVerifier;
+use crate::sessions::Replay;
 use crate::state::AppState;
 use crate::store::Store;
 use crate::wa::Transport;
@@ -99,7 +100,13 @@ impl Application {
             .restore()
             .await
             .context("restoring the WhatsApp sessions")?;
-        state.sessions.spawn_heartbeat(&state.tasks);
+        state.sessions.spawn_lease_loop(&state.tasks);
+        state.sessions.spawn_listener(&state.tasks);
+        let replay: Option<Arc<dyn Replay>> = match state.sim {
+            Some(_) => Some(Arc::new(crate::http::SimReplay::new(state.clone()))),
+            None => None,
+        };
+        state.sessions.serve_commands(replay, &state.tasks);
         crate::relay::spawn(&state);
         state.intake.spawn(state.store.clone(), &state.tasks);
         let app = crate::http::router(state.clone());
@@ -137,7 +144,11 @@ impl Application {
             Ok(Err(e)) => tracing::error!(error = %e, "the HTTP server task panicked"),
             Err(_) => tracing::warn!(?deadline, "in-flight work did not finish in time; stopping anyway"),
         }
-        state.store.close().await;
+        // A task still holding a connection (it missed the deadline) would hold the close, and
+        // the process, forever; exiting ends its transaction.
+        if tokio::time::timeout(deadline, state.store.close()).await.is_err() {
+            tracing::warn!("the database did not close in time; exiting anyway");
+        }
         Ok(())
     }
 }

@@ -41,7 +41,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Background tasks, awaited (under a deadline) before the database is closed.
     pub tasks: TaskTracker,
-    /// This process's life (instance and a nonce drawn at start), named in queue claims.
+    /// This process's life (instance and a nonce drawn at start), named in queue claims, session
+    /// leases and its heartbeat row.
     pub incarnation: Incarnation,
     /// Set once start-up finished; `/readyz` answers 503 before that.
     started: Arc<AtomicBool>,
@@ -62,16 +63,16 @@ impl AppState {
         let ghl = GhlClient::new(config.ghl.clone(), &config.public_url, store.clone(), metrics.clone());
         let shutdown = CancellationToken::new();
         let postbox = Postbox::new(store.clone(), metrics.clone());
+        let incarnation = Incarnation::new(&config.instance_id, &random_hex(8));
         let sessions = Supervisor::new(
             transport,
             store.clone(),
             metrics.clone(),
             config.sessions.clone(),
-            config.instance_id.clone(),
+            incarnation.clone(),
             postbox.clone(),
             shutdown.child_token(),
         );
-        let incarnation = Incarnation::new(&config.instance_id, &random_hex(8));
         Self {
             sessions,
             postbox,

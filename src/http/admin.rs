@@ -14,6 +14,7 @@ use super::sessions::{Session, session_view};
 use super::{AdminAuth, ApiError, ErrorBody, LocationPath};
 use crate::domain::LocationId;
 use crate::ghl::GhlError;
+use crate::sessions::StateView;
 use crate::state::AppState;
 use crate::store::{LocationRecord, LocationStatus, QueueCounts, TokenOwner, TokenSource};
 use crate::time::rfc3339;
@@ -78,13 +79,18 @@ struct LocationList {
 pub async fn all_locations(state: &AppState) -> Result<Vec<Location>, ApiError> {
     let records = state.store.locations().await?;
     let mut queues = state.store.all_queue_counts().await?;
-    records
-        .iter()
-        .map(|record| {
-            let counts = queues.remove(&record.location_id).unwrap_or_default();
-            location_view(state, record, counts)
-        })
-        .collect()
+    let mut views: std::collections::HashMap<LocationId, StateView> =
+        state.sessions.views().await?.into_iter().collect();
+    let mut locations = Vec::with_capacity(records.len());
+    for record in &records {
+        let counts = queues.remove(&record.location_id).unwrap_or_default();
+        let id = stored_id(record)?;
+        let view = views
+            .remove(&id)
+            .unwrap_or_else(|| StateView::unpaired(record.installed_at));
+        locations.push(location_view(state, record, &id, view, counts).await);
+    }
+    Ok(locations)
 }
 
 /// Every installed location.
@@ -163,14 +169,24 @@ async fn find(state: &AppState, id: &str) -> Result<LocationRecord, ApiError> {
 pub async fn location(state: &AppState, id: &str) -> Result<Location, ApiError> {
     let record = find(state, id).await?;
     let queues = state.store.queue_counts(id).await?;
-    location_view(state, &record, queues)
+    let id = stored_id(&record)?;
+    let view = state.sessions.view_or_unpaired(&id, record.installed_at).await?;
+    Ok(location_view(state, &record, &id, view, queues).await)
 }
 
-fn location_view(state: &AppState, record: &LocationRecord, queues: QueueCounts) -> Result<Location, ApiError> {
-    let id = LocationId::parse(&record.location_id).map_err(|e| anyhow::anyhow!("stored location id: {e}"))?;
-    let view = state.sessions.view_or_unpaired(&id, record.installed_at);
-    Ok(Location {
-        session: session_view(state, &id, &view),
+fn stored_id(record: &LocationRecord) -> Result<LocationId, ApiError> {
+    Ok(LocationId::parse(&record.location_id).map_err(|e| anyhow::anyhow!("stored location id: {e}"))?)
+}
+
+async fn location_view(
+    state: &AppState,
+    record: &LocationRecord,
+    id: &LocationId,
+    view: StateView,
+    queues: QueueCounts,
+) -> Location {
+    Location {
+        session: session_view(state, id, &view).await,
         id: record.location_id.clone(),
         name: record.name.clone(),
         company_id: record.company_id.clone(),
@@ -181,5 +197,5 @@ fn location_view(state: &AppState, record: &LocationRecord, queues: QueueCounts)
         installed_at: rfc3339(record.installed_at),
         queues: queues.into(),
         last_error: record.last_error.clone(),
-    })
+    }
 }

@@ -127,7 +127,7 @@ async fn open_session(
         expires_at: rfc3339(expires * 1000),
         location_id: location.as_str().to_owned(),
         location_name: record.and_then(|r| r.name),
-        view: pairing_view(&state, &location),
+        view: pairing_view(&state, &location).await?,
     }))
 }
 
@@ -173,8 +173,11 @@ impl FromRequestParts<AppState> for PageLocation {
 /// The live state of the token's location.
 #[utoipa::path(get, operation_id = "ghl_page_page_state", path = "/ghl/page/state", tag = "pages", responses(
     (status = 200, body = PairingView, description = "Done"), (status = "default", body = ErrorBody, description = "An error")))]
-async fn page_state(State(state): State<AppState>, PageLocation(location): PageLocation) -> Json<PairingView> {
-    Json(pairing_view(&state, &location))
+async fn page_state(
+    State(state): State<AppState>,
+    PageLocation(location): PageLocation,
+) -> Result<Json<PairingView>, ApiError> {
+    Ok(Json(pairing_view(&state, &location).await?))
 }
 
 /// Shows a new code for the token's location, when it is not linked or linking.
@@ -185,7 +188,7 @@ async fn restart(
     PageLocation(location): PageLocation,
 ) -> Result<(StatusCode, Json<PairingView>), ApiError> {
     restart_if_allowed(&state, &location).await?;
-    Ok((StatusCode::ACCEPTED, Json(pairing_view(&state, &location))))
+    Ok((StatusCode::ACCEPTED, Json(pairing_view(&state, &location).await?)))
 }
 
 /// The Custom Page handshake (GHL's documented `REQUEST_USER_DATA` message), then the same

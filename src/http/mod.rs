@@ -7,6 +7,7 @@ mod admin;
 mod console;
 mod error;
 mod extract;
+mod forward;
 mod ghl_page;
 mod health;
 mod messages;
@@ -32,6 +33,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub use error::{ApiError, ErrorBody};
 pub use extract::{AdminAuth, AppJson, AppPath, AppQuery, LocationPath, MaybeJson};
+pub use forward::SimReplay;
 pub use server::{ServerSettings, serve};
 
 use crate::domain::clip;
@@ -78,7 +80,9 @@ pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(console::router())
         .merge(ghl_page::router());
     if state.sim.is_some() {
-        routes = routes.merge(sim::router());
+        // A simulated session's client runs on one instance; any instance answers for it.
+        routes =
+            routes.merge(sim::router().route_layer(middleware::from_fn_with_state(state.clone(), forward::to_owner)));
     }
     routes
 }

@@ -177,18 +177,23 @@ pub struct PairingView {
     can_restart: bool,
 }
 
-pub fn pairing_view(state: &AppState, location: &LocationId) -> PairingView {
-    let view = state.sessions.view_or_unpaired(location, now_ms());
-    let code = state.sessions.pairing_code(location);
+/// The session as it stands, wherever it runs: the code comes from its owner.
+pub async fn pairing_view(state: &AppState, location: &LocationId) -> Result<PairingView, ApiError> {
+    let view = state.sessions.view_or_unpaired(location, now_ms()).await?;
     let showing = view.state == SessionState::Pairing;
-    PairingView {
+    let code = if showing {
+        state.sessions.pairing_code(location).await
+    } else {
+        Default::default()
+    };
+    Ok(PairingView {
         can_restart: view.state.may_restart_pairing(view.reason.as_deref()),
         state: view.state,
         reason: view.reason,
         phone: view.phone,
         qr_svg: code.qr.as_deref().filter(|_| showing).map(qr_svg),
         pairing_code: code.code.filter(|_| showing),
-    }
+    })
 }
 
 /// The view as a script literal: it cannot close the script element it sits in.
@@ -220,7 +225,13 @@ async fn pairing_page(State(state): State<AppState>, id: RawId, signed: RawSigne
     if state.store.location(location.as_str()).await.ok().flatten().is_none() {
         return forbidden_page();
     }
-    let initial = pairing_view(&state, &location);
+    let Ok(initial) = pairing_view(&state, &location).await else {
+        return ApiError::Unavailable {
+            code: "database_unavailable",
+            message: "the session cannot be read right now; try again".into(),
+        }
+        .into_response();
+    };
     let body = format!(
         "<h1>Link WhatsApp</h1>{WIDGET}<script>{script}</script>",
         script = format!("{RENDER_SCRIPT}{LINK_SCRIPT}").replace("__INITIAL__", &script_literal(&initial)),
@@ -238,7 +249,7 @@ async fn pairing_state(
 ) -> Result<Json<PairingView>, ApiError> {
     let location =
         verify(&state, id, signed).ok_or_else(|| ApiError::Forbidden("the pairing link is wrong or expired".into()))?;
-    Ok(Json(pairing_view(&state, &location)))
+    Ok(Json(pairing_view(&state, &location).await?))
 }
 
 /// Show a new code, when the session is not linked or linking.
@@ -252,7 +263,7 @@ async fn restart_pairing(
     let location =
         verify(&state, id, signed).ok_or_else(|| ApiError::Forbidden("the pairing link is wrong or expired".into()))?;
     restart_if_allowed(&state, &location).await?;
-    Ok((StatusCode::ACCEPTED, Json(pairing_view(&state, &location))))
+    Ok((StatusCode::ACCEPTED, Json(pairing_view(&state, &location).await?)))
 }
 
 /// Starts QR pairing again for a session that is not linked or linking; a connected session
@@ -261,7 +272,7 @@ pub async fn restart_if_allowed(state: &AppState, location: &LocationId) -> Resu
     if state.store.location(location.as_str()).await?.is_none() {
         return Err(ApiError::not_found(format!("no location {location}")));
     }
-    let view = state.sessions.view(location);
+    let view = state.sessions.view(location).await?;
     let allowed = view
         .as_ref()
         .is_none_or(|v| v.state.may_restart_pairing(v.reason.as_deref()));

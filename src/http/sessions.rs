@@ -47,9 +47,9 @@ pub struct Session {
     pub code_valid_until: Option<String>,
 }
 
-pub fn session_view(state: &AppState, location: &LocationId, view: &StateView) -> Session {
+pub async fn session_view(state: &AppState, location: &LocationId, view: &StateView) -> Session {
     let code = if view.state == SessionState::Pairing {
-        state.sessions.pairing_code(location)
+        state.sessions.pairing_code(location).await
     } else {
         Default::default()
     };
@@ -83,14 +83,14 @@ pub async fn start_pairing_for(state: &AppState, id: &LocationId, phone: Option<
         None => Pairing::Qr,
     };
     let view = state.sessions.start_pairing(id, pairing).await.map_err(session_error)?;
-    Ok(session_view(state, id, &view))
+    Ok(session_view(state, id, &view).await)
 }
 
 /// Logs the session out and wipes its keys.
 pub async fn logout_location(state: &AppState, id: &LocationId, mode: Unlink) -> Result<Session, ApiError> {
     known_location(state, id).await?;
     let view = state.sessions.logout(id, mode).await.map_err(session_error)?;
-    Ok(session_view(state, id, &view))
+    Ok(session_view(state, id, &view).await)
 }
 
 /// Start or restart pairing (body `{"phone":"+…"}` asks for a pairing code instead of a QR).
@@ -147,20 +147,18 @@ struct SessionEntry {
     session: Session,
 }
 
-/// Every session this instance knows.
+/// Every session, whichever instance runs it.
 #[utoipa::path(get, path = "/api/v1/sessions", tag = "sessions", security(("admin" = [])),
     responses((status = 200, body = SessionList, description = "Done"), (status = "default", body = ErrorBody, description = "An error")))]
-async fn list_sessions(_: AdminAuth, State(state): State<AppState>) -> Json<SessionList> {
-    let sessions = state
-        .sessions
-        .views()
-        .iter()
-        .map(|(id, view)| SessionEntry {
+async fn list_sessions(_: AdminAuth, State(state): State<AppState>) -> Result<Json<SessionList>, ApiError> {
+    let mut sessions = Vec::new();
+    for (id, view) in state.sessions.views().await? {
+        sessions.push(SessionEntry {
             location_id: id.as_str().to_owned(),
-            session: session_view(&state, id, view),
-        })
-        .collect();
-    Json(SessionList { sessions })
+            session: session_view(&state, &id, &view).await,
+        });
+    }
+    Ok(Json(SessionList { sessions }))
 }
 
 pub async fn known_location(state: &AppState, id: &LocationId) -> Result<(), ApiError> {
@@ -170,7 +168,7 @@ pub async fn known_location(state: &AppState, id: &LocationId) -> Result<(), Api
     }
 }
 
-fn session_error(e: SessionError) -> ApiError {
+pub fn session_error(e: SessionError) -> ApiError {
     match e {
         SessionError::Connected => ApiError::Conflict {
             code: "session_connected",
@@ -185,5 +183,9 @@ fn session_error(e: SessionError) -> ApiError {
             message: e.to_string(),
         },
         SessionError::Store(e) => e.into(),
+        SessionError::OwnerUnavailable(message) => ApiError::Unavailable {
+            code: "owner_unavailable",
+            message,
+        },
     }
 }

@@ -309,7 +309,7 @@ async fn uninstall(state: &AppState, event: &AppEvent) -> Result<&'static str, c
     };
     for location_id in &locations {
         if let Ok(location) = crate::domain::LocationId::parse(location_id)
-            && state.sessions.view(&location).is_some()
+            && state.sessions.view(&location).await?.is_some()
             && let Err(e) = state
                 .sessions
                 .logout(&location, crate::sessions::Unlink::BestEffort)

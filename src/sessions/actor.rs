@@ -1,10 +1,11 @@
 //! One running WhatsApp client of a location: turns its events into state transitions, hands
 //! its messages and receipts to the relays' postbox, answers commands, and checks the client's health. It runs until the client
 //! ends, a terminal event arrives, the health check finds a zombie, or it is told to stop;
-//! what happens next is the runner's decision (`supervisor.rs`).
+//! what happens next is the runner's decision (`runner.rs`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -12,8 +13,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::policy::RestartPolicy;
+use super::slot::{PairingCode, Slot};
 use super::state::{SessionState, reasons};
-use super::supervisor::{Shared, Slot};
+use super::supervisor::Shared;
 use crate::domain::{InboundMessage, LocationId};
 use crate::wa::{Link, ParkReason, WaError, WaEvent, WaSession};
 
@@ -202,20 +204,28 @@ impl Actor<'_> {
         let shared = self.shared;
         match event {
             WaEvent::Qr { code, valid_for } => {
-                self.slot.show_code(Some(code), None, Some(valid_for));
+                shared
+                    .show_code(
+                        self.location,
+                        self.slot,
+                        PairingCode::new(Some(code), None, Some(valid_for)),
+                    )
+                    .await;
                 shared
                     .transition(self.location, self.slot, SessionState::Pairing, None, None)
                     .await;
             }
             WaEvent::PairCode { code } => {
-                self.slot.show_code(None, Some(code), None);
+                shared
+                    .show_code(self.location, self.slot, PairingCode::new(None, Some(code), None))
+                    .await;
                 shared
                     .transition(self.location, self.slot, SessionState::Pairing, None, None)
                     .await;
             }
             WaEvent::QrExhausted => return Some(Exit::QrExhausted),
             WaEvent::Paired { phone } => {
-                self.slot.show_code(None, None, None);
+                shared.show_code(self.location, self.slot, PairingCode::default()).await;
                 match shared.store.location_paired_to(&phone, self.location.as_str()).await {
                     Ok(Some(other)) => {
                         tracing::warn!(other.location = %other, "this WhatsApp number is paired to another location; unlinking");
@@ -236,7 +246,9 @@ impl Actor<'_> {
                 // the window for a send on the new connection to be taken for an old one is
                 // as short as it can be).
                 shared.postbox.connected(self.location);
-                self.slot.show_code(None, None, None);
+                if !self.slot.pairing_code().is_empty() {
+                    shared.show_code(self.location, self.slot, PairingCode::default()).await;
+                }
                 self.policy.connected(Instant::now());
                 let phone = Some(phone).filter(|p| !p.is_empty());
                 shared
@@ -271,10 +283,16 @@ impl Actor<'_> {
                 let delivered = shared
                     .postbox
                     .deliver(self.location, &message, media_ref.as_deref(), budget);
+                // While it is being stored the session is not moved to another instance.
+                self.slot.storing.store(true, Ordering::Release);
                 // Unconfirmed when stopped: WhatsApp delivers it again to the next client.
                 let delivered = tokio::select! {
-                    delivered = delivered => delivered,
-                    () = self.stop.cancelled() => return Some(Exit::Stopped),
+                    delivered = delivered => Some(delivered),
+                    () = self.stop.cancelled() => None,
+                };
+                self.slot.storing.store(false, Ordering::Release);
+                let Some(delivered) = delivered else {
+                    return Some(Exit::Stopped);
                 };
                 match delivered {
                     // Only now is WhatsApp told the message arrived.

@@ -1,5 +1,6 @@
-//! One location's runner: takes the session's lease, starts the client, runs its actor, and
-//! decides after each exit (through the restart policy) whether and when to start it again.
+//! One location's runner: checks the session's lease before each client start, starts the
+//! client, runs its actor, and decides after each exit (through the restart policy) whether and
+//! when to start it again. Whoever spawns a runner took the lease first.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -12,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::actor::{Actor, Command, Exit};
 use super::policy::{Decision, RestartPolicy};
+use super::slot::{Slot, lock};
 use super::state::{SessionState, reasons};
-use super::supervisor::{Shared, Slot, lock};
+use super::supervisor::Shared;
 use crate::crypto::random_fraction;
 use crate::domain::LocationId;
 use crate::time::now_ms;
@@ -33,7 +35,6 @@ impl Runner {
         let mut policy = RestartPolicy::new(self.shared.settings.policy.clone());
         loop {
             if !self.take_lease().await {
-                self.release().await;
                 return;
             }
             // A panic anywhere in the client's life (its start, the actor, an event) ends this
@@ -55,13 +56,15 @@ impl Runner {
                 }
             };
             if self.stop.is_cancelled() && exit != Exit::LoggedOutOnRequest {
-                self.release().await;
+                self.stopped_before_start().await;
                 return;
             }
             let shared = &self.shared;
             let (location, slot) = (&self.location, &self.slot);
             match exit {
-                Exit::Stopped | Exit::LoggedOutOnRequest => {}
+                Exit::Stopped => {}
+                // The logout that asked for it holds the lease until the keys are wiped.
+                Exit::LoggedOutOnRequest => return,
                 Exit::LoggedOut => {
                     // The keys are dead; wipe them now so the next pairing starts clean.
                     if let Err(e) = shared.transport.wipe(location).await {
@@ -91,12 +94,12 @@ impl Runner {
                         if self.sleep_unless_stopped(delay).await {
                             continue;
                         }
-                        self.release().await;
+                        self.stopped_before_start().await;
                         return;
                     }
                 }
                 Exit::QrExhausted => {
-                    slot.show_code(None, None, None);
+                    shared.show_code(location, slot, Default::default()).await;
                     shared
                         .transition(location, slot, SessionState::Pairing, Some(reasons::QR_EXHAUSTED), None)
                         .await;
@@ -137,13 +140,13 @@ impl Runner {
                             if self.sleep_unless_stopped(delay).await {
                                 continue;
                             }
-                            self.release().await;
+                            self.stopped_before_start().await;
                             return;
                         }
                     }
                 }
             }
-            self.release().await;
+            self.shared.release(&self.location).await;
             return;
         }
     }
@@ -156,55 +159,43 @@ impl Runner {
         }
     }
 
-    /// Waits for the lease; false when told to stop first.
-    async fn take_lease(&self) -> bool {
-        let ttl = self.shared.settings.lease_ttl;
-        let mut waiting = false;
-        loop {
-            if self.stop.is_cancelled() {
-                return false;
-            }
-            let until = now_ms() + ttl.as_millis() as i64;
-            match self
-                .shared
-                .store
-                .acquire_lease(self.location.as_str(), &self.shared.instance, until)
-                .await
-            {
-                Ok(true) => return true,
-                Ok(false) if !waiting => {
-                    waiting = true;
-                    tracing::warn!("another instance holds this session; waiting for its lease");
-                    if !self.slot.view().is_pairing() {
-                        self.shared
-                            .transition(
-                                &self.location,
-                                &self.slot,
-                                SessionState::Reconnecting,
-                                Some(reasons::LEASE_HELD),
-                                None,
-                            )
-                            .await;
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "could not take the session lease"),
-            }
-            tokio::select! {
-                () = self.stop.cancelled() => return false,
-                () = tokio::time::sleep(ttl / 3) => {}
-            }
+    /// Told to stop: at shutdown the session is handed over to the other instances at once;
+    /// otherwise whoever stopped it (a new pairing, a logout, a lost lease, a rebalance) keeps
+    /// or settles the lease.
+    pub(super) async fn stopped_before_start(&self) {
+        if self.shared.shutdown.is_cancelled() {
+            self.shared.hand_over(&self.location, &self.slot).await;
         }
     }
 
-    async fn release(&self) {
-        if let Err(e) = self
+    /// Renews the lease before a client starts; false when another instance holds it now (this
+    /// one's lapsed): the session is that instance's to run.
+    async fn take_lease(&self) -> bool {
+        if self.stop.is_cancelled() {
+            return false;
+        }
+        let until = now_ms() + self.shared.settings.lease_ttl.as_millis() as i64;
+        match self
             .shared
             .store
-            .release_lease(self.location.as_str(), &self.shared.instance)
+            .acquire_lease(self.location.as_str(), self.shared.me.as_str(), until)
             .await
         {
-            tracing::error!(error = %e, "could not release the session lease");
+            Ok(true) => {
+                self.slot.took_lease();
+                true
+            }
+            Ok(false) => {
+                tracing::warn!("another instance holds this session now; leaving it to that instance");
+                false
+            }
+            Err(e) => {
+                // Unknown: starting without the lease could make two clients; the lease round
+                // gives the session to whoever can take it.
+                tracing::error!(error = %e, "could not renew the session lease before starting the client");
+                self.shared.release(&self.location).await;
+                false
+            }
         }
     }
 

@@ -2,9 +2,9 @@
 //! reconnecting → logged_out`, plus `parked`. Every state but a fresh `unpaired` carries a
 //! stable reason code.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {
     Unpaired,
@@ -67,16 +67,17 @@ pub mod reasons {
     pub const QR_EXHAUSTED: &str = "qr_exhausted";
     pub const CRASH_LOOP: &str = "crash_loop";
     pub const PHONE_IN_USE: &str = "phone_already_paired";
-    pub const LEASE_HELD: &str = "lease_held_elsewhere";
     pub const RESTORING: &str = "restoring";
     pub const WA_UNREACHABLE: &str = "wa_unreachable";
     pub const LEASE_LOST: &str = "lease_lost";
+    /// Its instance stopped, or handed it to a less loaded one: another instance resumes it.
+    pub const HANDED_OVER: &str = "handed_over";
     /// A client was started to pair and has no code to show yet (`unpaired`).
     pub const PAIRING_STARTING: &str = "pairing_starting";
 }
 
 /// A session as the admin API and the pairing page show it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateView {
     pub state: SessionState,
     pub reason: Option<String>,
@@ -86,6 +87,16 @@ pub struct StateView {
 }
 
 impl StateView {
+    /// A location that never had a session, since `since` (unix ms).
+    pub fn unpaired(since: i64) -> Self {
+        Self {
+            state: SessionState::Unpaired,
+            reason: None,
+            phone: None,
+            since,
+        }
+    }
+
     /// Pairing, or started to pair and waiting for its first code.
     pub fn is_pairing(&self) -> bool {
         self.state == SessionState::Pairing

@@ -1,34 +1,39 @@
-//! The supervisor: one runner task per location that owns its WhatsApp client's life —
-//! lease, start, the actor, and after the client ends the restart policy (backoff with
+//! The supervisor: one runner task per location this instance runs, which owns its WhatsApp
+//! client's life — start, the actor, and after the client ends the restart policy (backoff with
 //! jitter, crash-loop parking) — plus the registry the rest of the daemon reads.
 //!
 //! The transport reconnects dropped sockets by itself; the runner only restarts a client that
 //! ended, failed to start or was found dead by the health check. It never restarts during
-//! shutdown, and never runs two clients for one location: a runner holds the location's lease
-//! row while its client lives, so an overlapping deploy waits instead of connecting twice.
+//! shutdown, and never runs two clients for one location, on this instance or across instances:
+//! a client starts only under the location's lease row, taken before it starts and renewed by
+//! the lease round (`leases.rs`), which also decides which instance runs which session. An
+//! operation on a session another instance runs (start pairing, log out) is asked of that
+//! instance through the command channel (`commands.rs`).
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use super::actor::Command;
+use super::commands::{self, Channel};
 use super::policy::PolicySettings;
 use super::runner::Runner;
+use super::slot::{PairingCode, RunnerHandle, Slot, lock};
 use super::state::{SessionState, StateView, reasons};
-use crate::crypto::random_fraction;
-use crate::domain::LocationId;
+use super::views::view_of;
+use crate::domain::{Incarnation, LocationId};
 use crate::metrics::Metrics;
 use crate::relay::Postbox;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::time::now_ms;
-use crate::wa::{Pairing, Transport, WaError, WaSession};
+use crate::wa::{Pairing, Transport, WaError};
 
 /// How long a logout waits for WhatsApp to confirm the unlinking.
 const LOGOUT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,7 +47,7 @@ pub struct SessionSettings {
     pub policy: PolicySettings,
     /// A lease lasts this long unless renewed (renewed every third of it).
     pub lease_ttl: Duration,
-    /// Restored sessions start at random moments within this span, not all at once.
+    /// Sessions this instance takes start at random moments within this span, not all at once.
     pub restore_spread: Duration,
     /// How long an inbound message may take to be stored (retrying a failing database) before
     /// it is left to WhatsApp's redelivery.
@@ -55,78 +60,18 @@ pub(super) struct Shared {
     pub metrics: Arc<Metrics>,
     pub settings: SessionSettings,
     pub transport: Arc<dyn Transport>,
-    /// Identifies this process in lease rows.
-    pub instance: String,
+    /// This process's life: it names the leases this instance holds.
+    pub me: Incarnation,
     /// Where the sessions hand their messages and receipts (the relays own them).
     pub postbox: Postbox,
-    registry: Mutex<HashMap<LocationId, Arc<Slot>>>,
-}
-
-/// A location's entry in the registry: its current view and, while a runner lives, the
-/// means to reach it.
-pub(super) struct Slot {
-    view: watch::Sender<StateView>,
-    pairing: Mutex<PairingCode>,
-    /// The live client, for senders; `None` between clients.
-    pub(super) session: Mutex<Option<Arc<dyn WaSession>>>,
-    runner: Mutex<Option<RunnerHandle>>,
-    /// Serialises pairing starts and logouts of this location, so two requests at once can
-    /// never leave two runners (two clients) behind.
-    operations: tokio::sync::Mutex<()>,
-}
-
-/// The code a person scans or types right now.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PairingCode {
-    pub qr: Option<String>,
-    pub code: Option<String>,
-    /// Unix ms until the QR code is valid.
-    pub valid_until: Option<i64>,
-}
-
-pub(super) struct RunnerHandle {
-    stop: CancellationToken,
-    commands: mpsc::Sender<Command>,
-    done: watch::Receiver<bool>,
-}
-
-impl Slot {
-    fn new(view: StateView) -> Self {
-        Self {
-            view: watch::channel(view).0,
-            pairing: Mutex::default(),
-            session: Mutex::default(),
-            runner: Mutex::default(),
-            operations: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    pub fn view(&self) -> StateView {
-        self.view.borrow().clone()
-    }
-
-    pub fn show_code(&self, qr: Option<String>, code: Option<String>, valid_for: Option<Duration>) {
-        *lock(&self.pairing) = PairingCode {
-            qr,
-            code,
-            valid_until: valid_for.map(|d| now_ms() + d.as_millis() as i64),
-        };
-    }
-
-    pub fn pairing_code(&self) -> PairingCode {
-        lock(&self.pairing).clone()
-    }
-
-    fn runner(&self) -> Option<(CancellationToken, mpsc::Sender<Command>, watch::Receiver<bool>)> {
-        lock(&self.runner)
-            .as_ref()
-            .filter(|r| !*r.done.borrow())
-            .map(|r| (r.stop.clone(), r.commands.clone(), r.done.clone()))
-    }
-}
-
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
+    pub(super) registry: Mutex<HashMap<LocationId, Arc<Slot>>>,
+    /// Cancelled at shutdown: runners then hand their sessions over.
+    pub shutdown: CancellationToken,
+    /// Wakes the lease round before its time (another instance stopped and freed its leases).
+    pub wake_leases: Notify,
+    /// Commands between instances: the ones this instance waits for, and who carries out the
+    /// ones the sessions module does not own.
+    pub commands: Channel,
 }
 
 impl Shared {
@@ -148,7 +93,7 @@ impl Shared {
         }
         if let Err(e) = self
             .store
-            .record_transition(location.as_str(), state.as_str(), reason, phone)
+            .record_transition(location.as_str(), state.as_str(), reason, phone, Some(self.me.as_str()))
             .await
         {
             tracing::error!(location.id = %location, error = %e, "could not persist a session transition");
@@ -171,26 +116,62 @@ impl Shared {
         }
     }
 
-    fn refresh_state_gauge(&self) {
+    /// Shows a code to scan (or none) here, and publishes it for the other instances' pages.
+    pub async fn show_code(&self, location: &LocationId, slot: &Slot, code: PairingCode) {
+        let published = (!code.is_empty()).then(|| serde_json::to_string(&code).expect("a code serializes"));
+        slot.set_code(code);
+        if let Err(e) = self
+            .store
+            .publish_pairing_code(location.as_str(), published.as_deref())
+            .await
+        {
+            tracing::warn!(location.id = %location, error = %e, "could not publish the pairing code");
+        }
+    }
+
+    /// The session leaves this instance: `reconnecting` (`handed_over`) while it was live, so the
+    /// next owner resumes it, then the lease is freed for the others to take at once.
+    pub async fn hand_over(&self, location: &LocationId, slot: &Slot) {
+        if slot.view().state.is_live() {
+            self.transition(
+                location,
+                slot,
+                SessionState::Reconnecting,
+                Some(reasons::HANDED_OVER),
+                None,
+            )
+            .await;
+        }
+        self.release(location).await;
+    }
+
+    pub async fn release(&self, location: &LocationId) {
+        if let Err(e) = self.store.release_lease(location.as_str(), self.me.as_str()).await {
+            tracing::error!(location.id = %location, error = %e, "could not release the session lease");
+        }
+    }
+
+    pub(super) fn refresh_state_gauge(&self) {
         let registry = lock(&self.registry);
         let mut counts: HashMap<SessionState, i64> = SessionState::ALL.iter().map(|s| (*s, 0)).collect();
+        let mut owned = 0;
         for slot in registry.values() {
             *counts.entry(slot.view().state).or_default() += 1;
+            owned += i64::from(slot.runs_here());
         }
         drop(registry);
         for (state, count) in counts {
             self.metrics.set_sessions(state.as_str(), count);
         }
+        self.metrics.sessions_owned.set(owned);
     }
 }
 
 /// Cheap to clone; one per application.
 #[derive(Clone)]
 pub struct Supervisor {
-    shared: Arc<Shared>,
-    /// Cancelled at shutdown: every runner stops its client and exits.
-    shutdown: CancellationToken,
-    runners: TaskTracker,
+    pub(super) shared: Arc<Shared>,
+    pub(super) runners: TaskTracker,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,13 +181,17 @@ pub enum SessionError {
     #[error("WhatsApp: {0}")]
     WhatsApp(#[from] WaError),
     #[error("database: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] StoreError),
     #[error(
         "WhatsApp did not confirm that the device is unlinked ({0}); the phone still lists it, so \
          its keys are kept: try again once the session is connected, or add ?force=true to wipe \
          them anyway (then remove the device on the phone: Settings → Linked devices)"
     )]
     NotUnlinked(WaError),
+    /// Another instance runs the session and did not answer (it may have just died: its
+    /// sessions move to the others within the lease TTL).
+    #[error("{0}")]
+    OwnerUnavailable(String),
 }
 
 /// Whether a logout must have unlinked the device from the phone before it wipes the keys.
@@ -219,13 +204,20 @@ pub enum Unlink {
     BestEffort,
 }
 
+/// Where an operation on a session runs.
+pub(super) enum Here<T> {
+    Done(T),
+    /// Another instance holds the session's lease.
+    Elsewhere(String),
+}
+
 impl Supervisor {
     pub fn new(
         transport: Arc<dyn Transport>,
         store: Store,
         metrics: Arc<Metrics>,
         settings: SessionSettings,
-        instance: String,
+        me: Incarnation,
         postbox: Postbox,
         shutdown: CancellationToken,
     ) -> Self {
@@ -235,122 +227,122 @@ impl Supervisor {
                 metrics,
                 settings,
                 transport,
-                instance,
+                me,
                 postbox,
                 registry: Mutex::default(),
+                shutdown,
+                wake_leases: Notify::new(),
+                commands: Channel::default(),
             }),
-            shutdown,
             runners: TaskTracker::new(),
         }
     }
 
-    /// Loads every session's persisted view, then starts the paired ones that were running,
-    /// spread over `restore_spread` so a restart does not reconnect them all at once.
+    /// Loads every session's persisted view, frees the leases of this instance's earlier lives
+    /// and takes this instance's share of the sessions that should run (the first lease round);
+    /// returns how many it took.
     pub async fn restore(&self) -> Result<usize, SessionError> {
         for row in self.shared.store.session_rows().await? {
             let Ok(location) = LocationId::parse(&row.location_id) else {
                 continue;
             };
-            let view = StateView {
-                state: SessionState::parse(&row.state).unwrap_or(SessionState::Unpaired),
-                reason: row.reason,
-                phone: row.phone,
-                since: row.state_since,
-            };
-            lock(&self.shared.registry).insert(location, Arc::new(Slot::new(view)));
+            lock(&self.shared.registry).insert(location, Arc::new(Slot::new(view_of(row))));
         }
-        let to_restore = self.shared.store.sessions_to_restore().await?;
-        let spread = self.shared.settings.restore_spread;
-        for id in &to_restore {
-            let Ok(location) = LocationId::parse(id) else { continue };
-            // Not connected until its client says so.
-            let slot = self.slot(&location);
-            self.shared
-                .transition(
-                    &location,
-                    &slot,
-                    SessionState::Reconnecting,
-                    Some(reasons::RESTORING),
-                    None,
-                )
-                .await;
-            let delay = spread.mul_f64(random_fraction());
-            self.spawn_runner(location, Pairing::Qr, delay);
+        let freed = self
+            .shared
+            .store
+            .release_leases_of_earlier_lives(&self.shared.me)
+            .await?;
+        if freed > 0 {
+            tracing::info!(freed, "freed the session leases of an earlier run of this instance");
         }
+        let taken = self.lease_round(&mut Default::default()).await;
         self.shared.refresh_state_gauge();
-        Ok(to_restore.len())
+        Ok(taken)
     }
 
-    fn slot(&self, location: &LocationId) -> Arc<Slot> {
+    pub(super) fn slot(&self, location: &LocationId) -> Arc<Slot> {
         lock(&self.shared.registry)
             .entry(location.clone())
-            .or_insert_with(|| {
-                Arc::new(Slot::new(StateView {
-                    state: SessionState::Unpaired,
-                    reason: None,
-                    phone: None,
-                    since: now_ms(),
-                }))
-            })
+            .or_insert_with(|| Arc::new(Slot::new(StateView::unpaired(now_ms()))))
             .clone()
     }
 
-    pub fn view(&self, location: &LocationId) -> Option<StateView> {
-        lock(&self.shared.registry).get(location).map(|slot| slot.view())
-    }
-
-    /// The view of a location, or a fresh `unpaired` one since `since` when it never had a
-    /// session.
-    pub fn view_or_unpaired(&self, location: &LocationId, since: i64) -> StateView {
-        self.view(location).unwrap_or(StateView {
-            state: SessionState::Unpaired,
-            reason: None,
-            phone: None,
-            since,
-        })
-    }
-
-    pub fn views(&self) -> Vec<(LocationId, StateView)> {
-        let mut views: Vec<_> = lock(&self.shared.registry)
-            .iter()
-            .map(|(id, slot)| (id.clone(), slot.view()))
-            .collect();
-        views.sort_by(|a, b| a.0.cmp(&b.0));
-        views
-    }
-
-    /// Follows a location's state as it changes (the pairing page's live updates).
-    pub fn watch(&self, location: &LocationId) -> watch::Receiver<StateView> {
-        self.slot(location).view.subscribe()
-    }
-
-    pub fn pairing_code(&self, location: &LocationId) -> PairingCode {
-        self.slot(location).pairing_code()
-    }
-
-    /// The live client of a location, when it has one.
-    pub fn session(&self, location: &LocationId) -> Option<Arc<dyn WaSession>> {
-        lock(&self.shared.registry)
-            .get(location)
-            .and_then(|slot| lock(&slot.session).clone())
-    }
-
     /// Starts pairing (QR, or a pairing code for `Pairing::Code`), replacing a pairing in
-    /// progress. A connected session must be logged out first.
+    /// progress, on whichever instance runs the session (here when none does). A connected
+    /// session must be logged out first.
     #[tracing::instrument(skip_all, fields(location.id = %location))]
     pub async fn start_pairing(&self, location: &LocationId, pairing: Pairing) -> Result<StateView, SessionError> {
+        match self.start_pairing_here(location, pairing.clone()).await? {
+            Here::Done(view) => Ok(view),
+            Here::Elsewhere(owner) => {
+                commands::ask(
+                    &self.shared,
+                    location,
+                    &owner,
+                    &commands::Command::start_pairing(&pairing),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Unlinks the device from the phone, wipes the keys and leaves the session `unpaired`, on
+    /// whichever instance runs it. Used by the admin API and when the app is uninstalled. With
+    /// [`Unlink::Required`], a device that may still be linked is kept, keys and client,
+    /// unless WhatsApp confirms.
+    #[tracing::instrument(skip_all, fields(location.id = %location))]
+    pub async fn logout(&self, location: &LocationId, mode: Unlink) -> Result<StateView, SessionError> {
+        match self.logout_here(location, mode).await? {
+            Here::Done(view) => Ok(view),
+            Here::Elsewhere(owner) => {
+                commands::ask(&self.shared, location, &owner, &commands::Command::logout(mode)).await
+            }
+        }
+    }
+
+    /// Takes the lease for an operation: false when another instance holds it.
+    async fn lease_for_operation(&self, location: &LocationId, slot: &Slot) -> Result<bool, StoreError> {
+        let until = now_ms() + self.shared.settings.lease_ttl.as_millis() as i64;
+        let taken = self
+            .shared
+            .store
+            .acquire_lease(location.as_str(), self.shared.me.as_str(), until)
+            .await?;
+        if taken {
+            slot.took_lease();
+        }
+        Ok(taken)
+    }
+
+    pub(super) async fn start_pairing_here(
+        &self,
+        location: &LocationId,
+        pairing: Pairing,
+    ) -> Result<Here<StateView>, SessionError> {
         let slot = self.slot(location);
         let _one_at_a_time = slot.operations.lock().await;
         if slot.view().state.is_live() && slot.runner().is_some() {
             return Err(SessionError::Connected);
         }
+        if !self.lease_for_operation(location, &slot).await? {
+            return Ok(Here::Elsewhere(
+                self.owner_elsewhere(location).await?.unwrap_or_default(),
+            ));
+        }
+        // The lease is held from here on (the runner keeps it): no other instance can start it.
         self.stop_runner(&slot).await;
+        let fresh = self.shared.store.session_row(location.as_str()).await?.map(view_of);
+        if let Some(fresh) = fresh.filter(|_| !slot.runs_here()) {
+            // Another instance may have run it since this one last looked.
+            slot.view.send_replace(fresh);
+        }
         if slot.view().state == SessionState::LoggedOut {
             self.shared.transport.wipe(location).await?;
             self.shared.store.forget_pairing(location.as_str()).await?;
         }
         self.shared.metrics.pairing_attempts.inc();
-        slot.show_code(None, None, None);
+        self.shared.show_code(location, &slot, PairingCode::default()).await;
         // `pairing` means a code is there to scan (the client's first code makes it so); until
         // then the session is unpaired and says why.
         self.shared
@@ -371,16 +363,40 @@ impl Supervisor {
             view.wait_for(|v| v.reason.as_deref() != Some(reasons::PAIRING_STARTING)),
         )
         .await;
-        Ok(slot.view())
+        Ok(Here::Done(slot.view()))
     }
 
-    /// Unlinks the device from the phone, wipes the keys and leaves the session `unpaired`.
-    /// Used by the admin API and when the app is uninstalled. With [`Unlink::Required`], a
-    /// device that may still be linked is kept, keys and client, unless WhatsApp confirms.
-    #[tracing::instrument(skip_all, fields(location.id = %location))]
-    pub async fn logout(&self, location: &LocationId, mode: Unlink) -> Result<StateView, SessionError> {
+    pub(super) async fn logout_here(
+        &self,
+        location: &LocationId,
+        mode: Unlink,
+    ) -> Result<Here<StateView>, SessionError> {
         let slot = self.slot(location);
         let _one_at_a_time = slot.operations.lock().await;
+        if !self.lease_for_operation(location, &slot).await? {
+            return Ok(Here::Elsewhere(
+                self.owner_elsewhere(location).await?.unwrap_or_default(),
+            ));
+        }
+        let outcome = self.unlink_and_wipe(location, &slot, mode).await;
+        // The lease was only for the operation: an unpaired session runs nowhere.
+        if !slot.runs_here() {
+            self.shared.release(location).await;
+        }
+        outcome.map(Here::Done)
+    }
+
+    async fn unlink_and_wipe(
+        &self,
+        location: &LocationId,
+        slot: &Slot,
+        mode: Unlink,
+    ) -> Result<StateView, SessionError> {
+        if !slot.runs_here()
+            && let Some(fresh) = self.shared.store.session_row(location.as_str()).await?
+        {
+            slot.view.send_replace(view_of(fresh));
+        }
         // Only a paired device is on the phone's list; a logged-out one was removed there.
         let linked = matches!(
             slot.view().state,
@@ -409,27 +425,28 @@ impl Supervisor {
             }
             tracing::warn!(error = %e, "WhatsApp did not confirm the unlinking; wiping the keys anyway");
         }
-        self.stop_runner(&slot).await;
+        self.stop_runner(slot).await;
         self.shared.transport.wipe(location).await?;
         self.shared.store.forget_pairing(location.as_str()).await?;
+        slot.set_code(PairingCode::default());
         slot.view.send_modify(|v| v.phone = None);
         self.shared
-            .transition(location, &slot, SessionState::Unpaired, None, None)
+            .transition(location, slot, SessionState::Unpaired, None, None)
             .await;
         Ok(slot.view())
     }
 
-    async fn stop_runner(&self, slot: &Slot) {
+    pub(super) async fn stop_runner(&self, slot: &Slot) {
         if let Some((stop, _, mut done)) = slot.runner() {
             stop.cancel();
             let _ = done.wait_for(|d| *d).await;
         }
     }
 
-    fn spawn_runner(&self, location: LocationId, pairing: Pairing, delay: Duration) {
+    pub(super) fn spawn_runner(&self, location: LocationId, pairing: Pairing, delay: Duration) {
         let span = tracing::info_span!("session", location.id = %location);
         let slot = self.slot(&location);
-        let stop = self.shutdown.child_token();
+        let stop = self.shared.shutdown.child_token();
         let (commands_tx, commands) = mpsc::channel(8);
         let (done_tx, done) = watch::channel(false);
         let replaced = lock(&slot.runner).replace(RunnerHandle {
@@ -442,6 +459,7 @@ impl Supervisor {
         if let Some(previous) = replaced {
             previous.stop.cancel();
         }
+        self.shared.refresh_state_gauge();
         let runner = Runner {
             shared: self.shared.clone(),
             location,
@@ -456,7 +474,7 @@ impl Supervisor {
                 let stop = runner.stop.clone();
                 let run = async move {
                     tokio::select! {
-                        () = runner.stop.cancelled() => {}
+                        () = runner.stop.cancelled() => runner.stopped_before_start().await,
                         () = tokio::time::sleep(delay) => runner.run(pairing).await,
                     }
                 };
@@ -474,66 +492,31 @@ impl Supervisor {
                             .transition(&location, &slot, SessionState::Parked, Some(reasons::CRASH_LOOP), None)
                             .await;
                     }
+                    shared.release(&location).await;
                 }
                 let _ = done_tx.send(true);
+                shared.refresh_state_gauge();
             }
             .instrument(span),
         );
     }
 
-    /// Stops every client (keys kept) and waits for the runners, at most `deadline`.
+    /// Stops every client (keys kept), hands the sessions over (their leases freed) and waits for
+    /// the runners, at most `deadline`; this instance leaves the live ones, and the others are
+    /// told to take the sessions at once.
     pub async fn shutdown(&self, deadline: Duration) {
-        self.shutdown.cancel();
+        self.shared.shutdown.cancel();
         self.runners.close();
         if tokio::time::timeout(deadline, self.runners.wait()).await.is_err() {
             tracing::warn!("some WhatsApp sessions did not stop in time");
         }
+        self.leave().await;
     }
 
-    /// Renews this instance's leases until shutdown (the heartbeat). A live client whose lease
-    /// could not be renewed (it expired, e.g. while the database was unreachable, and another
-    /// instance may hold it now) is stopped: two live connections are worse than a gap.
-    pub fn spawn_heartbeat(&self, tasks: &TaskTracker) {
-        let supervisor = self.clone();
-        tasks.spawn(async move {
-            let shared = &supervisor.shared;
-            let ttl = shared.settings.lease_ttl;
-            loop {
-                tokio::select! {
-                    () = supervisor.shutdown.cancelled() => return,
-                    () = tokio::time::sleep(ttl / 3) => {}
-                }
-                let until = now_ms() + ttl.as_millis() as i64;
-                let renewed = match shared.store.renew_leases(&shared.instance, until).await {
-                    Ok(renewed) => renewed,
-                    Err(e) => {
-                        tracing::error!(error = %e, "could not renew session leases");
-                        continue;
-                    }
-                };
-                let live: Vec<(LocationId, Arc<Slot>)> = lock(&shared.registry)
-                    .iter()
-                    .filter(|(_, slot)| lock(&slot.session).is_some())
-                    .map(|(id, slot)| (id.clone(), slot.clone()))
-                    .collect();
-                for (location, slot) in live {
-                    if !renewed.iter().any(|id| id == location.as_str()) {
-                        tracing::error!(location.id = %location, "lost the session lease; stopping the client");
-                        supervisor.stop_runner(&slot).await;
-                        shared
-                            .transition(
-                                &location,
-                                &slot,
-                                SessionState::Reconnecting,
-                                Some(reasons::LEASE_LOST),
-                                None,
-                            )
-                            .await;
-                        // A new runner waits for the lease and resumes from the stored keys.
-                        supervisor.spawn_runner(location, Pairing::Qr, Duration::ZERO);
-                    }
-                }
-            }
-        });
+    /// Deletes this instance's heartbeat row and wakes the others' lease rounds.
+    pub(super) async fn leave(&self) {
+        if let Err(e) = self.shared.store.remove_instance(&self.shared.me).await {
+            tracing::warn!(error = %e, "could not remove this instance's heartbeat row");
+        }
     }
 }

@@ -251,13 +251,16 @@ pub enum InboxOutcome<'a> {
 impl Store {
     /// Claims up to `limit` rows for `claim_ms`: only the oldest pending row of each chat (first
     /// in, first out per chat), only when it is due and unclaimed, and only for installed
-    /// locations. A chat whose head waits blocks nothing else.
+    /// locations whose session runs on this instance (`holder` holds its lease: the relay may need
+    /// the session for media or a LID) or nowhere. A chat whose head waits blocks nothing else.
     pub async fn claim_inbox_batch(&self, limit: i64, claim_ms: i64, holder: &Incarnation) -> Result<Vec<InboxRow>> {
         macro_rules! heads {
             () => {
                 "SELECT h.inbox_id FROM inbox h \
                    JOIN locations l ON l.location_id = h.location_id AND l.status = 'installed' \
+                   LEFT JOIN wa_sessions s ON s.location_id = h.location_id \
                    WHERE h.state = 'pending' AND h.head = 1 AND h.next_attempt_at <= $1 \
+                     AND (s.owner IS NULL OR s.owner = $4 OR s.lease_until IS NULL OR s.lease_until < $1) \
                      AND (h.claimed_until IS NULL OR h.claimed_until < $1) \
                    ORDER BY h.next_attempt_at LIMIT $2"
             };

@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::QueryBuilder;
 
 use super::heads::{ChatKey, in_chats_tx};
+use super::instances::channels;
 use super::{Result, Store, on_db};
 use crate::domain::OutboxState;
 use crate::time::now_ms;
@@ -137,6 +138,18 @@ impl Store {
                     if let Some(i) = by_key.remove(&(location.as_str(), message.as_str())) {
                         ids[i] = Some(*outbox_id);
                     }
+                }
+                // The instance that runs each location's session sends; wake it when this commits
+                // (ids are letters, digits, `-` and `_`: a comma separates them safely).
+                if self.dialect() == "postgres" && !inserted.is_empty() {
+                    let mut locations: Vec<&str> = inserted.iter().map(|(_, l, _)| l.as_str()).collect();
+                    locations.sort_unstable();
+                    locations.dedup();
+                    sqlx::query("SELECT pg_notify($1, l) FROM unnest(string_to_array($2, ',')) AS l")
+                        .bind(channels::OUTBOX)
+                        .bind(locations.join(","))
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 // A would-be head that was a duplicate leaves its chat to the rows after it.
                 for (i, may_lead) in &candidates {

@@ -8,12 +8,14 @@
 
 mod chats;
 mod claims;
+mod commands;
 mod console;
 mod contacts;
 mod credentials;
 mod device_keys;
 mod heads;
 mod inbox;
+mod instances;
 mod intake;
 mod legacy_device_file;
 mod locations;
@@ -38,11 +40,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use crate::crypto::{CryptoError, SecretKey};
 
 pub use claims::Queue;
+pub use commands::PendingCommand;
 pub use console::StateEvent;
 pub use contacts::CachedContact;
 pub use credentials::{Credentials, GhlTokens, TokenLock, TokenOwner};
 pub use device_keys::{DeviceKeyKind, DeviceKeys, KeyRow, OnConflict};
 pub use inbox::{InboxOutcome, InboxRow, InboxStart, InboxWrite, NewInbound};
+pub use instances::{LeaseCandidate, LiveInstance, channels};
 pub use intake::IntakeRow;
 pub use legacy_device_file::LegacyDeviceFile;
 pub use locations::{LocationRecord, LocationStatus, NewLocation, TokenSource};

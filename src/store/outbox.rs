@@ -142,13 +142,14 @@ impl Store {
 
     /// Claims up to `limit` rows: the oldest unfinished message of each chat (first in, first
     /// out per recipient), when due and unclaimed, for installed locations whose WhatsApp is
-    /// connected. A message interrupted mid-send (`sending`) is resumed first.
+    /// connected on this instance (`holder` holds its lease: with several instances each sends
+    /// for the sessions it runs). A message interrupted mid-send (`sending`) is resumed first.
     pub async fn claim_outbox_batch(&self, limit: i64, claim_ms: i64, holder: &Incarnation) -> Result<Vec<OutboxRow>> {
         macro_rules! heads {
             () => {
                 "SELECT h.outbox_id FROM outbox h \
                    JOIN locations l ON l.location_id = h.location_id AND l.status = 'installed' \
-                       JOIN wa_sessions s ON s.location_id = h.location_id AND s.state = 'connected' \
+                       JOIN wa_sessions s ON s.location_id = h.location_id AND s.state = 'connected' AND s.owner = $4 \
                    WHERE h.state IN ('pending', 'sending') AND h.head = 1 AND h.next_attempt_at <= $1 \
                      AND (h.claimed_until IS NULL OR h.claimed_until < $1) \
                    ORDER BY h.next_attempt_at LIMIT $2"

@@ -17,13 +17,14 @@ pub struct SessionRow {
 
 impl Store {
     /// Records a transition (no-op when nothing changed): the state, its reason and, once
-    /// known, the paired phone; and a row in `events`.
+    /// known, the paired phone; and a row in `events`, naming the incarnation that recorded it.
     pub async fn record_transition(
         &self,
         location_id: &str,
         state: &str,
         reason: Option<&str>,
         phone: Option<&str>,
+        recorded_by: Option<&str>,
     ) -> Result<()> {
         let now = now_ms();
         let previous: Option<(String, Option<String>, Option<String>)> = on_db!(self, pool => {
@@ -59,22 +60,28 @@ impl Store {
             .bind(now)
             .execute(pool)
             .await?;
-            sqlx::query("INSERT INTO events (location_id, from_state, to_state, reason, at) VALUES ($1, $2, $3, $4, $5)")
+            sqlx::query(
+                "INSERT INTO events (location_id, from_state, to_state, reason, at, instance_id) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
                 .bind(location_id)
                 .bind(previous.map(|(s, _, _)| s))
                 .bind(state)
                 .bind(reason)
                 .bind(now)
+                .bind(recorded_by)
                 .execute(pool)
                 .await?;
         });
         Ok(())
     }
 
-    /// Forgets the pairing (phone, pairing time) after a logout and wipe.
+    /// Forgets the pairing (phone, pairing time, published code) after a logout and wipe.
     pub async fn forget_pairing(&self, location_id: &str) -> Result<()> {
         on_db!(self, pool => {
-            sqlx::query("UPDATE wa_sessions SET phone = NULL, paired_at = NULL, updated_at = $2 WHERE location_id = $1")
+            sqlx::query(
+                "UPDATE wa_sessions SET phone = NULL, paired_at = NULL, pairing_code = NULL, updated_at = $2 \
+                 WHERE location_id = $1",
+            )
                 .bind(location_id)
                 .bind(now_ms())
                 .execute(pool)
@@ -98,19 +105,6 @@ impl Store {
         Ok(on_db!(self, pool => {
             sqlx::query_as(
                 "SELECT location_id, state, reason, phone, paired_at, state_since FROM wa_sessions ORDER BY location_id",
-            )
-            .fetch_all(pool)
-            .await?
-        }))
-    }
-
-    /// Paired sessions that were running when the daemon stopped: restored at start.
-    pub async fn sessions_to_restore(&self) -> Result<Vec<String>> {
-        Ok(on_db!(self, pool => {
-            sqlx::query_scalar(
-                "SELECT s.location_id FROM wa_sessions s JOIN locations l ON l.location_id = s.location_id \
-                 WHERE s.paired_at IS NOT NULL AND s.state IN ('connected', 'reconnecting') \
-                   AND l.status <> 'uninstalled' ORDER BY s.location_id",
             )
             .fetch_all(pool)
             .await?
@@ -169,9 +163,11 @@ impl Store {
         }))
     }
 
+    /// Lets go of a lease at once. The owner stays named, so whoever takes it next knows it took
+    /// it over from another instance.
     pub async fn release_lease(&self, location_id: &str, owner: &str) -> Result<()> {
         on_db!(self, pool => {
-            sqlx::query("UPDATE wa_sessions SET owner = NULL, lease_until = NULL WHERE location_id = $1 AND owner = $2")
+            sqlx::query("UPDATE wa_sessions SET lease_until = NULL WHERE location_id = $1 AND owner = $2")
                 .bind(location_id)
                 .bind(owner)
                 .execute(pool)

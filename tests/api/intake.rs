@@ -49,10 +49,12 @@ fn phone(recipient: usize) -> String {
 /// messages in the order they became heads. Fails if a chat ever shows two heads at once.
 async fn drain_heads(store: &Store, location: &str) -> BTreeMap<String, Vec<String>> {
     store
-        .record_transition(location, "connected", None, Some("+14155550100"))
+        .record_transition(location, "connected", None, Some("+14155550100"), None)
         .await
         .unwrap();
+    // This instance runs the session: it sends for it.
     let me = Incarnation::new("test", "1");
+    assert!(store.acquire_lease(location, me.as_str(), i64::MAX).await.unwrap());
     let mut order: BTreeMap<String, Vec<String>> = BTreeMap::new();
     loop {
         let heads = store.claim_outbox_batch(1000, 60_000, &me).await.unwrap();
@@ -89,11 +91,11 @@ async fn concurrent_webhooks_are_queued_once_each_in_arrival_order_with_one_head
     // Paired once, now offline: messages are queued (not refused) and nothing sends them.
     let store = &app.state.store;
     store
-        .record_transition("locI", "connected", None, Some("+14155550100"))
+        .record_transition("locI", "connected", None, Some("+14155550100"), None)
         .await
         .unwrap();
     store
-        .record_transition("locI", "disconnected", Some("test"), None)
+        .record_transition("locI", "disconnected", Some("test"), None, None)
         .await
         .unwrap();
     let app = Arc::new(app);

@@ -17,6 +17,8 @@ mod phones;
 #[macro_use]
 mod wa_rig;
 #[cfg(feature = "wa-test-server")]
+mod instances;
+#[cfg(feature = "wa-test-server")]
 mod real_transport;
 mod recovery;
 mod screens;

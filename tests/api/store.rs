@@ -428,7 +428,7 @@ async fn concurrent_enqueues_to_one_chat_leave_one_head_and_keep_their_order(_db
     use waghl::store::NewOutbound;
     install(&store, "locH").await;
     store
-        .record_transition("locH", "connected", None, Some("+14155550100"))
+        .record_transition("locH", "connected", None, Some("+14155550100"), None)
         .await
         .unwrap();
     // Twenty webhooks for one recipient at once, as GHL may send them.
@@ -453,7 +453,9 @@ async fn concurrent_enqueues_to_one_chat_leave_one_head_and_keep_their_order(_db
         ids.push(task.await.unwrap());
     }
     ids.sort();
+    // This instance runs the session: it sends for it.
     let me = Incarnation::new("test", "1");
+    assert!(store.acquire_lease("locH", me.as_str(), i64::MAX).await.unwrap());
     for expected in ids {
         let claimed = store.claim_outbox_batch(10, 60_000, &me).await.unwrap();
         let claimed: Vec<i64> = claimed.iter().map(|r| r.outbox_id).collect();

@@ -266,7 +266,7 @@ async fn a_device_file_of_the_earlier_version_is_imported_once_and_connects_with
     rig.app
         .state
         .store
-        .record_transition(LOCATION, "connected", None, Some(BUSINESS))
+        .record_transition(LOCATION, "connected", None, Some(BUSINESS), None)
         .await
         .unwrap();
 

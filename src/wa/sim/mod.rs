@@ -11,6 +11,15 @@
 //! The control surface (`/sim/{id}/…`, see `http/sim.rs`) drives it as a phone and the
 //! WhatsApp servers would.
 //!
+//! Several instances on one database: the servers' lasting state is the files under
+//! `sessions/sim/` (a device's "keys", its sent log), so instances that share that directory
+//! share one simulated WhatsApp, and a session resumes on whichever instance takes it. A control
+//! call reaches the instance that runs the session (`http/forward.rs` passes it on). What the
+//! servers hold only in memory — messages for a device that is offline, armed failures — stays
+//! with that instance: a phone whose message was not acknowledged (its request failed or
+//! answered `queued`) sends it again, as WhatsApp redelivers until a device acks, and the inbox
+//! keeps one copy.
+//!
 //! `servers` plays WhatsApp's servers and the phones (the control surface calls it), `client`
 //! the linked device waghl runs (the `Transport` seam), and `proto` turns what the phones send
 //! into WhatsApp's own protobuf messages and back, through the real transport's `convert`.
