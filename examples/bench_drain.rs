@@ -142,6 +142,8 @@ fn spawn_daemon(settings: &[(&'static str, String)]) -> (Child, String) {
         .env_clear()
         .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
         .env(DAEMON, "1")
+        // glibc's allocator settings, to compare their effect on waghl's memory.
+        .envs(std::env::vars().filter(|(k, _)| k.starts_with("MALLOC_")))
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
