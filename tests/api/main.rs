@@ -36,6 +36,8 @@ mod wa_receives;
 mod wa_replies;
 #[cfg(feature = "wa-test-server")]
 mod wa_sends;
+#[cfg(feature = "wa-test-server")]
+mod wa_takeover;
 
 mod crash;
 mod daemon;
