@@ -124,3 +124,31 @@ async fn next_batch<J, R>(
     }
     Some(batch)
 }
+
+/// Answers each job of `batch` from `together`, what writing the whole batch in one transaction
+/// gave (one answer per job, in order). When that transaction failed, the jobs come back to be
+/// written each alone, so that one job the database refuses cannot fail the others of its
+/// batch (a batch of one is answered with the error).
+pub fn answer_or_return<J, T, E: std::fmt::Display>(
+    what: &str,
+    batch: Vec<Job<J, Result<T, E>>>,
+    together: Result<Vec<T>, E>,
+) -> Vec<Job<J, Result<T, E>>> {
+    match together {
+        Ok(answers) => {
+            for (job, answer) in batch.into_iter().zip(answers) {
+                // A request that gave up needs no answer; its row is committed.
+                let _ = job.reply.send(Ok(answer));
+            }
+            Vec::new()
+        }
+        Err(e) if batch.len() == 1 => {
+            let _ = batch.into_iter().next().map(|job| job.reply.send(Err(e)));
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = batch.len(), "writing a batch of {what} failed; writing each alone");
+            batch
+        }
+    }
+}

@@ -6,7 +6,7 @@
 use tokio_util::task::TaskTracker;
 
 use crate::domain::{InboundMessage, LocationId};
-use crate::group_commit::{GroupCommit, Job};
+use crate::group_commit::{GroupCommit, Job, answer_or_return};
 use crate::store::{InboxStart, InboxWrite, NewInbound, Store, StoreError};
 
 /// One message to store, as its session handed it over.
@@ -46,25 +46,10 @@ async fn commit(store: &Store, batch: Vec<Job<Inbound, Result<InboxWrite, StoreE
     let news: Vec<NewInbound<'_>> = batch.iter().map(|job| job.job.as_new()).collect();
     let together = store.insert_inbound_batch(&news).await;
     drop(news);
-    match together {
-        Ok(writes) => {
-            for (job, write) in batch.into_iter().zip(writes) {
-                let _ = job.reply.send(Ok(write));
-            }
-        }
-        Err(e) if batch.len() == 1 => {
-            let _ = batch.into_iter().next().map(|job| job.reply.send(Err(e)));
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, messages = batch.len(), "storing a batch of inbound messages failed; storing each alone");
-            for job in batch {
-                let new = job.job.as_new();
-                let alone = store
-                    .insert_inbound(new.location_id, new.message, new.media_ref, new.start)
-                    .await;
-                let _ = job.reply.send(alone);
-            }
-        }
+    for job in answer_or_return("inbound messages", batch, together) {
+        let new = job.job.as_new();
+        let alone = store.insert_inbound(new.location_id, new.message, new.media_ref, new.start).await;
+        let _ = job.reply.send(alone);
     }
 }
 

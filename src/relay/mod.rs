@@ -8,6 +8,7 @@ mod fetch;
 pub mod inbound;
 mod inbox_writer;
 pub mod outbound;
+mod outbox_writer;
 mod postbox;
 mod recipients;
 mod reconcile;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Postbox;
 use super::acks::{ACK_TIMEOUT, Heard};
+use super::outbox_writer::{self, OutboxWriter};
 use super::fetch::Fetcher;
 use super::recipients::{Recipient, Recipients};
 use super::workers::{Joined, Renewal, Workers};
@@ -32,12 +33,15 @@ use crate::ghl::types::{StatusError, StatusUpdate};
 use crate::ghl::{Action, GhlClient, GhlError};
 use crate::metrics::Metrics;
 use crate::sessions::Supervisor;
-use crate::store::{OutboxRow, Queue, StatusToReport, Store};
+use crate::store::{OutboxRow, OutboxWrite, Queue, StatusToReport, Store, StoreError};
 use crate::time::now_ms;
 use crate::wa::{ReceiptStatus, WaError, WaEvent, WaSession};
 
 /// Most receipts and acks applied in one round of the relay's loop before it claims again.
 const EVENTS_PER_ROUND: usize = 256;
+/// A part acked within this long after its send goes from `sending` to `sent` in one write;
+/// one acked later is recorded `handed` meanwhile, so a stuck send shows it was written.
+const HANDED_AFTER: Duration = Duration::from_millis(500);
 
 pub struct OutboundRelay {
     pub store: Store,
@@ -64,11 +68,15 @@ pub struct OutboundRelay {
     recipients: Recipients,
     /// Cancelled at shutdown: a send stops waiting for its ack (the next life resends it).
     stopping: CancellationToken,
+    /// Commits the sends' and reports' writes, many in one transaction.
+    writer: OutboxWriter,
 }
 
 /// What became of one send attempt.
 enum Outcome {
-    Done,
+    /// Every part went out; the last one's id when its ack was heard just now (the message is
+    /// settled with it).
+    Done(Option<String>),
     /// WhatsApp is not connected: wait without counting an attempt.
     Wait(String),
     Retry(String),
@@ -118,6 +126,7 @@ impl OutboundRelay {
             postbox,
             recipients: Recipients::default(),
             stopping: CancellationToken::new(),
+            writer: OutboxWriter::default(),
         })
     }
 
@@ -137,6 +146,8 @@ impl OutboundRelay {
             claim_for: self.settings.claim_for,
         }));
         let mut reporting = Workers::new(None);
+        let writing = tokio_util::task::TaskTracker::new();
+        outbox_writer::spawn(&self.writer, self.store.clone(), &writing);
         let capacity = self.settings.batch.max(1) as usize;
         let mut housekeeping_due = Instant::now();
         loop {
@@ -206,6 +217,19 @@ impl OutboundRelay {
             }
         }
         sending.drain().await;
+        reporting.drain().await;
+        self.writer.close();
+        writing.close();
+        writing.wait().await;
+    }
+
+    /// Commits `write` with whatever else the relay writes at this moment.
+    async fn write(&self, write: OutboxWrite) -> Result<(), StoreError> {
+        // The writer stops after the sends and reports: it is gone only as the pool closes.
+        self.writer
+            .submit(write)
+            .await
+            .unwrap_or(Err(StoreError::Database(sqlx::Error::PoolClosed)))
     }
 
     /// Claims up to `limit` chat heads for this incarnation.
@@ -236,12 +260,21 @@ impl OutboundRelay {
         let outcome = self.send(&row).await;
         let store = &self.store;
         let recorded = match outcome {
-            Outcome::Done => {
-                self.metrics.count_relay("outbound", "sent");
-                self.metrics
-                    .send_latency
-                    .observe((now_ms() - row.received_at).max(0) as f64 / 1000.0);
-                store.settle_outbound(row.outbox_id, Some(&row)).await
+            Outcome::Done(acked) => {
+                let finished = OutboxWrite::Finished {
+                    outbox_id: row.outbox_id,
+                    location_id: row.location_id.clone(),
+                    to_phone: row.to_phone.clone(),
+                    acked,
+                };
+                // Not recorded: the claim runs out and the message is sent again under its
+                // parts' ids (WhatsApp keeps one copy).
+                self.write(finished).await.inspect(|()| {
+                    self.metrics.count_relay("outbound", "sent");
+                    self.metrics
+                        .send_latency
+                        .observe((now_ms() - row.received_at).max(0) as f64 / 1000.0);
+                })
             }
             Outcome::Wait(reason) => {
                 store
@@ -331,7 +364,15 @@ impl OutboundRelay {
                 Some(part) => part.wa_message_id.clone(),
                 None => {
                     let id = session.new_message_id();
-                    if let Err(e) = self.store.commit_part(row, &jid, index as i64, &id).await {
+                    let part = OutboxWrite::Part {
+                        outbox_id: row.outbox_id,
+                        location_id: row.location_id.clone(),
+                        ghl_message_id: row.ghl_message_id.clone(),
+                        chat: jid.clone(),
+                        part_index: index as i64,
+                        wa_message_id: id.clone(),
+                    };
+                    if let Err(e) = self.write(part).await {
                         return Outcome::Retry(format!("database: {e}"));
                     }
                     id
@@ -353,12 +394,17 @@ impl OutboundRelay {
             {
                 return e.into();
             }
-            // Never below an ack that came first: statuses only move forward.
-            if let Err(e) = self.store.advance_part(&row.location_id, &id, PartStatus::Handed).await {
-                return Outcome::Retry(format!("database: {e}"));
+            let mut heard = awaited.heard(HANDED_AFTER, &self.stopping).await;
+            if heard == Heard::Silence {
+                // Never below an ack that came first: statuses only move forward.
+                if let Err(e) = self.store.advance_part(&row.location_id, &id, PartStatus::Handed).await {
+                    return Outcome::Retry(format!("database: {e}"));
+                }
+                heard = awaited.heard(ACK_TIMEOUT - HANDED_AFTER, &self.stopping).await;
             }
-            let acked = match awaited.heard(ACK_TIMEOUT, &self.stopping).await {
-                Heard::Acked => PartStatus::Sent,
+            match heard {
+                Heard::Acked if index + 1 == parts.len() => return Outcome::Done(Some(id)),
+                Heard::Acked => {}
                 Heard::Refused(code) => {
                     let reason = refusal(&code);
                     let _ = self.store.advance_part(&row.location_id, &id, PartStatus::Failed).await;
@@ -374,12 +420,12 @@ impl OutboundRelay {
                     ));
                 }
                 Heard::Stopping => return Outcome::Wait("stopped before WhatsApp's server acked the message".into()),
-            };
-            if let Err(e) = self.store.advance_part(&row.location_id, &id, acked).await {
+            }
+            if let Err(e) = self.store.advance_part(&row.location_id, &id, PartStatus::Sent).await {
                 return Outcome::Retry(format!("database: {e}"));
             }
         }
-        Outcome::Done
+        Outcome::Done(None)
     }
 
     /// The JID to send to: remembered, or the chat of a contact who wrote before, or else
@@ -462,7 +508,7 @@ impl OutboundRelay {
         for id in ids {
             match self.store.advance_part(location.as_str(), &id, status).await {
                 Ok(Some(outbox_id)) => {
-                    if let Err(e) = self.store.settle_outbound(outbox_id, None).await {
+                    if let Err(e) = self.store.settle_outbound(outbox_id).await {
                         tracing::error!(outbox.id = outbox_id, error = %e, "could not apply a receipt");
                     }
                 }
@@ -525,7 +571,11 @@ impl OutboundRelay {
         let recorded = match outcome {
             Ok(()) => {
                 let reported = if failed { report.state } else { status };
-                self.store.reported(report.outbox_id, reported).await
+                let write = OutboxWrite::Reported {
+                    outbox_id: report.outbox_id,
+                    status: reported,
+                };
+                self.write(write).await
             }
             Err(e) if e.action() == Action::GiveUp => {
                 tracing::warn!(outbox.id = report.outbox_id, error = %e, "GHL refused a status update");

@@ -19,6 +19,45 @@ macro_rules! rank {
         )
     };
 }
+pub(super) use rank;
+
+/// A part's status moves forward, never back; returns its outbox row, if it is one of waghl's
+/// sends.
+pub(super) const ADVANCE_PART: &str = concat!(
+    "UPDATE message_map SET status = $3, updated_at = $4 WHERE location_id = $1 AND wa_message_id = $2 \
+     AND direction = 'outbound' AND ",
+    rank!("status"),
+    " < ",
+    rank!("$3"),
+    " RETURNING outbox_id"
+);
+
+/// A message's parts, in order.
+pub(super) const PARTS: &str =
+    "SELECT part_index, wa_message_id, status FROM message_map WHERE outbox_id = $1 ORDER BY part_index";
+
+/// Sets a message's state ($2) from its parts; never backwards, never out of `failed`. With $4
+/// false (a receipt, not the sender) a message still being sent is left alone: its later
+/// parts are not committed yet.
+pub(super) const SETTLE: &str = concat!(
+    "UPDATE outbox SET state = $2, head = 0, sent_at = COALESCE(sent_at, $3), updated_at = $3, \
+       claimed_until = NULL, claimed_by = NULL, last_error = NULL, report_after = $3 \
+     WHERE outbox_id = $1 AND state <> 'failed' AND state <> 'dead' \
+       AND ($4 OR state NOT IN ('pending', 'sending')) AND ",
+    rank!("state"),
+    " < ",
+    rank!("$2")
+);
+
+/// The state a message settles in: its least advanced part's status, once every part was at
+/// least sent; `None` while one is not, or when one failed (a refused part fails the message
+/// on its own path, with its reason).
+pub(super) fn settled(parts: &[PartRow]) -> Option<PartStatus> {
+    if parts.iter().any(|p| p.status == PartStatus::Failed) {
+        return None;
+    }
+    parts.iter().map(|p| p.status).min().filter(|least| *least >= PartStatus::Sent)
+}
 
 /// A claimed outbound row.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -194,40 +233,11 @@ impl Store {
     /// The parts committed so far, in order.
     pub async fn outbound_parts(&self, outbox_id: i64) -> Result<Vec<PartRow>> {
         Ok(on_db!(self, pool => {
-            sqlx::query_as(
-                "SELECT part_index, wa_message_id, status FROM message_map WHERE outbox_id = $1 ORDER BY part_index",
-            )
+            sqlx::query_as(PARTS)
             .bind(outbox_id)
             .fetch_all(pool)
             .await?
         }))
-    }
-
-    /// Commits a part's WhatsApp id before it is sent (and marks the message `sending`): a
-    /// crash after this resends the same id, which WhatsApp treats as the same message.
-    pub async fn commit_part(&self, row: &OutboxRow, chat: &str, part_index: i64, wa_message_id: &str) -> Result<()> {
-        let now = now_ms();
-        on_db!(self, pool => {
-            sqlx::query(
-                "INSERT INTO message_map (location_id, chat, wa_message_id, direction, ghl_message_id, outbox_id, \
-                   part_index, status, created_at, updated_at) VALUES ($1, $2, $3, 'outbound', $4, $5, $6, 'sending', $7, $7)",
-            )
-            .bind(&row.location_id)
-            .bind(chat)
-            .bind(wa_message_id)
-            .bind(&row.ghl_message_id)
-            .bind(row.outbox_id)
-            .bind(part_index)
-            .bind(now)
-            .execute(pool)
-            .await?;
-            sqlx::query("UPDATE outbox SET state = 'sending', updated_at = $2 WHERE outbox_id = $1 AND state = 'pending'")
-                .bind(row.outbox_id)
-                .bind(now)
-                .execute(pool)
-                .await?;
-        });
-        Ok(())
     }
 
     /// Advances a part's status (never backwards); returns its outbox row, if it is one of
@@ -239,10 +249,7 @@ impl Store {
         status: PartStatus,
     ) -> Result<Option<i64>> {
         let outbox_id: Option<Option<i64>> = on_db!(self, pool => {
-            sqlx::query_scalar(concat!(
-                "UPDATE message_map SET status = $3, updated_at = $4 WHERE location_id = $1 AND wa_message_id = $2 \
-                 AND direction = 'outbound' AND ", rank!("status"), " < ", rank!("$3"), " RETURNING outbox_id"
-            ))
+            sqlx::query_scalar(ADVANCE_PART)
             .bind(location_id)
             .bind(wa_message_id)
             .bind(status.as_str())
@@ -253,59 +260,21 @@ impl Store {
         Ok(outbox_id.flatten())
     }
 
-    /// Sets a message's state from its parts: the least advanced part's status. Never moves
-    /// backwards, never leaves `failed`. With `all_sent` false (a receipt, not the sender) a
-    /// message still being sent is left alone: its later parts are not committed yet.
-    pub async fn settle_outbound(&self, outbox_id: i64, sender: Option<&OutboxRow>) -> Result<()> {
-        let parts = self.outbound_parts(outbox_id).await?;
-        // A refused part fails the message on its own path, with its reason.
-        if parts.iter().any(|p| p.status == PartStatus::Failed) {
-            return Ok(());
-        }
-        let Some(least) = parts.iter().map(|p| p.status).min() else {
+    /// A receipt moved a part of a message that was sent: the message follows its least
+    /// advanced part (the sender settles its own message through [`Store::write_outbox`]).
+    pub async fn settle_outbound(&self, outbox_id: i64) -> Result<()> {
+        let Some(least) = settled(&self.outbound_parts(outbox_id).await?) else {
             return Ok(());
         };
-        if least < PartStatus::Sent {
-            return Ok(());
-        }
-        macro_rules! settle {
-            ($executor:expr) => {
-                sqlx::query(concat!(
-                    "UPDATE outbox SET state = $2, head = 0, sent_at = COALESCE(sent_at, $3), updated_at = $3, \
-                       claimed_until = NULL, claimed_by = NULL, last_error = NULL, report_after = $3 \
-                     WHERE outbox_id = $1 AND state <> 'failed' AND state <> 'dead' \
-                       AND ($4 OR state NOT IN ('pending', 'sending')) AND ",
-                    rank!("state"),
-                    " < ",
-                    rank!("$2")
-                ))
+        on_db!(self, pool => {
+            sqlx::query(SETTLE)
                 .bind(outbox_id)
                 .bind(least.as_str())
                 .bind(now_ms())
-                .bind(sender.is_some())
-                .execute($executor)
-                .await?
-            };
-        }
-        match sender {
-            // The sender finished the message: its chat's next message becomes the head.
-            Some(row) => {
-                let key = ChatKey::Outbox {
-                    location: &row.location_id,
-                    phone: &row.to_phone,
-                };
-                in_chat_tx!(self, key, tx => {
-                    settle!(&mut *tx);
-                    promote_in!(tx, key);
-                });
-            }
-            // A receipt moves a message that was already sent: no head changes.
-            None => {
-                on_db!(self, pool => {
-                    settle!(pool);
-                });
-            }
-        }
+                .bind(false)
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
@@ -409,22 +378,6 @@ impl Store {
             .fetch_all(pool)
             .await?
         }))
-    }
-
-    /// GHL accepted `status`.
-    pub async fn reported(&self, outbox_id: i64, status: OutboxState) -> Result<()> {
-        on_db!(self, pool => {
-            sqlx::query(concat!(
-                "UPDATE outbox SET reported_status = $2, \
-                   report_after = CASE WHEN ", rank!("state"), " > ", rank!("$2"), " THEN report_after ELSE NULL END \
-                 WHERE outbox_id = $1 AND (reported_status IS NULL OR ", rank!("reported_status"), " < ", rank!("$2"), ")"
-            ))
-            .bind(outbox_id)
-            .bind(status.as_str())
-            .execute(pool)
-            .await?;
-        });
-        Ok(())
     }
 
     /// Reporting failed: try again at `at` (a reason that heals), or never (`None`: GHL refused
