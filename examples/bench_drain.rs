@@ -103,12 +103,13 @@ async fn bench() {
 
     let started = Instant::now();
     let (mut second, _) = spawn_daemon(&settings);
-    let mut at_tenth = None;
+    // (sent, when, resident MiB) each time another tenth of the backlog was sent.
+    let mut tenths: Vec<(usize, Duration, f64)> = Vec::with_capacity(10);
     let sent = loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let sent = messages - bench.store.outbound_pending().await.unwrap() as usize;
-        if at_tenth.is_none() && sent >= messages / 10 {
-            at_tenth = Some((sent, started.elapsed(), resident_mib(&second, "VmRSS")));
+        while tenths.len() < 10 && sent >= messages * (tenths.len() + 1) / 10 {
+            tenths.push((sent, started.elapsed(), resident_mib(&second, "VmRSS")));
         }
         if sent >= messages {
             break started.elapsed();
@@ -121,7 +122,7 @@ async fn bench() {
     let rss_end = resident_mib(&second, "VmRSS");
     let peak = resident_mib(&second, "VmHWM");
     stop(&mut second);
-    let (tenth, tenth_at, rss_tenth) = at_tenth.unwrap();
+    let (tenth, tenth_at, rss_tenth) = tenths[0];
     let backend = bench.store.dialect();
     println!("drain benchmark ({backend}): {messages} messages over {locations} locations × {CHATS} chats, pacing off");
     println!(
@@ -130,6 +131,16 @@ async fn bench() {
         messages as f64 / sent.as_secs_f64(),
         tenth_at.as_secs_f64()
     );
+    println!("  each tenth of the backlog: sends/s during it, waghl's resident memory after it");
+    let mut before = (0, Duration::ZERO);
+    for (sent, at, rss) in &tenths {
+        let rate = (sent - before.0) as f64 / (*at - before.1).as_secs_f64();
+        println!(
+            "    {sent:>7} sent at {:>7.2} s: {rate:>6.0} sends/s, {rss:.1} MiB",
+            at.as_secs_f64()
+        );
+        before = (*sent, *at);
+    }
     println!(
         "  waghl's resident memory: {rss_tenth:.1} MiB after {tenth} sent, {rss_end:.1} MiB after {messages} ({:+.1} %); peak {peak:.1} MiB",
         100.0 * (rss_end - rss_tenth) / rss_tenth

@@ -48,7 +48,9 @@ async fn commit(store: &Store, batch: Vec<Job<Inbound, Result<InboxWrite, StoreE
     drop(news);
     for job in answer_or_return("inbound messages", batch, together) {
         let new = job.job.as_new();
-        let alone = store.insert_inbound(new.location_id, new.message, new.media_ref, new.start).await;
+        let alone = store
+            .insert_inbound(new.location_id, new.message, new.media_ref, new.start)
+            .await;
         let _ = job.reply.send(alone);
     }
 }

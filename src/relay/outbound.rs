@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::Postbox;
 use super::acks::{ACK_TIMEOUT, Heard};
-use super::outbox_writer::{self, OutboxWriter};
 use super::fetch::Fetcher;
+use super::outbox_writer::{self, OutboxWriter};
 use super::recipients::{Recipient, Recipients};
 use super::workers::{Joined, Renewal, Workers};
 use super::{RelaySettings, retry_at};
@@ -155,8 +155,11 @@ impl OutboundRelay {
                 self.expire_waiting().await;
                 housekeeping_due = Instant::now() + self.settings.poll_interval;
             }
+            // A claim is a write transaction: with most slots busy, several are refilled at
+            // once rather than each as it frees.
+            let refill_from = capacity.div_ceil(4);
             let free = capacity.saturating_sub(sending.len());
-            if free > 0 {
+            if free >= refill_from {
                 match self.claim(free as i64).await {
                     Ok(rows) => {
                         for row in rows {
@@ -169,7 +172,14 @@ impl OutboundRelay {
                     Err(e) => tracing::error!(error = %e, "the outbound relay could not claim messages"),
                 }
             }
-            match self.store.statuses_to_report(capacity as i64).await {
+            // Bounded like the sends: a report that ended keeps its task's memory until joined.
+            let free = capacity.saturating_sub(reporting.len());
+            let due = if free >= refill_from {
+                self.store.statuses_to_report(free as i64).await
+            } else {
+                Ok(Vec::new())
+            };
+            match due {
                 Ok(due) => {
                     for report in due {
                         let relay = self.clone();
@@ -188,19 +198,20 @@ impl OutboundRelay {
                 Some(joined) = sending.next(), if !sending.is_empty() => {
                     // Every send that ended meanwhile too, so that one round's claim refills
                     // all their slots.
-                    let mut joined = Some(joined);
-                    while let Some(one) = joined {
-                        if let Joined::Panicked(row) = one {
+                    for joined in std::iter::once(joined).chain(std::iter::from_fn(|| sending.try_next())) {
+                        if let Joined::Panicked(row) = joined {
                             super::after_panic(&self.store, &self.metrics, &self.settings, Queue::Outbox, &self.holder, row).await;
                         }
-                        joined = sending.try_next();
                     }
                 }
                 Some(joined) = reporting.next(), if !reporting.is_empty() => {
-                    if let Joined::Panicked(row) = joined {
-                        // The report stays due and is tried again on a later round.
-                        self.metrics.count_panic("outbound_report");
-                        tracing::error!(outbox.id = row, "a status report panicked");
+                    // Every report that ended meanwhile too, for the same reason.
+                    for joined in std::iter::once(joined).chain(std::iter::from_fn(|| reporting.try_next())) {
+                        if let Joined::Panicked(row) = joined {
+                            // The report stays due and is tried again on a later round.
+                            self.metrics.count_panic("outbound_report");
+                            tracing::error!(outbox.id = row, "a status report panicked");
+                        }
                     }
                 }
                 Some((location, event)) = events.recv() => {

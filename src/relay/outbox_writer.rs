@@ -41,7 +41,9 @@ mod tests {
     async fn a_write_the_database_refuses_fails_alone_not_its_whole_batch() {
         let dir = tempfile::tempdir().unwrap();
         let url = DatabaseUrl::parse(&format!("sqlite://{}/w.db", dir.path().display())).unwrap();
-        let store = Store::connect(&url, Arc::new(SecretKey::from_bytes(&[1; 32]).unwrap())).await.unwrap();
+        let store = Store::connect(&url, Arc::new(SecretKey::from_bytes(&[1; 32]).unwrap()))
+            .await
+            .unwrap();
         store.migrate().await.unwrap();
         let writer = OutboxWriter::default();
         let part = |outbox_id: i64, id: &str| OutboxWrite::Part {
@@ -56,10 +58,15 @@ mod tests {
         let writes = [part(1, "A"), part(2, "A"), part(3, "C")];
         let submitted = {
             let writer = writer.clone();
-            let submits: Vec<_> = writes.into_iter().map(|w| tokio::spawn({
-                let writer = writer.clone();
-                async move { writer.submit(w).await }
-            })).collect();
+            let submits: Vec<_> = writes
+                .into_iter()
+                .map(|w| {
+                    tokio::spawn({
+                        let writer = writer.clone();
+                        async move { writer.submit(w).await }
+                    })
+                })
+                .collect();
             async move {
                 let mut answers = Vec::new();
                 for submit in submits {
@@ -74,7 +81,11 @@ mod tests {
         spawn(&writer, store.clone(), &tasks);
         let answers = submitted.await;
         let refused: Vec<bool> = answers.into_iter().map(|a| a.unwrap().is_err()).collect();
-        assert_eq!(refused, [false, true, false], "the batch's first A is kept, the repeat refused, C kept");
+        assert_eq!(
+            refused,
+            [false, true, false],
+            "the batch's first A is kept, the repeat refused, C kept"
+        );
         for (outbox_id, stored) in [(1, Some("A")), (2, None), (3, Some("C"))] {
             let parts = store.outbound_parts(outbox_id).await.unwrap();
             let ids: Vec<&str> = parts.iter().map(|p| p.wa_message_id.as_str()).collect();

@@ -56,7 +56,11 @@ pub(super) fn settled(parts: &[PartRow]) -> Option<PartStatus> {
     if parts.iter().any(|p| p.status == PartStatus::Failed) {
         return None;
     }
-    parts.iter().map(|p| p.status).min().filter(|least| *least >= PartStatus::Sent)
+    parts
+        .iter()
+        .map(|p| p.status)
+        .min()
+        .filter(|least| *least >= PartStatus::Sent)
 }
 
 /// A claimed outbound row.

@@ -44,8 +44,9 @@ pub(super) struct SimSession {
 
 pub(super) struct SimState {
     pub(super) link: Link,
-    /// Ids of every message the bridge sent from this device (loaded from the sent log).
-    pub(super) sent_ids: std::collections::HashSet<String>,
+    /// Ids of the messages the bridge sent lately from this device (the sent log's last ones
+    /// at start).
+    pub(super) sent_ids: super::recent::RecentIds,
     pub(super) qr: Option<String>,
     pub(super) pair_code: Option<String>,
     pub(super) persisted: Persisted,
@@ -259,7 +260,7 @@ impl WaSession for SimSession {
                     return Ok(());
                 }
                 // A resend of the same id is the same message, as on a real phone.
-                if state.sent_ids.insert(id.to_owned()) {
+                if state.sent_ids.insert(id) {
                     let own = Jid::pn(
                         state
                             .persisted

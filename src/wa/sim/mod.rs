@@ -26,6 +26,7 @@
 
 mod client;
 pub mod proto;
+mod recent;
 mod servers;
 
 use std::collections::HashMap;
