@@ -6,6 +6,7 @@
 use tokio_util::task::TaskTracker;
 
 use crate::group_commit::{GroupCommit, Stopping};
+use crate::relay::Postbox;
 use crate::store::{IntakeRow, Store};
 
 /// What became of one webhook's row.
@@ -54,11 +55,12 @@ impl Intake {
         self.writer.submit(Pending { row, written_at }).await?
     }
 
-    /// Starts the writer on `tasks`.
-    pub fn spawn(&self, store: Store, tasks: &TaskTracker) {
+    /// Starts the writer on `tasks`; it wakes the outbound relay (`postbox`) after each batch
+    /// that queued a message.
+    pub fn spawn(&self, store: Store, postbox: Postbox, tasks: &TaskTracker) {
         self.writer.spawn(tasks, store.writers(), move |batch| {
-            let store = store.clone();
-            async move { commit(&store, batch).await }
+            let (store, postbox) = (store.clone(), postbox.clone());
+            async move { commit(&store, &postbox, batch).await }
         });
     }
 
@@ -70,7 +72,10 @@ impl Intake {
 
 /// Writes `batch` in one transaction, then answers each request. One query first reads what
 /// every row's location needs (installed? paired when?), so a request costs no read of its own.
-async fn commit(store: &Store, batch: Vec<Job>) {
+/// The relay is woken once per batch, not once per request: each wake costs it a round of
+/// queries (a claim, the statuses to report), and a wake per request made the relay's rounds
+/// take most of the database's time while webhooks poured in.
+async fn commit(store: &Store, postbox: &Postbox, batch: Vec<Job>) {
     let mut locations: Vec<&str> = batch.iter().map(|job| job.job.row.location_id.as_str()).collect();
     locations.sort_unstable();
     locations.dedup();
@@ -98,6 +103,9 @@ async fn commit(store: &Store, batch: Vec<Job>) {
     }
     match store.enqueue_outbound_batch(&rows).await {
         Ok(ids) => {
+            if ids.iter().any(Option::is_some) {
+                postbox.wake_outbound();
+            }
             for (reply, id) in replies.into_iter().zip(ids) {
                 // A request that gave up (client gone) needs no answer; its row is committed.
                 let _ = reply.send(Ok(id.map_or(Queued::Duplicate, Queued::New)));
@@ -185,7 +193,8 @@ mod tests {
         store.upsert_location(installed).await.unwrap();
         let intake = Intake::new();
         let tasks = TaskTracker::new();
-        intake.spawn(store.clone(), &tasks);
+        let postbox = crate::relay::Postbox::new(store.clone(), Arc::new(crate::metrics::Metrics::new()));
+        intake.spawn(store.clone(), postbox, &tasks);
         let requests: Vec<_> = (0..40)
             .map(|i| {
                 let (intake, store) = (intake.clone(), store.clone());

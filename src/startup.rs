@@ -108,7 +108,9 @@ impl Application {
         };
         state.sessions.serve_commands(replay, &state.tasks);
         crate::relay::spawn(&state);
-        state.intake.spawn(state.store.clone(), &state.tasks);
+        state
+            .intake
+            .spawn(state.store.clone(), state.postbox.clone(), &state.tasks);
         let app = crate::http::router(state.clone());
         state.mark_started();
         tracing::info!(

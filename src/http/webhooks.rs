@@ -151,10 +151,7 @@ async fn provider(State(state): State<AppState>, webhook: VerifiedWebhook) -> Re
             message: e.to_string(),
         })?;
     let status = match queued {
-        Queued::New(_) => {
-            state.postbox.wake_outbound();
-            "queued"
-        }
+        Queued::New(_) => "queued",
         Queued::Duplicate => "duplicate",
         Queued::UnknownLocation if already_processed(&state, &webhook).await? => "duplicate",
         Queued::UnknownLocation => {

@@ -27,6 +27,7 @@ mod outbox_writes;
 mod overview;
 mod quotes;
 mod sessions;
+mod sqlite_wait;
 mod url;
 mod webhooks;
 
@@ -128,11 +129,11 @@ impl Store {
                     .journal_mode(SqliteJournalMode::Wal)
                     // FULL: a committed inbox row survives a power cut, not only a crash.
                     .synchronous(SqliteSynchronous::Full)
-                    .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true);
                 Db::Sqlite(
                     SqlitePoolOptions::new()
                         .max_connections(8)
+                        .after_connect(|conn, _| Box::pin(sqlite_wait::install(conn)))
                         .connect_with(options)
                         .await?,
                 )

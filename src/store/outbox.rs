@@ -105,6 +105,14 @@ pub struct NewOutbound<'a> {
     pub body: &'a str,
 }
 
+/// Fails the messages never attempted that waited since before `$1` (at `$2`). The `IN` term
+/// repeats what `state = 'pending'` says so that SQLite reads the index of waiting rows: it does
+/// not see that the one implies the other, and would scan the whole outbox, holding the write
+/// lock, every poll.
+const EXPIRE_NEVER_ATTEMPTED: &str = "UPDATE outbox SET state = 'failed', head = 0, last_error = 'WhatsApp not connected', \
+     updated_at = $2, report_after = $2 WHERE state = 'pending' AND state IN ('pending', 'sending') AND attempts = 0 \
+     AND retry_from < $1 AND (claimed_until IS NULL OR claimed_until < $2) RETURNING location_id, to_phone";
+
 impl Store {
     /// Queues a GHL message; `None` when that `messageId` was queued before (a GHL retry).
     /// With `failure`, the message is recorded as failed at once (e.g. WhatsApp never paired)
@@ -336,11 +344,7 @@ impl Store {
     pub async fn expire_outbound(&self, waiting_since_before: i64, budget_since_before: i64) -> Result<u64> {
         let now = now_ms();
         let mut ended: Vec<(String, String)> = on_db!(self, pool => {
-            let mut failed: Vec<(String, String)> = sqlx::query_as(
-                "UPDATE outbox SET state = 'failed', head = 0, last_error = 'WhatsApp not connected', updated_at = $2, \
-                   report_after = $2 WHERE state = 'pending' AND attempts = 0 AND retry_from < $1 \
-                   AND (claimed_until IS NULL OR claimed_until < $2) RETURNING location_id, to_phone",
-            )
+            let mut failed: Vec<(String, String)> = sqlx::query_as(EXPIRE_NEVER_ATTEMPTED)
             .bind(waiting_since_before)
             .bind(now)
             .fetch_all(pool)
@@ -417,6 +421,31 @@ mod tests {
             .fetch_one(pool)
             .await
             .unwrap()
+    }
+
+    /// Expiry runs at every poll: on SQLite it reads the index of waiting rows, not the whole
+    /// outbox (it held the write lock for 10 ms at 80,000 queued rows).
+    #[tokio::test]
+    async fn expiry_reads_the_index_of_waiting_rows_not_the_whole_outbox() {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await.unwrap();
+        let explain = format!("EXPLAIN QUERY PLAN {EXPIRE_NEVER_ATTEMPTED}");
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(explain))
+            .bind(0_i64)
+            .bind(0_i64)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let steps: Vec<&str> = plan.iter().map(|step| step.3.as_str()).collect();
+        assert!(
+            steps.iter().any(|s| s.contains("USING INDEX outbox_waiting"))
+                && !steps.iter().any(|s| s.starts_with("SCAN")),
+            "{steps:?}"
+        );
     }
 
     /// The SQL rank agrees with the type's order (`failed` and `dead` tie: both terminal).
