@@ -230,11 +230,17 @@ pub fn receipt(hub: &Arc<Hub>, conn: &Conn, node: Node) {
     }
 }
 
-/// A client's `<ack>`: for a message, the device refused or could not use it (a nack), and
-/// WhatsApp stops delivering it.
+/// A client's `<ack>`: for a message, the device refused or could not use it (a nack); for a
+/// receipt, the device has it. Either way WhatsApp stops delivering it.
 pub fn client_ack(hub: &Arc<Hub>, conn: &Conn, node: &Node) {
-    if let (Some(from), Some(id), Some("message")) = (conn.device(), attr(node, "id"), attr(node, "class").as_deref()) {
-        hub.state.lock().expect("state lock").acknowledged(from, &[id]);
+    let (Some(from), Some(id)) = (conn.device(), attr(node, "id")) else {
+        return;
+    };
+    let mut state = hub.state.lock().expect("state lock");
+    match attr(node, "class").as_deref() {
+        Some("message") => state.acknowledged(from, &[id]),
+        Some("receipt") => state.receipt_acknowledged(from, &id, &attr(node, "type").unwrap_or_default()),
+        _ => {}
     }
 }
 

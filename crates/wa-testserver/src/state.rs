@@ -60,20 +60,40 @@ pub struct Device {
     pub linked_at: i64,
     /// Stanzas for this device that it has not been sent yet (it was offline), oldest first.
     pub queue: VecDeque<Node>,
-    /// Messages written to the device that it has not acknowledged yet, oldest first.
-    pub unacked: Vec<(String, Node)>,
+    /// Messages and receipts written to the device that it has not acknowledged yet, oldest
+    /// first: WhatsApp delivers both again at the next login until the device's `<ack>`.
+    pub unacked: Vec<(Unacked, Node)>,
     /// A new companion whose phone has not shared its app-state key with it yet; the phone
     /// does once the device is first active (by then the phone knows the device).
     pub key_share_pending: bool,
 }
 
+/// What a device's `<ack>` names: the stanza's kind (`class`), its id and, for a receipt, its
+/// type (a message's delivery and read receipts share its id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unacked {
+    pub class: String,
+    pub id: String,
+    pub kind: String,
+}
+
 impl Device {
-    /// A stanza written to the device: a message stays on the server until acknowledged.
+    /// A stanza written to the device: a message or a receipt stays on the server until
+    /// acknowledged (a receipt written to a socket that dropped is not lost).
     pub fn in_flight(&mut self, node: Node) {
-        if node.tag == "message"
+        if (node.tag == "message" || node.tag == "receipt")
             && let Some(id) = node.attrs.get("id")
         {
-            self.unacked.push((id.as_str().into_owned(), node));
+            let key = Unacked {
+                class: node.tag.to_string(),
+                id: id.as_str().into_owned(),
+                kind: node
+                    .attrs
+                    .get("type")
+                    .map(|t| t.as_str().into_owned())
+                    .unwrap_or_default(),
+            };
+            self.unacked.push((key, node));
         }
     }
 }
@@ -190,7 +210,18 @@ impl State {
     /// them.
     pub fn acknowledged(&mut self, by: &DeviceAddr, ids: &[String]) {
         if let Some(device) = self.device_mut(by) {
-            device.unacked.retain(|(id, _)| !ids.contains(id));
+            device
+                .unacked
+                .retain(|(key, _)| key.class != "message" || !ids.contains(&key.id));
+        }
+    }
+
+    /// The device acknowledged a receipt written to it: WhatsApp forgets it.
+    pub fn receipt_acknowledged(&mut self, by: &DeviceAddr, id: &str, kind: &str) {
+        if let Some(device) = self.device_mut(by) {
+            device
+                .unacked
+                .retain(|(key, _)| !(key.class == "receipt" && key.id == id && key.kind == kind));
         }
     }
 
@@ -247,4 +278,80 @@ pub fn now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use whatsapp_rust::wacore_binary::builder::NodeBuilder;
+
+    use super::*;
+
+    fn device() -> Device {
+        Device {
+            noise_pub: [0; 32],
+            registration_id: 1,
+            identity: Vec::new(),
+            signed_pre_key: None,
+            pre_keys: VecDeque::new(),
+            device_identity: None,
+            key_index: 0,
+            linked_at: 0,
+            queue: VecDeque::new(),
+            unacked: Vec::new(),
+            key_share_pending: false,
+        }
+    }
+
+    /// A receipt written to a connection that then ended is delivered again at the next login,
+    /// until the device's `<ack class="receipt">` for that id and type.
+    #[test]
+    fn a_receipt_written_to_a_dropped_link_is_delivered_again_until_acknowledged() {
+        let addr = DeviceAddr::new("15550001", 0);
+        let mut state = State::default();
+        let mut account = Account {
+            lid: "1".into(),
+            lid_only: false,
+            lid_revealed: false,
+            devices: BTreeMap::new(),
+            next_device: 1,
+            devices_changed_at: 0,
+        };
+        account.devices.insert(0, device());
+        state.accounts.insert(addr.user.clone(), account);
+        let delivered = NodeBuilder::new("receipt").attr("id", "M1").build();
+        let read = NodeBuilder::new("receipt")
+            .attr("id", "M1")
+            .attr("type", "read")
+            .build();
+        let device = state.device_mut(&addr).unwrap();
+        device.in_flight(delivered);
+        device.in_flight(read);
+
+        state.requeue_unacked(&addr);
+        assert_eq!(
+            state.device_mut(&addr).unwrap().queue.len(),
+            2,
+            "both receipts wait for the next login"
+        );
+
+        let queued: Vec<Node> = state.device_mut(&addr).unwrap().queue.drain(..).collect();
+        for node in queued {
+            state.device_mut(&addr).unwrap().in_flight(node);
+        }
+        // The read receipt's ack leaves the delivery receipt unacknowledged; a message ack with
+        // the same id acknowledges no receipt.
+        state.receipt_acknowledged(&addr, "M1", "read");
+        state.acknowledged(&addr, &["M1".to_owned()]);
+        let left: Vec<&Unacked> = state
+            .device_mut(&addr)
+            .unwrap()
+            .unacked
+            .iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(left.len(), 1);
+        assert_eq!((left[0].class.as_str(), left[0].kind.as_str()), ("receipt", ""));
+        state.receipt_acknowledged(&addr, "M1", "");
+        assert!(state.device_mut(&addr).unwrap().unacked.is_empty());
+    }
 }
