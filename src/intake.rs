@@ -147,8 +147,6 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::crypto::SecretKey;
-    use crate::store::DatabaseUrl;
 
     fn row(message: &str) -> IntakeRow {
         IntakeRow {
@@ -173,11 +171,7 @@ mod tests {
     #[tokio::test]
     async fn each_request_is_answered_after_its_row_committed_and_a_failed_commit_fails_its_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let url = DatabaseUrl::parse(&format!("sqlite://{}/w.db", dir.path().display())).unwrap();
-        let store = Store::connect(&url, Arc::new(SecretKey::from_bytes(&[1; 32]).unwrap()))
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
+        let store = Store::migrated_sqlite_in(dir.path()).await;
         let tokens = crate::store::GhlTokens {
             access_token: crate::crypto::Secret::new("token"),
             refresh_token: None,

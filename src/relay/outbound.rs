@@ -149,15 +149,15 @@ impl OutboundRelay {
         let writing = tokio_util::task::TaskTracker::new();
         outbox_writer::spawn(&self.writer, self.store.clone(), &writing);
         let capacity = self.settings.batch.max(1) as usize;
+        // A claim is a write transaction: with most slots busy, several are refilled at once
+        // rather than each as it frees.
+        let refill_from = capacity.div_ceil(4);
         let mut housekeeping_due = Instant::now();
         loop {
             if Instant::now() >= housekeeping_due {
                 self.expire_waiting().await;
                 housekeeping_due = Instant::now() + self.settings.poll_interval;
             }
-            // A claim is a write transaction: with most slots busy, several are refilled at
-            // once rather than each as it frees.
-            let refill_from = capacity.div_ceil(4);
             let free = capacity.saturating_sub(sending.len());
             if free >= refill_from {
                 match self.claim(free as i64).await {
@@ -195,18 +195,15 @@ impl OutboundRelay {
                     self.stopping.cancel();
                     break;
                 }
-                Some(joined) = sending.next(), if !sending.is_empty() => {
-                    // Every send that ended meanwhile too, so that one round's claim refills
-                    // all their slots.
-                    for joined in std::iter::once(joined).chain(std::iter::from_fn(|| sending.try_next())) {
+                Some(ended) = sending.ended(), if !sending.is_empty() => {
+                    for joined in ended {
                         if let Joined::Panicked(row) = joined {
                             super::after_panic(&self.store, &self.metrics, &self.settings, Queue::Outbox, &self.holder, row).await;
                         }
                     }
                 }
-                Some(joined) = reporting.next(), if !reporting.is_empty() => {
-                    // Every report that ended meanwhile too, for the same reason.
-                    for joined in std::iter::once(joined).chain(std::iter::from_fn(|| reporting.try_next())) {
+                Some(ended) = reporting.ended(), if !reporting.is_empty() => {
+                    for joined in ended {
                         if let Joined::Panicked(row) = joined {
                             // The report stays due and is tried again on a later round.
                             self.metrics.count_panic("outbound_report");

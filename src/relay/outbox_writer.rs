@@ -31,20 +31,12 @@ async fn commit(store: &Store, batch: Vec<Job<OutboxWrite, Result<(), StoreError
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::crypto::SecretKey;
-    use crate::store::DatabaseUrl;
 
     #[tokio::test]
     async fn a_write_the_database_refuses_fails_alone_not_its_whole_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let url = DatabaseUrl::parse(&format!("sqlite://{}/w.db", dir.path().display())).unwrap();
-        let store = Store::connect(&url, Arc::new(SecretKey::from_bytes(&[1; 32]).unwrap()))
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
+        let store = Store::migrated_sqlite_in(dir.path()).await;
         let writer = OutboxWriter::default();
         let part = |outbox_id: i64, id: &str| OutboxWrite::Part {
             outbox_id,

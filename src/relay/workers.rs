@@ -89,10 +89,16 @@ impl Workers {
         Some(self.reap(joined))
     }
 
-    /// A task that already ended, without waiting; `None` when none has.
-    pub fn try_next(&mut self) -> Option<Joined> {
-        let joined = self.tasks.try_join_next_with_id()?;
-        Some(self.reap(joined))
+    /// The next task to end and every other that ended meanwhile, so that one round refills
+    /// all their slots (and an ended task's memory is not held until it is joined); `None`
+    /// when none runs.
+    pub async fn ended(&mut self) -> Option<Vec<Joined>> {
+        let first = self.next().await?;
+        let mut ended = vec![first];
+        while let Some(joined) = self.tasks.try_join_next_with_id() {
+            ended.push(self.reap(joined));
+        }
+        Some(ended)
     }
 
     fn reap(&mut self, joined: Result<(Id, i64), tokio::task::JoinError>) -> Joined {

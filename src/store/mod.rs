@@ -199,6 +199,17 @@ impl Store {
     pub fn key(&self) -> &SecretKey {
         &self.key
     }
+
+    /// A migrated SQLite database in `dir`, for unit tests.
+    #[cfg(test)]
+    pub(crate) async fn migrated_sqlite_in(dir: &std::path::Path) -> Self {
+        let url = DatabaseUrl::parse(&format!("sqlite://{}/test.db", dir.display())).unwrap();
+        let store = Self::connect(&url, Arc::new(SecretKey::from_bytes(&[1; 32]).unwrap()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
 }
 
 fn create_parent_dir(url: &str) -> Result<()> {

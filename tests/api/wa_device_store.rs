@@ -18,7 +18,7 @@ use whatsapp_rust::transport::TokioWebSocketTransportFactory;
 use whatsapp_rust::types::events::Event;
 
 use crate::helpers::{Backend, SECRET_KEY, TestApp};
-use crate::wa_rig::{BUSINESS, LOCATION, Rig, WAIT};
+use crate::wa_rig::{BUSINESS, LOCATION, Rig, WAIT, linked_devices};
 
 on_both_backends!(
     a_session_starts_on_another_instance_from_the_keys_in_the_database,
@@ -32,18 +32,6 @@ const SETTINGS: &[(&str, &str)] = &[("WAGHL_RESTORE_SPREAD_MS", "0")];
 
 fn sessions_dir(app: &TestApp) -> PathBuf {
     app.db.dir.path().join("sessions")
-}
-
-/// The companion devices linked to the business's phone: (id, when linked).
-async fn linked_devices(rig: &Rig) -> Vec<(u64, u64)> {
-    let devices = rig.ctl_get(&format!("/_ctl/devices/{BUSINESS}")).await;
-    devices["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["id"] != 0)
-        .map(|d| (d["id"].as_u64().unwrap(), d["linked_at"].as_u64().unwrap()))
-        .collect()
 }
 
 /// A message each way: the contact's reaches GHL, GHL's reply reaches the contact.
@@ -76,7 +64,7 @@ async fn a_session_starts_on_another_instance_from_the_keys_in_the_database(back
     let started = Instant::now();
     rig.pair_by_qr().await;
     eprintln!("MEASURE {backend:?} pairing: {} ms", started.elapsed().as_millis());
-    let device = linked_devices(&rig).await;
+    let device = linked_devices(&rig.server).await;
     assert_eq!(device.len(), 1);
     let started = Instant::now();
     rig.app = rig.app.restart().await;
@@ -95,7 +83,7 @@ async fn a_session_starts_on_another_instance_from_the_keys_in_the_database(back
     rig.app = rig.app.restart().await;
     let session = wait_connected(&rig.app).await;
     assert_eq!(session["phone"], BUSINESS);
-    assert_eq!(linked_devices(&rig).await, device, "a new device was linked");
+    assert_eq!(linked_devices(&rig.server).await, device, "a new device was linked");
     a_message_flows_each_way(&rig, "moved").await;
     report_size(&rig.app.state.store, &rig.app.db.url, backend).await;
     rig.server.shutdown().await;
@@ -260,7 +248,7 @@ async fn a_device_file_of_the_earlier_version_is_imported_once_and_connects_with
     };
     let file = sessions_dir(&rig.app).join(format!("{LOCATION}.db"));
     let secrets = pair_a_device_file(&rig, &file).await;
-    let device = linked_devices(&rig).await;
+    let device = linked_devices(&rig.server).await;
     assert_eq!(device.len(), 1);
     // The session as the earlier version left it: connected.
     rig.app
@@ -278,7 +266,7 @@ async fn a_device_file_of_the_earlier_version_is_imported_once_and_connects_with
         started.elapsed().as_millis()
     );
     assert_eq!(session["phone"], BUSINESS);
-    assert_eq!(linked_devices(&rig).await, device, "a new device was linked");
+    assert_eq!(linked_devices(&rig.server).await, device, "a new device was linked");
     assert!(!file.exists(), "the file was not set aside");
     let imported = file.with_extension("db.imported");
     #[cfg(unix)]
@@ -299,7 +287,7 @@ async fn a_device_file_of_the_earlier_version_is_imported_once_and_connects_with
         "a file for a location with keys in the database was imported"
     );
     assert!(crate::logs::captured().contains("holds this location's device keys already"));
-    assert_eq!(linked_devices(&rig).await, device);
+    assert_eq!(linked_devices(&rig.server).await, device);
     a_message_flows_each_way(&rig, "again").await;
     rig.server.shutdown().await;
 }
@@ -323,7 +311,7 @@ async fn a_device_file_that_cannot_be_imported_is_kept_and_parks_its_session(bac
         .wait_for_session(LOCATION, "parked", Some("wa_keys_not_imported"))
         .await;
     assert_eq!(std::fs::read(&file).unwrap(), garbage, "the file changed");
-    assert!(linked_devices(&rig).await.is_empty());
+    assert!(linked_devices(&rig.server).await.is_empty());
     let logged = crate::logs::captured();
     assert!(
         logged.contains("could not import the WhatsApp device keys"),

@@ -168,6 +168,19 @@ impl Rig {
     }
 }
 
+/// The companion devices linked to the business's phone on `server`: (id, when linked).
+pub async fn linked_devices(server: &TestServer) -> Vec<(u64, u64)> {
+    let url = format!("{}/_ctl/devices/{BUSINESS}", server.http_url());
+    let devices: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["id"] != 0)
+        .map(|d| (d["id"].as_u64().unwrap(), d["linked_at"].as_u64().unwrap()))
+        .collect()
+}
+
 pub async fn wait<T>(mut found: impl FnMut() -> Option<T>) -> T {
     let started = Instant::now();
     loop {

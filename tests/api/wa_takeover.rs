@@ -10,7 +10,7 @@ use waghl::time::now_ms;
 
 use crate::crash::Daemon;
 use crate::helpers::{Backend, TestDb};
-use crate::wa_rig::{BUSINESS, CONTACT, DaemonRig, LOCATION, WAIT};
+use crate::wa_rig::{BUSINESS, CONTACT, DaemonRig, LOCATION, WAIT, linked_devices};
 
 const KEY: &str = "wa-takeover-key";
 const TTL_MS: i64 = 3_000;
@@ -30,16 +30,13 @@ fn refs<'a>(settings: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a st
     settings.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
-/// The companion devices linked to the business's phone: (id, when linked).
-async fn linked_devices(rig: &DaemonRig) -> Vec<(u64, u64)> {
-    let devices = rig.ctl_get(&format!("/_ctl/devices/{BUSINESS}")).await;
-    devices["devices"]
-        .as_array()
+/// The instance incarnation that holds the session's lease.
+async fn session_owner(pool: &sqlx::PgPool) -> String {
+    sqlx::query_scalar("SELECT owner FROM wa_sessions WHERE location_id = $1")
+        .bind(LOCATION)
+        .fetch_one(pool)
+        .await
         .unwrap()
-        .iter()
-        .filter(|d| d["id"] != 0)
-        .map(|d| (d["id"].as_u64().unwrap(), d["linked_at"].as_u64().unwrap()))
-        .collect()
 }
 
 /// When instance `prefix` first recorded the session `connected` at or after `since` (ms).
@@ -64,7 +61,7 @@ async fn a_session_whose_instance_is_killed_reconnects_on_another_instance_with_
     };
     let a_settings = settings("wa-take-a");
     let mut rig = DaemonRig::start(&db.url, &refs(&a_settings)).await;
-    let paired = linked_devices(&rig).await;
+    let paired = linked_devices(&rig.server).await;
     assert_eq!(paired.len(), 1, "one device linked by the scan");
     let stats_before = rig.ctl_get("/_ctl/stats").await;
 
@@ -81,11 +78,7 @@ async fn a_session_whose_instance_is_killed_reconnects_on_another_instance_with_
     // One session, two instances: A holds its fair share and keeps it.
     tokio::time::sleep(Duration::from_millis(TTL_MS as u64)).await;
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    let owner: String = sqlx::query_scalar("SELECT owner FROM wa_sessions WHERE location_id = $1")
-        .bind(LOCATION)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let owner = session_owner(&pool).await;
     assert!(owner.starts_with("wa-take-a#"), "A does not run the session: {owner}");
     assert_eq!(b.metric("waghl_sessions_owned").await, "waghl_sessions_owned 0");
 
@@ -108,11 +101,7 @@ async fn a_session_whose_instance_is_killed_reconnects_on_another_instance_with_
 
     b.wait_for_state(LOCATION, "connected").await;
     assert_eq!(b.metric("waghl_sessions_owned").await, "waghl_sessions_owned 1");
-    let owner: String = sqlx::query_scalar("SELECT owner FROM wa_sessions WHERE location_id = $1")
-        .bind(LOCATION)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let owner = session_owner(&pool).await;
     assert!(owner.starts_with("wa-take-b#"), "B does not run the session: {owner}");
     // No new scan: the session never showed a code again and no other device was linked.
     let since_kill: Vec<String> =
@@ -126,7 +115,7 @@ async fn a_session_whose_instance_is_killed_reconnects_on_another_instance_with_
         !since_kill.iter().any(|s| s == "pairing" || s == "unpaired"),
         "paired anew: {since_kill:?}"
     );
-    assert_eq!(linked_devices(&rig).await, paired, "a new device was linked");
+    assert_eq!(linked_devices(&rig.server).await, paired, "a new device was linked");
     let stats_after = rig.ctl_get("/_ctl/stats").await;
     assert!(
         stats_after["connects"].as_u64() > stats_before["connects"].as_u64(),
