@@ -74,8 +74,10 @@ impl Intake {
 /// every row's location needs (installed? paired when?), so a request costs no read of its own.
 /// The relay is woken once per batch, not once per request: each wake costs it a round of
 /// queries (a claim, the statuses to report), and a wake per request made the relay's rounds
-/// take most of the database's time while webhooks poured in.
+/// take most of the database's time while webhooks poured in. A batch of several tells the
+/// relay that webhooks crowd in, so it yields to them (`relay::crowd`).
 async fn commit(store: &Store, postbox: &Postbox, batch: Vec<Job>) {
+    postbox.intake_committed(batch.len());
     let mut locations: Vec<&str> = batch.iter().map(|job| job.job.row.location_id.as_str()).collect();
     locations.sort_unstable();
     locations.dedup();

@@ -4,6 +4,7 @@
 mod acks;
 mod address;
 mod convert;
+mod crowd;
 mod fetch;
 pub mod inbound;
 mod inbox_writer;

@@ -9,6 +9,8 @@
 //! in the chat overtakes it; one not acked within [`ACK_TIMEOUT`] or across a reconnect is
 //! sent again with its id (the recipient keeps one copy, and a late ack of either is harmless).
 
+mod statuses;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,13 +31,12 @@ use crate::domain::phone::{Phone, Region};
 use crate::domain::{
     Incarnation, LocationId, MessageContext, OutboundRequest, OutboxState, PartStatus, Quote, QuoteAuthor, plan_parts,
 };
-use crate::ghl::types::{StatusError, StatusUpdate};
-use crate::ghl::{Action, GhlClient, GhlError};
+use crate::ghl::GhlClient;
 use crate::metrics::Metrics;
 use crate::sessions::Supervisor;
-use crate::store::{OutboxRow, OutboxWrite, Queue, StatusToReport, Store, StoreError};
+use crate::store::{OutboxRow, OutboxWrite, Queue, Store, StoreError};
 use crate::time::now_ms;
-use crate::wa::{ReceiptStatus, WaError, WaEvent, WaSession};
+use crate::wa::{WaError, WaEvent, WaSession};
 
 /// Most receipts and acks applied in one round of the relay's loop before it claims again.
 const EVENTS_PER_ROUND: usize = 256;
@@ -149,46 +150,23 @@ impl OutboundRelay {
         let writing = tokio_util::task::TaskTracker::new();
         outbox_writer::spawn(&self.writer, self.store.clone(), &writing);
         let capacity = self.settings.batch.max(1) as usize;
-        // A claim is a write transaction: with most slots busy, several are refilled at once
-        // rather than each as it frees.
-        let refill_from = capacity.div_ceil(4);
         let mut housekeeping_due = Instant::now();
+        let mut refilled = Instant::now();
         loop {
             if Instant::now() >= housekeeping_due {
                 self.expire_waiting().await;
                 housekeeping_due = Instant::now() + self.settings.poll_interval;
             }
-            let free = capacity.saturating_sub(sending.len());
-            if free >= refill_from {
-                match self.claim(free as i64).await {
-                    Ok(rows) => {
-                        for row in rows {
-                            let relay = self.clone();
-                            sending
-                                .start(row.outbox_id, async move { relay.send_one(row).await })
-                                .await;
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "the outbound relay could not claim messages"),
-                }
-            }
-            // Bounded like the sends: a report that ended keeps its task's memory until joined.
-            let free = capacity.saturating_sub(reporting.len());
-            let due = if free >= refill_from {
-                self.store.statuses_to_report(free as i64).await
-            } else {
-                Ok(Vec::new())
-            };
-            match due {
-                Ok(due) => {
-                    for report in due {
-                        let relay = self.clone();
-                        reporting
-                            .start(report.outbox_id, async move { relay.report(report).await })
-                            .await;
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "could not read the statuses to report"),
+            // Webhooks crowding in come first: refills are spaced out meanwhile (see `crowd`).
+            let refill_at = self.postbox.crowd().next_refill(refilled);
+            let refill = refill_at <= Instant::now();
+            if refill {
+                refilled = Instant::now();
+                let crowd = self.postbox.crowd();
+                let sends = crowd.to_start(capacity, sending.len());
+                self.start_sends(&mut sending, sends).await;
+                let reports = crowd.to_start(capacity, reporting.len());
+                self.start_reports(&mut reporting, reports).await;
             }
             tokio::select! {
                 () = shutdown.cancelled() => {
@@ -221,6 +199,7 @@ impl OutboundRelay {
                     }
                 }
                 () = ready.notified() => {}
+                () = tokio::time::sleep_until(refill_at), if !refill => {}
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
             }
         }
@@ -229,6 +208,24 @@ impl OutboundRelay {
         self.writer.close();
         writing.close();
         writing.wait().await;
+    }
+
+    /// Claims up to `most` chat heads and starts sending them.
+    async fn start_sends(self: &Arc<Self>, sending: &mut Workers, most: usize) {
+        if most == 0 {
+            return;
+        }
+        match self.claim(most as i64).await {
+            Ok(rows) => {
+                for row in rows {
+                    let relay = self.clone();
+                    sending
+                        .start(row.outbox_id, async move { relay.send_one(row).await })
+                        .await;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "the outbound relay could not claim messages"),
+        }
     }
 
     /// Commits `write` with whatever else the relay writes at this moment.
@@ -414,7 +411,7 @@ impl OutboundRelay {
                 Heard::Acked if index + 1 == parts.len() => return Outcome::Done(Some(id)),
                 Heard::Acked => {}
                 Heard::Refused(code) => {
-                    let reason = refusal(&code);
+                    let reason = statuses::refusal(&code);
                     let _ = self.store.advance_part(&row.location_id, &id, PartStatus::Failed).await;
                     return Outcome::Failed(reason);
                 }
@@ -495,113 +492,4 @@ impl OutboundRelay {
         }
         outcome
     }
-
-    /// A receipt, or a server ack no send waited for, moves parts forward; the message follows
-    /// its least advanced part, and GHL is told on the next round. (The postbox hands acks to
-    /// the sends waiting for them.)
-    #[tracing::instrument(skip_all, fields(location.id = %location))]
-    async fn apply_receipt(&self, location: &LocationId, event: WaEvent) {
-        let (ids, status) = match event {
-            WaEvent::ServerAck { id } => (vec![id], PartStatus::Sent),
-            WaEvent::ServerRefused { id, code } => return self.refused(location, &id, &code).await,
-            WaEvent::Receipt { ids, status } => {
-                let status = match status {
-                    ReceiptStatus::Delivered => PartStatus::Delivered,
-                    ReceiptStatus::Read => PartStatus::Read,
-                };
-                (ids, status)
-            }
-            _ => return,
-        };
-        for id in ids {
-            match self.store.advance_part(location.as_str(), &id, status).await {
-                Ok(Some(outbox_id)) => {
-                    if let Err(e) = self.store.settle_outbound(outbox_id).await {
-                        tracing::error!(outbox.id = outbox_id, error = %e, "could not apply a receipt");
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => tracing::error!(error = %e, "could not apply a receipt"),
-            }
-        }
-    }
-
-    /// WhatsApp refused a part after its send stopped waiting: the part and its message fail.
-    async fn refused(&self, location: &LocationId, id: &str, code: &str) {
-        let reason = refusal(code);
-        let outcome = match self.store.advance_part(location.as_str(), id, PartStatus::Failed).await {
-            Ok(Some(outbox_id)) => {
-                self.metrics.count_relay("outbound", "failed");
-                self.store.fail_outbound(outbox_id, OutboxState::Failed, &reason).await
-            }
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = outcome {
-            tracing::error!(error = %e, "could not record a refused send");
-        }
-    }
-
-    /// Tells GHL the message's status: `sent` (or `delivered` where GHL refuses `sent`),
-    /// `delivered`, `read`, or `failed` with the reason.
-    async fn report(&self, report: StatusToReport) {
-        let failed = report.state.is_failure();
-        let mut status = if failed { OutboxState::Failed } else { report.state };
-        if status == OutboxState::Sent && self.sent_unsupported.load(std::sync::atomic::Ordering::Relaxed) {
-            status = OutboxState::Delivered;
-        }
-        let reason = report.last_error.clone().unwrap_or_else(|| "not sent".into());
-        let update = StatusUpdate {
-            status: status.as_str(),
-            error: failed.then(|| StatusError {
-                code: "whatsapp",
-                kind: "whatsapp_error",
-                message: &reason,
-            }),
-        };
-        let mut outcome = self
-            .ghl
-            .update_message_status(&report.location_id, &report.ghl_message_id, &update)
-            .await;
-        if status == OutboxState::Sent && matches!(outcome, Err(GhlError::Rejected { status: 400 | 422, .. })) {
-            tracing::info!("GHL refuses the `sent` status; reporting `delivered` for sent messages");
-            self.sent_unsupported.store(true, std::sync::atomic::Ordering::Relaxed);
-            let fallback = StatusUpdate {
-                status: "delivered",
-                error: None,
-            };
-            outcome = self
-                .ghl
-                .update_message_status(&report.location_id, &report.ghl_message_id, &fallback)
-                .await;
-            status = OutboxState::Delivered;
-        }
-        let recorded = match outcome {
-            Ok(()) => {
-                let reported = if failed { report.state } else { status };
-                let write = OutboxWrite::Reported {
-                    outbox_id: report.outbox_id,
-                    status: reported,
-                };
-                self.write(write).await
-            }
-            Err(e) if e.action() == Action::GiveUp => {
-                tracing::warn!(outbox.id = report.outbox_id, error = %e, "GHL refused a status update");
-                self.store.report_later(report.outbox_id, None).await
-            }
-            Err(e) => {
-                let at = now_ms() + self.settings.retry_max.as_millis() as i64 / 4;
-                tracing::debug!(outbox.id = report.outbox_id, error = %e, "status update deferred");
-                self.store.report_later(report.outbox_id, Some(at)).await
-            }
-        };
-        if let Err(e) = recorded {
-            tracing::error!(outbox.id = report.outbox_id, error = %e, "could not record a status report");
-        }
-    }
-}
-
-/// The reason GHL is told when WhatsApp's server refused a part, with its error code.
-fn refusal(code: &str) -> String {
-    format!("WhatsApp refused the message (error {code})")
 }

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::acks::{AwaitedAcks, Heard};
+use super::crowd::Crowd;
 use super::inbox_writer::{self, Inbound, InboxWriter};
 use crate::backoff::Backoff;
 use crate::crypto::random_fraction;
@@ -41,6 +42,8 @@ struct Inner {
     inbound_ready: Arc<Notify>,
     /// Woken when an outbound message is queued, a session connects or work is replayed.
     outbound_ready: Arc<Notify>,
+    /// Whether webhooks crowd in, for the outbound relay to yield to them.
+    crowd: Crowd,
     /// Receipts, and the acks and refusals no send waited for, of every session, in arrival
     /// order, for the outbound relay.
     receipts: mpsc::UnboundedSender<(LocationId, WaEvent)>,
@@ -59,6 +62,7 @@ impl Postbox {
                 metrics,
                 inbound_ready: Arc::new(Notify::new()),
                 outbound_ready: Arc::new(Notify::new()),
+                crowd: Crowd::default(),
                 receipts,
                 receipts_rx: Mutex::new(Some(receipts_rx)),
             }),
@@ -179,6 +183,15 @@ impl Postbox {
 
     pub fn wake_outbound(&self) {
         self.inner.outbound_ready.notify_one();
+    }
+
+    /// The intake committed one transaction for `requests` provider webhooks (see `crowd`).
+    pub fn intake_committed(&self, requests: usize) {
+        self.inner.crowd.committed(requests);
+    }
+
+    pub(super) fn crowd(&self) -> &Crowd {
+        &self.inner.crowd
     }
 
     pub(super) fn inbound_ready(&self) -> Arc<Notify> {
