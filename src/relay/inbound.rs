@@ -91,7 +91,7 @@ impl InboundRelay {
                 if let Ok(pending) = self.store.inbound_pending().await {
                     self.metrics.inbound_queue.set(pending);
                 }
-                gauge_due = tokio::time::Instant::now() + self.settings.poll_interval;
+                gauge_due = tokio::time::Instant::now() + super::GAUGE_EVERY;
             }
             let free = capacity.saturating_sub(workers.len());
             if free > 0 {

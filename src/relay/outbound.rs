@@ -151,11 +151,18 @@ impl OutboundRelay {
         outbox_writer::spawn(&self.writer, self.store.clone(), &writing);
         let capacity = self.settings.batch.max(1) as usize;
         let mut housekeeping_due = Instant::now();
+        let mut gauge_due = Instant::now();
         let mut refilled = Instant::now();
         loop {
             if Instant::now() >= housekeeping_due {
                 self.expire_waiting().await;
                 housekeeping_due = Instant::now() + self.settings.poll_interval;
+            }
+            if Instant::now() >= gauge_due {
+                if let Ok(pending) = self.store.outbound_pending().await {
+                    self.metrics.outbound_queue.set(pending);
+                }
+                gauge_due = Instant::now() + super::GAUGE_EVERY;
             }
             // Webhooks crowding in come first: refills are spaced out meanwhile (see `crowd`).
             let refill_at = self.postbox.crowd().next_refill(refilled);
@@ -253,9 +260,6 @@ impl OutboundRelay {
                 self.metrics.count_relays("outbound", "failed", expired);
             }
             Err(e) => tracing::error!(error = %e, "could not expire outbound messages"),
-        }
-        if let Ok(pending) = self.store.outbound_pending().await {
-            self.metrics.outbound_queue.set(pending);
         }
     }
 
