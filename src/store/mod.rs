@@ -129,6 +129,9 @@ impl Store {
                     .journal_mode(SqliteJournalMode::Wal)
                     // FULL: a committed inbox row survives a power cut, not only a crash.
                     .synchronous(SqliteSynchronous::Full)
+                    // A batch insert keeps a statement journal (to undo that statement alone);
+                    // in memory it costs no temporary file's writes. Not needed after a crash.
+                    .pragma("temp_store", "memory")
                     .foreign_keys(true);
                 Db::Sqlite(
                     SqlitePoolOptions::new()
