@@ -84,7 +84,11 @@ mod tests {
         assert_eq!(next_refill(last, None, now), now, "never crowded");
         assert_eq!(next_refill(last, Some(now - CALM), now), now, "the crowd ended");
         let soon = now + Duration::from_millis(5);
-        assert_eq!(next_refill(last, Some(soon), now), soon, "as the crowd ends, before the gap");
+        assert_eq!(
+            next_refill(last, Some(soon), now),
+            soon,
+            "as the crowd ends, before the gap"
+        );
         let long = now + 10 * GAP;
         assert_eq!(next_refill(last, Some(long), now), last + GAP, "a gap after the last");
         let old = now - 2 * GAP;
@@ -115,4 +119,3 @@ mod tests {
         assert_eq!(crowd.to_start(32, 0), 2);
     }
 }
-
