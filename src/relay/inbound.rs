@@ -95,17 +95,14 @@ impl InboundRelay {
             }
             let free = capacity.saturating_sub(workers.len());
             if free > 0 {
-                match self.claim(free as i64).await {
-                    Ok(rows) => {
-                        for row in rows {
-                            let relay = self.clone();
-                            workers
-                                .start(row.inbox_id, async move { relay.relay_one(row).await })
-                                .await;
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "the inbound relay could not claim messages"),
-                }
+                let claimed = self.claim(free as i64).await;
+                let relay_one = |row: InboxRow| {
+                    let relay = self.clone();
+                    async move { relay.relay_one(row).await }
+                };
+                workers
+                    .start_found(claimed, "claim inbound messages", |row| row.inbox_id, relay_one)
+                    .await;
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,

@@ -222,17 +222,14 @@ impl OutboundRelay {
         if most == 0 {
             return;
         }
-        match self.claim(most as i64).await {
-            Ok(rows) => {
-                for row in rows {
-                    let relay = self.clone();
-                    sending
-                        .start(row.outbox_id, async move { relay.send_one(row).await })
-                        .await;
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "the outbound relay could not claim messages"),
-        }
+        let claimed = self.claim(most as i64).await;
+        let send_one = |row: OutboxRow| {
+            let relay = self.clone();
+            async move { relay.send_one(row).await }
+        };
+        sending
+            .start_found(claimed, "claim outbound messages", |row| row.outbox_id, send_one)
+            .await;
     }
 
     /// Commits `write` with whatever else the relay writes at this moment.

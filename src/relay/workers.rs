@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::task::{Id, JoinSet};
 
 use crate::domain::Incarnation;
-use crate::store::{Queue, Store};
+use crate::store::{Queue, Store, StoreError};
 use crate::time::now_ms;
 
 /// Renews the claims of running rows: every third of `claim_for`, for another `claim_for`.
@@ -81,6 +81,27 @@ impl Workers {
         });
         self.rows.insert(handle.id(), row);
         true
+    }
+
+    /// Starts `work` on each of the rows a query `found` (`id` names a row); when the query
+    /// failed, logs that it could not `what` and starts nothing.
+    pub async fn start_found<R, Fut>(
+        &mut self,
+        found: Result<Vec<R>, StoreError>,
+        what: &str,
+        id: impl Fn(&R) -> i64,
+        work: impl Fn(R) -> Fut,
+    ) where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        match found {
+            Ok(rows) => {
+                for row in rows {
+                    self.start(id(&row), work(row)).await;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not {what}"),
+        }
     }
 
     /// The next task to end; `None` when none runs.

@@ -92,8 +92,8 @@ impl Store {
                     OutboxWrite::Finished {
                         outbox_id,
                         location_id,
+                        to_phone,
                         acked,
-                        ..
                     } => {
                         if let Some(acked) = acked {
                             sqlx::query(ADVANCE_PART)
@@ -113,8 +113,11 @@ impl Store {
                                 .bind(true)
                                 .execute(&mut *tx)
                                 .await?;
-                            let key = write.chat().expect("a finished message names its chat");
-                            promote_in!(tx, key);
+                            let chat = ChatKey::Outbox {
+                                location: location_id,
+                                phone: to_phone,
+                            };
+                            promote_in!(tx, chat);
                         }
                     }
                     OutboxWrite::Reported { outbox_id, status } => {

@@ -19,17 +19,14 @@ impl OutboundRelay {
         if most == 0 {
             return;
         }
-        match self.store.statuses_to_report(most as i64).await {
-            Ok(due) => {
-                for report in due {
-                    let relay = self.clone();
-                    reporting
-                        .start(report.outbox_id, async move { relay.report(report).await })
-                        .await;
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "could not read the statuses to report"),
-        }
+        let due = self.store.statuses_to_report(most as i64).await;
+        let report = |due: StatusToReport| {
+            let relay = self.clone();
+            async move { relay.report(due).await }
+        };
+        reporting
+            .start_found(due, "read the statuses to report", |due| due.outbox_id, report)
+            .await;
     }
 
     /// A receipt, or a server ack no send waited for, moves parts forward; the message follows
