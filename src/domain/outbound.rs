@@ -11,6 +11,9 @@ const GHL_ID_MAX: usize = 64;
 const WA_ID_MAX: usize = 128;
 
 /// `value` when it is absent or has the shape of an id; else why not, naming `field`.
+/// The longest `phone` a webhook may give, formatting included.
+const PHONE_MAX: usize = 64;
+
 fn checked_id(field: &str, value: Option<String>, max: usize) -> Result<Option<String>, String> {
     match value {
         Some(id) if !is_id(&id, max) => Err(format!(
@@ -96,6 +99,14 @@ impl OutboundRequest {
             .phone
             .filter(|p| !p.trim().is_empty())
             .ok_or("phone is required")?;
+        // Checked here, not at the send: a NUL cannot even be stored in PostgreSQL, and would
+        // fail the whole intake batch the webhook was committed with.
+        if phone.chars().count() > PHONE_MAX || phone.chars().any(char::is_control) {
+            return Err(format!(
+                "phone {} is not a phone number (control characters, or over {PHONE_MAX} characters)",
+                clip(&phone)
+            ));
+        }
         let text = webhook.message.unwrap_or_default();
         if text.trim().is_empty() && webhook.attachments.is_empty() {
             return Err("message or attachments must be given".into());
@@ -276,6 +287,8 @@ mod tests {
                 "messageId \"x\\n",
             ),
             ("contactId", json!("a/../b"), "contactId"),
+            ("phone", json!("+1415\u{0}5550100"), "phone \"+1415\\0"),
+            ("phone", json!("1".repeat(65)), "over 64 characters"),
             ("userId", json!("u".repeat(65)), "userId"),
             ("replyToAltId", json!("3EB0 x"), "replyToAltId"),
         ] {
