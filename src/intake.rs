@@ -1,11 +1,12 @@
 //! The intake: provider webhooks are queued through group commit (see `group_commit`), so
 //! concurrent requests share a durable commit instead of each paying for its own. A request is
-//! answered only after the transaction holding its row committed; a failed commit fails every
-//! request of its batch (GHL retries).
+//! answered only after the transaction holding its row committed; when a batch's commit fails,
+//! its rows are written one by one, and a row that still fails is answered with the error (GHL
+//! retries).
 
 use tokio_util::task::TaskTracker;
 
-use crate::group_commit::{GroupCommit, Stopping};
+use crate::group_commit::{GroupCommit, Stopping, answer_or_return};
 use crate::relay::Postbox;
 use crate::store::{IntakeRow, Store};
 
@@ -70,12 +71,14 @@ impl Intake {
     }
 }
 
-/// Writes `batch` in one transaction, then answers each request. One query first reads what
-/// every row's location needs (installed? paired when?), so a request costs no read of its own.
-/// The relay is woken once per batch, not once per request: each wake costs it a round of
-/// queries (a claim, the statuses to report), and a wake per request made the relay's rounds
-/// take most of the database's time while webhooks poured in. A batch of several tells the
-/// relay that webhooks crowd in, so it yields to them (`relay::crowd`).
+/// Writes `batch` in one transaction, then answers each request; when that transaction fails,
+/// each row is written alone, so that one row the database refuses cannot fail the webhooks it
+/// arrived with. One query first reads what every row's location needs (installed? paired
+/// when?), so a request costs no read of its own. The relay is woken once per batch, not once
+/// per request: each wake costs it a round of queries (a claim, the statuses to report), and a
+/// wake per request made the relay's rounds take most of the database's time while webhooks
+/// poured in. A batch of several tells the relay that webhooks crowd in, so it yields to them
+/// (`relay::crowd`).
 async fn commit(store: &Store, postbox: &Postbox, batch: Vec<Job>) {
     postbox.intake_committed(batch.len());
     let mut locations: Vec<&str> = batch.iter().map(|job| job.job.row.location_id.as_str()).collect();
@@ -85,42 +88,45 @@ async fn commit(store: &Store, postbox: &Postbox, batch: Vec<Job>) {
         Ok(facts) => facts,
         Err(e) => return fail(batch, &e),
     };
-    let mut rows = Vec::with_capacity(batch.len());
-    let mut replies = Vec::with_capacity(batch.len());
-    for Job { job, reply } in batch {
+    let mut known = Vec::with_capacity(batch.len());
+    for Job { mut job, reply } in batch {
         match facts.get(&job.row.location_id) {
             None => {
                 let _ = reply.send(Ok(Queued::UnknownLocation));
             }
             Some(paired_at) => {
-                let mut row = job.row;
-                row.failure = unsendable(*paired_at, job.written_at);
-                rows.push(row);
-                replies.push(reply);
+                job.row.failure = unsendable(*paired_at, job.written_at);
+                known.push(Job { job, reply });
             }
         }
     }
-    if rows.is_empty() {
+    if known.is_empty() {
         return;
     }
-    match store.enqueue_outbound_batch(&rows).await {
-        Ok(ids) => {
-            if ids.iter().any(Option::is_some) {
-                postbox.wake_outbound();
-            }
-            for (reply, id) in replies.into_iter().zip(ids) {
-                // A request that gave up (client gone) needs no answer; its row is committed.
-                let _ = reply.send(Ok(id.map_or(Queued::Duplicate, Queued::New)));
-            }
+    let rows: Vec<IntakeRow> = known.iter().map(|job| job.job.row.clone()).collect();
+    let together = queue(store, postbox, &rows).await;
+    for job in answer_or_return("webhooks", known, together) {
+        let alone = queue(store, postbox, std::slice::from_ref(&job.job.row)).await;
+        if let Err(e) = &alone {
+            tracing::error!(error = %e, location.id = %job.job.row.location_id, "the intake could not store a webhook");
         }
-        Err(e) => {
-            tracing::error!(error = %e, rows = rows.len(), "the intake could not commit a batch");
-            let cause = e.to_string();
-            for reply in replies {
-                let _ = reply.send(Err(IntakeError::Store(cause.clone())));
-            }
-        }
+        let _ = job.reply.send(alone.map(|queued| queued[0]));
     }
+}
+
+/// Queues `rows` in one transaction: what became of each, in order.
+async fn queue(store: &Store, postbox: &Postbox, rows: &[IntakeRow]) -> Result<Vec<Queued>, IntakeError> {
+    let ids = store
+        .enqueue_outbound_batch(rows)
+        .await
+        .map_err(|e| IntakeError::Store(e.to_string()))?;
+    if ids.iter().any(Option::is_some) {
+        postbox.wake_outbound();
+    }
+    Ok(ids
+        .into_iter()
+        .map(|id| id.map_or(Queued::Duplicate, Queued::New))
+        .collect())
 }
 
 /// Answers every request of `batch` with the store's error.

@@ -245,3 +245,39 @@ async fn install(store: &Store) {
         .await
         .unwrap();
 }
+
+/// A row PostgreSQL refuses (a NUL in its phone, which the webhook route refuses before it gets
+/// this far) fails alone: the webhooks committed with it are queued and answered `queued`.
+#[tokio::test]
+async fn a_row_the_database_refuses_fails_alone_not_the_webhooks_of_its_batch() {
+    use waghl::intake::{Intake, IntakeError, Queued};
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let store = open(&db.url).await;
+    install(&store).await;
+    let intake = Intake::new();
+    // Queued before the writer starts, so that the three are one batch.
+    let requests: Vec<_> = [("ok-1", "+14155550001"), ("nul", "+1415\0"), ("ok-2", "+14155550002")]
+        .into_iter()
+        .map(|(message, phone)| {
+            let intake = intake.clone();
+            tokio::spawn(async move { intake.queue(row(message, phone, None), None).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let tasks = tokio_util::task::TaskTracker::new();
+    let postbox = waghl::relay::Postbox::new(store.clone(), Arc::new(waghl::metrics::Metrics::new()));
+    intake.spawn(store.clone(), postbox, &tasks);
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(request.await.unwrap());
+    }
+    assert!(matches!(answers[0], Ok(Queued::New(_))), "{:?}", answers[0]);
+    assert!(matches!(answers[1], Err(IntakeError::Store(_))), "{:?}", answers[1]);
+    assert!(matches!(answers[2], Ok(Queued::New(_))), "{:?}", answers[2]);
+    assert_eq!(store.outbound_count("locB").await.unwrap(), 2);
+    intake.close();
+    tasks.close();
+    tasks.wait().await;
+}
