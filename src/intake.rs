@@ -88,29 +88,33 @@ async fn commit(store: &Store, postbox: &Postbox, batch: Vec<Job>) {
         Ok(facts) => facts,
         Err(e) => return fail(batch, &e),
     };
-    let mut known = Vec::with_capacity(batch.len());
-    for Job { mut job, reply } in batch {
+    // The rows to write, and their requests, each naming its row.
+    let mut rows = Vec::with_capacity(batch.len());
+    let mut requests = Vec::with_capacity(batch.len());
+    for Job { job, reply } in batch {
         match facts.get(&job.row.location_id) {
             None => {
                 let _ = reply.send(Ok(Queued::UnknownLocation));
             }
             Some(paired_at) => {
-                job.row.failure = unsendable(*paired_at, job.written_at);
-                known.push(Job { job, reply });
+                let mut row = job.row;
+                row.failure = unsendable(*paired_at, job.written_at);
+                requests.push(crate::group_commit::Job { job: rows.len(), reply });
+                rows.push(row);
             }
         }
     }
-    if known.is_empty() {
+    if rows.is_empty() {
         return;
     }
-    let rows: Vec<IntakeRow> = known.iter().map(|job| job.job.row.clone()).collect();
     let together = queue(store, postbox, &rows).await;
-    for job in answer_or_return("webhooks", known, together) {
-        let alone = queue(store, postbox, std::slice::from_ref(&job.job.row)).await;
+    for request in answer_or_return("webhooks", requests, together) {
+        let row = &rows[request.job];
+        let alone = queue(store, postbox, std::slice::from_ref(row)).await;
         if let Err(e) = &alone {
-            tracing::error!(error = %e, location.id = %job.job.row.location_id, "the intake could not store a webhook");
+            tracing::error!(error = %e, location.id = %row.location_id, "the intake could not store a webhook");
         }
-        let _ = job.reply.send(alone.map(|queued| queued[0]));
+        let _ = request.reply.send(alone.map(|queued| queued[0]));
     }
 }
 
