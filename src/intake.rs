@@ -6,7 +6,7 @@
 
 use tokio_util::task::TaskTracker;
 
-use crate::group_commit::{GroupCommit, Stopping, answer_or_return};
+use crate::group_commit::{self, GroupCommit, Stopping, answer_or_return};
 use crate::relay::Postbox;
 use crate::store::{IntakeRow, Store};
 
@@ -36,7 +36,7 @@ pub struct Pending {
     written_at: Option<i64>,
 }
 
-type Job = crate::group_commit::Job<Pending, Result<Queued, IntakeError>>;
+type Job = group_commit::Job<Pending, Result<Queued, IntakeError>>;
 
 /// The handle requests queue through; cheap to clone.
 #[derive(Clone, Default)]
@@ -99,7 +99,7 @@ async fn commit(store: &Store, postbox: &Postbox, batch: Vec<Job>) {
             Some(paired_at) => {
                 let mut row = job.row;
                 row.failure = unsendable(*paired_at, job.written_at);
-                requests.push(crate::group_commit::Job { job: rows.len(), reply });
+                requests.push(group_commit::Job { job: rows.len(), reply });
                 rows.push(row);
             }
         }

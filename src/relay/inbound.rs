@@ -96,12 +96,9 @@ impl InboundRelay {
             let free = capacity.saturating_sub(workers.len());
             if free > 0 {
                 let claimed = self.claim(free as i64).await;
-                let relay_one = |row: InboxRow| {
-                    let relay = self.clone();
-                    async move { relay.relay_one(row).await }
-                };
+                let relay_one = |relay: Self, row: InboxRow| async move { relay.relay_one(row).await };
                 workers
-                    .start_found(claimed, "claim inbound messages", |row| row.inbox_id, relay_one)
+                    .start_found(claimed, "claim inbound messages", |row| row.inbox_id, &self, relay_one)
                     .await;
             }
             tokio::select! {

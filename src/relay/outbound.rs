@@ -165,11 +165,11 @@ impl OutboundRelay {
                 gauge_due = Instant::now() + super::GAUGE_EVERY;
             }
             // Webhooks crowding in come first: refills are spaced out meanwhile (see `crowd`).
-            let refill_at = self.postbox.crowd().next_refill(refilled);
+            let crowd = self.postbox.crowd();
+            let refill_at = crowd.next_refill(refilled);
             let refill = refill_at <= Instant::now();
             if refill {
                 refilled = Instant::now();
-                let crowd = self.postbox.crowd();
                 let sends = crowd.to_start(capacity, sending.len());
                 self.start_sends(&mut sending, sends).await;
                 let reports = crowd.to_start(capacity, reporting.len());
@@ -223,12 +223,9 @@ impl OutboundRelay {
             return;
         }
         let claimed = self.claim(most as i64).await;
-        let send_one = |row: OutboxRow| {
-            let relay = self.clone();
-            async move { relay.send_one(row).await }
-        };
+        let send_one = |relay: Arc<Self>, row: OutboxRow| async move { relay.send_one(row).await };
         sending
-            .start_found(claimed, "claim outbound messages", |row| row.outbox_id, send_one)
+            .start_found(claimed, "claim outbound messages", |row| row.outbox_id, self, send_one)
             .await;
     }
 

@@ -83,21 +83,23 @@ impl Workers {
         true
     }
 
-    /// Starts `work` on each of the rows a query `found` (`id` names a row); when the query
-    /// failed, logs that it could not `what` and starts nothing.
-    pub async fn start_found<R, Fut>(
+    /// Starts `work(relay, row)` on each of the rows a query `found` (`id` names a row; `relay`
+    /// is cloned for each task); when the query failed, logs that it could not `what` and
+    /// starts nothing.
+    pub async fn start_found<T: Clone, R, Fut>(
         &mut self,
         found: Result<Vec<R>, StoreError>,
         what: &str,
         id: impl Fn(&R) -> i64,
-        work: impl Fn(R) -> Fut,
+        relay: &T,
+        work: impl Fn(T, R) -> Fut,
     ) where
         Fut: Future<Output = ()> + Send + 'static,
     {
         match found {
             Ok(rows) => {
                 for row in rows {
-                    self.start(id(&row), work(row)).await;
+                    self.start(id(&row), work(relay.clone(), row)).await;
                 }
             }
             Err(e) => tracing::error!(error = %e, "could not {what}"),

@@ -20,12 +20,9 @@ impl OutboundRelay {
             return;
         }
         let due = self.store.statuses_to_report(most as i64).await;
-        let report = |due: StatusToReport| {
-            let relay = self.clone();
-            async move { relay.report(due).await }
-        };
+        let report = |relay: Arc<Self>, due: StatusToReport| async move { relay.report(due).await };
         reporting
-            .start_found(due, "read the statuses to report", |due| due.outbox_id, report)
+            .start_found(due, "read the statuses to report", |due| due.outbox_id, self, report)
             .await;
     }
 
