@@ -283,14 +283,12 @@ impl Store {
             }
             // Several workers (and instances) skip each other's rows instead of waiting.
             Db::Postgres(pool) => {
-                // Picked once, in a CTE: a subquery with SKIP LOCKED inside `IN (…)` may run again per
-                // row and pick more than the limit.
+                // Picked once, in a CTE (see `claim_outbox_batch`); the update joins on the id alone.
                 sqlx::query_as(concat!(
                     "WITH picked AS (",
                     heads!(),
                     " FOR UPDATE OF h SKIP LOCKED) UPDATE inbox SET claimed_until = $3, claimed_by = $4 FROM picked \
-                     WHERE inbox.inbox_id = picked.inbox_id AND inbox.state = 'pending' \
-                       AND (inbox.claimed_until IS NULL OR inbox.claimed_until < $1) RETURNING inbox.inbox_id, location_id, chat, wa_message_id, body, media_ref, attempts, received_at, \
+                     WHERE inbox.inbox_id = picked.inbox_id RETURNING inbox.inbox_id, location_id, chat, wa_message_id, body, media_ref, attempts, received_at, \
                        retry_from, ghl_contact_id, ghl_conversation_id, posting_at"
                 ))
                     .bind(now)

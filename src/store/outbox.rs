@@ -224,13 +224,15 @@ impl Store {
             // Several workers (and instances) skip each other's rows instead of waiting.
             Db::Postgres(pool) => {
                 // Picked once, in a CTE: a subquery with SKIP LOCKED inside `IN (…)` may run again per
-                // row and pick more than the limit.
+                // row and pick more than the limit. The update joins on the id alone: the rows are
+                // locked and were re-checked as locked, and a filter of its own let a plan made while
+                // the table was empty read every unfinished row (`outbox_waiting`) at each claim.
                 sqlx::query_as(concat!(
                     "WITH picked AS (",
                     heads!(),
                     " FOR UPDATE OF h SKIP LOCKED) UPDATE outbox SET claimed_until = $3, claimed_by = $4 FROM picked \
-                     WHERE outbox.outbox_id = picked.outbox_id AND outbox.state IN ('pending', 'sending') \
-                       AND (outbox.claimed_until IS NULL OR outbox.claimed_until < $1) RETURNING outbox.outbox_id, location_id, ghl_message_id, to_phone, body, attempts, received_at, retry_from"
+                     WHERE outbox.outbox_id = picked.outbox_id \
+                     RETURNING outbox.outbox_id, location_id, ghl_message_id, to_phone, body, attempts, received_at, retry_from"
                 ))
                     .bind(now)
                     .bind(limit)
