@@ -425,27 +425,47 @@ mod tests {
             .unwrap()
     }
 
-    /// Expiry runs at every poll: on SQLite it reads the index of waiting rows, not the whole
-    /// outbox (it held the write lock for 10 ms at 80,000 queued rows).
-    #[tokio::test]
-    async fn expiry_reads_the_index_of_waiting_rows_not_the_whole_outbox() {
+    /// The steps SQLite's planner chose for `sql` (two integer parameters, both 0), on a
+    /// migrated empty database.
+    async fn plan_of(sql: &str) -> Vec<String> {
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(1)
             .connect("sqlite::memory:")
             .await
             .unwrap();
         sqlx::migrate!("./migrations/sqlite").run(&pool).await.unwrap();
-        let explain = format!("EXPLAIN QUERY PLAN {EXPIRE_NEVER_ATTEMPTED}");
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
         let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(explain))
             .bind(0_i64)
             .bind(0_i64)
             .fetch_all(&pool)
             .await
             .unwrap();
-        let steps: Vec<&str> = plan.iter().map(|step| step.3.as_str()).collect();
+        plan.into_iter().map(|step| step.3).collect()
+    }
+
+    /// Expiry runs at every poll: on SQLite it reads the index of waiting rows, not the whole
+    /// outbox (it held the write lock for 10 ms at 80,000 queued rows).
+    #[tokio::test]
+    async fn expiry_reads_the_index_of_waiting_rows_not_the_whole_outbox() {
+        let steps = plan_of(EXPIRE_NEVER_ATTEMPTED).await;
         assert!(
             steps.iter().any(|s| s.contains("USING INDEX outbox_waiting"))
                 && !steps.iter().any(|s| s.starts_with("SCAN")),
+            "{steps:?}"
+        );
+    }
+
+    /// A part's ack or receipt finds its row by (location, WhatsApp id): through the unique key,
+    /// which leads with the chat, it read every row of the location (the drain slowed as the
+    /// map grew).
+    #[tokio::test]
+    async fn an_ack_finds_its_part_by_its_whatsapp_id_not_by_reading_the_location() {
+        let steps = plan_of(ADVANCE_PART).await;
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("USING INDEX message_map_wa (location_id=? AND wa_message_id=?)")),
             "{steps:?}"
         );
     }
