@@ -59,6 +59,11 @@ impl Workers {
         self.tasks.is_empty()
     }
 
+    /// The rows that have a task now.
+    pub fn in_flight(&self) -> impl Iterator<Item = i64> + '_ {
+        self.in_flight.iter().copied()
+    }
+
     /// Starts `work` on `row` unless the row has a task already (then returns false, and lets
     /// go of the claim just taken: the task's own outcome already released it, and a claim
     /// nobody works on would hold the row until it expires).

@@ -373,20 +373,35 @@ impl Store {
         Ok(expired)
     }
 
-    /// Messages whose current status is ahead of what GHL was told, due for a report.
-    pub async fn statuses_to_report(&self, limit: i64) -> Result<Vec<StatusToReport>> {
+    /// Messages whose current status is ahead of what GHL was told, due for a report, but for
+    /// those in `skip` (reports in flight: they stay due until GHL accepted them, and being the
+    /// oldest due they would fill the limit, so a round started few new reports and read the
+    /// same rows again and again — five reads a report in a drain).
+    pub async fn statuses_to_report(&self, limit: i64, skip: &[i64]) -> Result<Vec<StatusToReport>> {
+        macro_rules! due {
+            ($skipped:literal) => {
+                concat!(
+                    "SELECT outbox_id, location_id, ghl_message_id, state, last_error FROM outbox \
+                     WHERE report_after IS NOT NULL AND report_after <= $1 \
+                       AND state IN ('sent', 'delivered', 'read', 'failed', 'dead') \
+                       AND (reported_status IS NULL OR ", rank!("reported_status"), " < ", rank!("state"), ") \
+                       AND outbox_id NOT IN (", $skipped, ") \
+                     ORDER BY report_after LIMIT $2"
+                )
+            };
+        }
+        let skip = serde_json::to_string(skip).expect("ids always serialize");
+        let sql = match self.db {
+            Db::Sqlite(_) => due!("SELECT value FROM json_each($3)"),
+            Db::Postgres(_) => due!("SELECT jsonb_array_elements_text($3::jsonb)::bigint"),
+        };
         Ok(on_db!(self, pool => {
-            sqlx::query_as(concat!(
-                "SELECT outbox_id, location_id, ghl_message_id, state, last_error FROM outbox \
-                 WHERE report_after IS NOT NULL AND report_after <= $1 \
-                   AND state IN ('sent', 'delivered', 'read', 'failed', 'dead') \
-                   AND (reported_status IS NULL OR ", rank!("reported_status"), " < ", rank!("state"), ") \
-                 ORDER BY report_after LIMIT $2"
-            ))
-            .bind(now_ms())
-            .bind(limit)
-            .fetch_all(pool)
-            .await?
+            sqlx::query_as(sql)
+                .bind(now_ms())
+                .bind(limit)
+                .bind(&skip)
+                .fetch_all(pool)
+                .await?
         }))
     }
 
@@ -468,6 +483,29 @@ mod tests {
                 .any(|s| s.contains("USING INDEX message_map_wa (location_id=? AND wa_message_id=?)")),
             "{steps:?}"
         );
+    }
+
+    /// A round of reports skips those in flight, and so reaches the due reports behind them.
+    #[tokio::test]
+    async fn the_statuses_to_report_skip_those_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::migrated_sqlite_in(dir.path()).await;
+        for id in ["g1", "g2", "g3"] {
+            let new = NewOutbound {
+                location_id: "loc",
+                ghl_message_id: id,
+                ghl_contact_id: None,
+                to_phone: "+14155550001",
+                body: "{}",
+            };
+            store.enqueue_outbound(new, Some("refused")).await.unwrap();
+        }
+        let messages = |due: Vec<StatusToReport>| due.into_iter().map(|d| d.ghl_message_id).collect::<Vec<_>>();
+        let first = store.statuses_to_report(2, &[]).await.unwrap();
+        let in_flight: Vec<i64> = first.iter().map(|d| d.outbox_id).collect();
+        assert_eq!(messages(first), ["g1", "g2"]);
+        let next = store.statuses_to_report(2, &in_flight).await.unwrap();
+        assert_eq!(messages(next), ["g3"], "the reports in flight are not read again");
     }
 
     /// The SQL rank agrees with the type's order (`failed` and `dead` tie: both terminal).

@@ -19,7 +19,8 @@ impl OutboundRelay {
         if most == 0 {
             return;
         }
-        let due = self.store.statuses_to_report(most as i64).await;
+        let in_flight: Vec<i64> = reporting.in_flight().collect();
+        let due = self.store.statuses_to_report(most as i64, &in_flight).await;
         let report = |relay: Arc<Self>, due: StatusToReport| async move { relay.report(due).await };
         reporting
             .start_found(due, "read the statuses to report", |due| due.outbox_id, self, report)
