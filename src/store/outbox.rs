@@ -384,8 +384,14 @@ impl Store {
                     "SELECT outbox_id, location_id, ghl_message_id, state, last_error FROM outbox \
                      WHERE report_after IS NOT NULL AND report_after <= $1 \
                        AND state IN ('sent', 'delivered', 'read', 'failed', 'dead') \
-                       AND (reported_status IS NULL OR ", rank!("reported_status"), " < ", rank!("state"), ") \
-                       AND outbox_id NOT IN (", $skipped, ") \
+                       AND (reported_status IS NULL OR ",
+                    rank!("reported_status"),
+                    " < ",
+                    rank!("state"),
+                    ") \
+                       AND outbox_id NOT IN (",
+                    $skipped,
+                    ") \
                      ORDER BY report_after LIMIT $2"
                 )
             };
