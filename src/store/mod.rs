@@ -219,6 +219,26 @@ impl Store {
     }
 }
 
+/// The steps SQLite's planner chooses for `sql` (two integer parameters, both 0) on a migrated
+/// empty database: for tests that a per-message statement searches its whole key.
+#[cfg(test)]
+pub(crate) async fn sqlite_plan(sql: &str) -> Vec<String> {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    sqlx::migrate!("./migrations/sqlite").run(&pool).await.unwrap();
+    let explain = format!("EXPLAIN QUERY PLAN {sql}");
+    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(explain))
+        .bind(0_i64)
+        .bind(0_i64)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    plan.into_iter().map(|step| step.3).collect()
+}
+
 fn create_parent_dir(url: &str) -> Result<()> {
     let path = url
         .trim_start_matches("sqlite://")

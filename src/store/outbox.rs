@@ -446,30 +446,11 @@ mod tests {
             .unwrap()
     }
 
-    /// The steps SQLite's planner chose for `sql` (two integer parameters, both 0), on a
-    /// migrated empty database.
-    async fn plan_of(sql: &str) -> Vec<String> {
-        let pool = sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect("sqlite::memory:")
-            .await
-            .unwrap();
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await.unwrap();
-        let explain = format!("EXPLAIN QUERY PLAN {sql}");
-        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(explain))
-            .bind(0_i64)
-            .bind(0_i64)
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        plan.into_iter().map(|step| step.3).collect()
-    }
-
     /// Expiry runs at every poll: on SQLite it reads the index of waiting rows, not the whole
     /// outbox (it held the write lock for 10 ms at 80,000 queued rows).
     #[tokio::test]
     async fn expiry_reads_the_index_of_waiting_rows_not_the_whole_outbox() {
-        let steps = plan_of(EXPIRE_NEVER_ATTEMPTED).await;
+        let steps = crate::store::sqlite_plan(EXPIRE_NEVER_ATTEMPTED).await;
         assert!(
             steps.iter().any(|s| s.contains("USING INDEX outbox_waiting"))
                 && !steps.iter().any(|s| s.starts_with("SCAN")),
@@ -482,7 +463,7 @@ mod tests {
     /// map grew).
     #[tokio::test]
     async fn an_ack_finds_its_part_by_its_whatsapp_id_not_by_reading_the_location() {
-        let steps = plan_of(ADVANCE_PART).await;
+        let steps = crate::store::sqlite_plan(ADVANCE_PART).await;
         assert!(
             steps
                 .iter()
