@@ -150,7 +150,9 @@ impl DeviceKeys {
                     moved.push("(key = ").push_bind(row.key.as_str());
                     moved.push(" AND scope <> ").push_bind(row.scope.as_str()).push(")");
                 }
-                moved.push(") RETURNING key, num");
+                moved.push(")");
+                any_of_keys(&mut moved, chunk.iter().map(|row| row.key.as_str()));
+                moved.push(" RETURNING key, num");
                 let first_seen: HashMap<String, Option<i64>> =
                     moved.build_query_as().fetch_all(&mut *tx).await?.into_iter().collect();
                 let chunk: Vec<KeyRow> = chunk
@@ -206,6 +208,7 @@ impl DeviceKeys {
                 query.push("(scope = ").push_bind(*scope).push(" AND key = ").push_bind(*key).push(")");
             }
             query.push(")");
+            any_of_keys(&mut query, chunk.iter().map(|(_, key)| *key));
             query.build().execute(exec).await?.rows_affected()
         });
         Ok(())
@@ -329,4 +332,19 @@ impl DeviceKeys {
         });
         Ok(imported)
     }
+}
+
+/// Adds ` AND key IN (…)` over `keys`: the pairs before it are an `OR` of (key, scope) terms,
+/// which SQLite's planner does not search through the key index, so without it the statement
+/// read every key of its kind in the location.
+fn any_of_keys<'a, DB: sqlx::Database>(query: &mut QueryBuilder<DB>, keys: impl Iterator<Item = &'a str>)
+where
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    query.push(" AND key IN (");
+    let mut list = query.separated(", ");
+    for key in keys {
+        list.push_bind(key);
+    }
+    query.push(")");
 }
