@@ -1,7 +1,8 @@
 //! Claim cost against backlog depth: fills both queues to 1,000, 10,000 and 100,000 rows (spread
 //! over 200 locations, 5 chats each) and times claiming a batch of 32 chat heads, on the store
-//! directly, after claiming from the empty queues first as the daemon's relay does. The cost must stay flat as the backlog grows: a claim looks only at each chat's
-//! head, never at the rows queued behind it.
+//! directly, after claiming from the empty queues first as the daemon's relay does. The cost
+//! must stay flat as the backlog grows: a claim looks only at each chat's head, never at the
+//! rows queued behind it.
 //!
 //! `cargo run --release --example bench_claims -- [largest]`; set
 //! `WAGHL_BENCH_DATABASE_URL=postgres://…` (an empty database) to run it on PostgreSQL.

@@ -147,7 +147,6 @@ async fn bench() {
     );
 }
 
-/// Starts waghl in daemon mode with `settings`; returns it and its base URL.
 /// The messages the daemon at `base` finished sending, from its `/metrics`: cheap to read every
 /// 100 ms, where counting the outbox reads every queued row (13 ms a count at 100,000 queued on
 /// PostgreSQL, a tenth of the database's time in this benchmark).
@@ -168,6 +167,7 @@ async fn sent_by(bench: &support::Bench, base: &str) -> usize {
         .map_or(0, |count| count.trim().parse::<f64>().unwrap() as usize)
 }
 
+/// Starts waghl in daemon mode with `settings`; returns it and its base URL.
 fn spawn_daemon(settings: &[(&'static str, String)]) -> (Child, String) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .env_clear()

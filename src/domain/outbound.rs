@@ -10,10 +10,10 @@ use super::{LocationId, MediaKind, OutgoingContent, clip, is_id};
 const GHL_ID_MAX: usize = 64;
 const WA_ID_MAX: usize = 128;
 
-/// `value` when it is absent or has the shape of an id; else why not, naming `field`.
 /// The longest `phone` a webhook may give, formatting included.
 const PHONE_MAX: usize = 64;
 
+/// `value` when it is absent or has the shape of an id; else why not, naming `field`.
 fn checked_id(field: &str, value: Option<String>, max: usize) -> Result<Option<String>, String> {
     match value {
         Some(id) if !is_id(&id, max) => Err(format!(

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::heads::{ChatKey, in_chats_tx};
 use super::instances::channels;
-use super::{Db, Result, Store, on_db};
+use super::{Dialects, Result, Store, json, on_db};
 use crate::domain::OutboxState;
 use crate::time::now_ms;
 
@@ -97,12 +97,6 @@ macro_rules! location_facts {
     };
 }
 
-/// One statement for each database.
-struct Dialects {
-    sqlite: &'static str,
-    postgres: &'static str,
-}
-
 const RECORD_HOOKS: Dialects = Dialects {
     sqlite: record_hooks!(sqlite),
     postgres: record_hooks!(postgres),
@@ -115,15 +109,6 @@ const LOCATION_FACTS: Dialects = Dialects {
     sqlite: location_facts!("SELECT value FROM json_each($1)"),
     postgres: location_facts!("SELECT jsonb_array_elements_text($1::jsonb)"),
 };
-
-impl Dialects {
-    fn of(&self, store: &Store) -> &'static str {
-        match store.db {
-            Db::Sqlite(_) => self.sqlite,
-            Db::Postgres(_) => self.postgres,
-        }
-    }
-}
 
 /// A row as the queueing statement reads it from its JSON array.
 #[derive(Serialize)]
@@ -273,9 +258,4 @@ fn repeats_in_batch(rows: &[IntakeRow]) -> Vec<bool> {
             new_hook && messages.insert((r.location_id.as_str(), r.ghl_message_id.as_str()))
         })
         .collect()
-}
-
-/// `value` as JSON text, for a statement that reads its batch from one parameter.
-fn json(value: &impl Serialize) -> String {
-    serde_json::to_string(value).expect("a batch of strings always serializes")
 }

@@ -219,8 +219,31 @@ impl Store {
     }
 }
 
-/// The steps SQLite's planner chooses for `sql` (two integer parameters, both 0) on a migrated
-/// empty database: for tests that a per-message statement searches its whole key.
+/// One statement for each database, where their SQL differs.
+pub(super) struct Dialects {
+    pub sqlite: &'static str,
+    pub postgres: &'static str,
+}
+
+impl Dialects {
+    pub fn of(&self, store: &Store) -> &'static str {
+        match store.db {
+            Db::Sqlite(_) => self.sqlite,
+            Db::Postgres(_) => self.postgres,
+        }
+    }
+}
+
+/// `value` as JSON text, for a statement that reads a whole list from one parameter
+/// (`json_each` on SQLite, `jsonb_array_elements` on PostgreSQL), so its text is the same for
+/// every length and each connection prepares it once.
+pub(super) fn json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).expect("a list of strings or ids always serializes")
+}
+
+/// The steps SQLite's planner chooses for `sql` on a migrated empty database (its first two
+/// parameters bound to 0, any others NULL): for tests that a per-message statement searches its
+/// whole key.
 #[cfg(test)]
 pub(crate) async fn sqlite_plan(sql: &str) -> Vec<String> {
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
@@ -237,6 +260,13 @@ pub(crate) async fn sqlite_plan(sql: &str) -> Vec<String> {
         .await
         .unwrap();
     plan.into_iter().map(|step| step.3).collect()
+}
+
+/// Fails unless SQLite's plan for `sql` has a step containing `step` (an index search).
+#[cfg(test)]
+pub(crate) async fn assert_plan_has(sql: &str, step: &str) {
+    let steps = sqlite_plan(sql).await;
+    assert!(steps.iter().any(|s| s.contains(step)), "{steps:?}");
 }
 
 fn create_parent_dir(url: &str) -> Result<()> {

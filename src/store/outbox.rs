@@ -1,7 +1,7 @@
 //! The outbound queue (GHL → WhatsApp): one row per GHL message, keyed by GHL's `messageId`.
 
 use super::heads::{ChatKey, in_chat_tx, promote_in};
-use super::{Db, Result, Store, on_db};
+use super::{Db, Dialects, Result, Store, json, on_db};
 use crate::domain::{Incarnation, OutboxState, PartStatus};
 use crate::time::now_ms;
 
@@ -35,6 +35,28 @@ pub(super) const ADVANCE_PART: &str = concat!(
 /// A message's parts, in order.
 pub(super) const PARTS: &str =
     "SELECT part_index, wa_message_id, status FROM message_map WHERE outbox_id = $1 ORDER BY part_index";
+
+/// Due status reports, oldest first, but for the ids in the JSON array `$3`.
+macro_rules! statuses_due {
+    ($skipped:literal) => {
+        concat!(
+            "SELECT outbox_id, location_id, ghl_message_id, state, last_error FROM outbox \
+             WHERE report_after IS NOT NULL AND report_after <= $1 \
+               AND state IN ('sent', 'delivered', 'read', 'failed', 'dead') \
+               AND (reported_status IS NULL OR ",
+            rank!("reported_status"),
+            " < ",
+            rank!("state"),
+            ") AND outbox_id NOT IN (",
+            $skipped,
+            ") ORDER BY report_after LIMIT $2"
+        )
+    };
+}
+const STATUSES_DUE: Dialects = Dialects {
+    sqlite: statuses_due!("SELECT value FROM json_each($3)"),
+    postgres: statuses_due!("SELECT jsonb_array_elements_text($3::jsonb)::bigint"),
+};
 
 /// Sets a message's state ($2) from its parts; never backwards, never out of `failed`. With $4
 /// false (a receipt, not the sender) a message still being sent is left alone: its later
@@ -378,29 +400,8 @@ impl Store {
     /// oldest due they would fill the limit, so a round started few new reports and read the
     /// same rows again and again — five reads a report in a drain).
     pub async fn statuses_to_report(&self, limit: i64, skip: &[i64]) -> Result<Vec<StatusToReport>> {
-        macro_rules! due {
-            ($skipped:literal) => {
-                concat!(
-                    "SELECT outbox_id, location_id, ghl_message_id, state, last_error FROM outbox \
-                     WHERE report_after IS NOT NULL AND report_after <= $1 \
-                       AND state IN ('sent', 'delivered', 'read', 'failed', 'dead') \
-                       AND (reported_status IS NULL OR ",
-                    rank!("reported_status"),
-                    " < ",
-                    rank!("state"),
-                    ") \
-                       AND outbox_id NOT IN (",
-                    $skipped,
-                    ") \
-                     ORDER BY report_after LIMIT $2"
-                )
-            };
-        }
-        let skip = serde_json::to_string(skip).expect("ids always serialize");
-        let sql = match self.db {
-            Db::Sqlite(_) => due!("SELECT value FROM json_each($3)"),
-            Db::Postgres(_) => due!("SELECT jsonb_array_elements_text($3::jsonb)::bigint"),
-        };
+        let sql = STATUSES_DUE.of(self);
+        let skip = json(&skip);
         Ok(on_db!(self, pool => {
             sqlx::query_as(sql)
                 .bind(now_ms())
@@ -463,13 +464,11 @@ mod tests {
     /// map grew).
     #[tokio::test]
     async fn an_ack_finds_its_part_by_its_whatsapp_id_not_by_reading_the_location() {
-        let steps = crate::store::sqlite_plan(ADVANCE_PART).await;
-        assert!(
-            steps
-                .iter()
-                .any(|s| s.contains("USING INDEX message_map_wa (location_id=? AND wa_message_id=?)")),
-            "{steps:?}"
-        );
+        crate::store::assert_plan_has(
+            ADVANCE_PART,
+            "USING INDEX message_map_wa (location_id=? AND wa_message_id=?)",
+        )
+        .await;
     }
 
     /// A round of reports skips those in flight, and so reaches the due reports behind them.

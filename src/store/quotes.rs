@@ -34,12 +34,10 @@ mod tests {
     /// the `inbox_wa` index.
     #[tokio::test]
     async fn a_quoted_message_is_found_by_its_whatsapp_id_not_by_reading_the_location() {
-        let steps = crate::store::sqlite_plan(super::QUOTED).await;
-        assert!(
-            steps
-                .iter()
-                .any(|s| s.contains("USING INDEX inbox_wa (location_id=? AND wa_message_id=?)")),
-            "{steps:?}"
-        );
+        crate::store::assert_plan_has(
+            super::QUOTED,
+            "USING INDEX inbox_wa (location_id=? AND wa_message_id=?)",
+        )
+        .await;
     }
 }

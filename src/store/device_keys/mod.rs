@@ -23,6 +23,10 @@ pub use writes::OnConflict;
 /// Keys per `IN (…)` list, well below SQLite's limit on parameters.
 const KEYS_PER_STATEMENT: usize = 500;
 
+/// The row of a key in whichever scope holds it (the first, if several do).
+const IN_ANY_SCOPE: &str = "SELECT scope, key, value, num, flag, ts FROM wa_device_keys \
+     WHERE location_id = $1 AND kind = $2 AND key = $3 ORDER BY scope LIMIT 1";
+
 /// What a row of `wa_device_keys` holds. The numbers are stored: never renumber one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DeviceKeyKind {
@@ -339,10 +343,7 @@ impl DeviceKeys {
     /// The row of `key` in whichever scope holds it (the first, if several do).
     pub async fn get_in_any_scope(&self, kind: DeviceKeyKind, key: &str) -> Result<Option<KeyRow>> {
         let row: Option<StoredRow> = on_db!(self.store, pool => {
-            sqlx::query_as(concat!(
-                "SELECT scope, key, value, num, flag, ts FROM wa_device_keys ",
-                "WHERE location_id = $1 AND kind = $2 AND key = $3 ORDER BY scope LIMIT 1"
-            ))
+            sqlx::query_as(IN_ANY_SCOPE)
             .bind(&self.location)
             .bind(kind.code())
             .bind(key)
@@ -465,6 +466,17 @@ fn prefix_end(prefix: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key looked up in any scope is searched by (location, kind, key): without the scope in
+    /// the index SQLite read every key of the kind in order of the primary key, to avoid a sort.
+    #[tokio::test]
+    async fn a_key_in_any_scope_is_searched_not_read_with_every_key_of_its_kind() {
+        crate::store::assert_plan_has(
+            IN_ANY_SCOPE,
+            "USING INDEX wa_device_keys_by_key (location_id=? AND kind=? AND key=?)",
+        )
+        .await;
+    }
 
     #[test]
     fn a_prefix_range_holds_exactly_the_keys_that_start_with_it() {
