@@ -91,7 +91,7 @@ async fn bench() {
             ghl_contact_id: None,
             to_phone: format!("+14156661{:03}", (n / locations) % CHATS),
             body: format!("{{\"text\":\"{n}\",\"attachments\":[]}}"),
-            failure: None,
+            written_at: None,
             webhook_id: None,
         })
         .collect();

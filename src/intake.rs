@@ -8,18 +8,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::group_commit::{self, GroupCommit, Stopping, answer_or_return};
 use crate::relay::Postbox;
+pub use crate::store::Queued;
 use crate::store::{IntakeRow, Store};
-
-/// What became of one webhook's row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Queued {
-    /// Committed with this outbox id.
-    New(i64),
-    /// Its `webhookId` or `messageId` was queued before: nothing changed.
-    Duplicate,
-    /// Its location is not installed: nothing stored.
-    UnknownLocation,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
@@ -29,19 +19,12 @@ pub enum IntakeError {
     Stopping(#[from] Stopping),
 }
 
-/// One webhook's row, waiting for its batch.
-pub struct Pending {
-    row: IntakeRow,
-    /// When GHL says the message was written, to tell a replay of old messages.
-    written_at: Option<i64>,
-}
-
-type Job = group_commit::Job<Pending, Result<Queued, IntakeError>>;
+type Job = group_commit::Job<IntakeRow, Result<Queued, IntakeError>>;
 
 /// The handle requests queue through; cheap to clone.
 #[derive(Clone, Default)]
 pub struct Intake {
-    writer: GroupCommit<Pending, Result<Queued, IntakeError>>,
+    writer: GroupCommit<IntakeRow, Result<Queued, IntakeError>>,
 }
 
 impl Intake {
@@ -49,11 +32,10 @@ impl Intake {
         Self::default()
     }
 
-    /// Queues `row` (written in GHL at `written_at`, when GHL says) and waits until the
-    /// transaction holding it committed. The writer judges the row with its batch: an unknown
-    /// location, or a message that can never be sent (`row.failure` is set then).
-    pub async fn queue(&self, row: IntakeRow, written_at: Option<i64>) -> Result<Queued, IntakeError> {
-        self.writer.submit(Pending { row, written_at }).await?
+    /// Queues `row` and waits until the transaction holding it committed. The store judges
+    /// the row with its batch: an unknown location, or a message that can never be sent.
+    pub async fn queue(&self, row: IntakeRow) -> Result<Queued, IntakeError> {
+        self.writer.submit(row).await?
     }
 
     /// Starts the writer on `tasks`; it wakes the outbound relay (`postbox`) after each batch
@@ -73,39 +55,17 @@ impl Intake {
 
 /// Writes `batch` in one transaction, then answers each request; when that transaction fails,
 /// each row is written alone, so that one row the database refuses cannot fail the webhooks it
-/// arrived with. One query first reads what every row's location needs (installed? paired
-/// when?), so a request costs no read of its own. The relay is woken once per batch, not once
-/// per request: each wake costs it a round of queries (a claim, the statuses to report), and a
-/// wake per request made the relay's rounds take most of the database's time while webhooks
-/// poured in. A batch of several tells the relay that webhooks crowd in, so it yields to them
-/// (`relay::crowd`).
+/// arrived with. The relay is woken once per batch, not once per request: each wake costs it a
+/// round of queries (a claim, the statuses to report), and a wake per request made the relay's
+/// rounds take most of the database's time while webhooks poured in. A batch of several tells
+/// the relay that webhooks crowd in, so it yields to them (`relay::crowd`).
 async fn commit(store: &Store, postbox: &Postbox, batch: Vec<Job>) {
     postbox.intake_committed(batch.len());
-    let mut locations: Vec<&str> = batch.iter().map(|job| job.job.row.location_id.as_str()).collect();
-    locations.sort_unstable();
-    locations.dedup();
-    let facts = match store.intake_facts(&locations).await {
-        Ok(facts) => facts,
-        Err(e) => return fail(batch, &e),
-    };
-    // The rows to write, and their requests, each naming its row.
     let mut rows = Vec::with_capacity(batch.len());
     let mut requests = Vec::with_capacity(batch.len());
     for Job { job, reply } in batch {
-        match facts.get(&job.row.location_id) {
-            None => {
-                let _ = reply.send(Ok(Queued::UnknownLocation));
-            }
-            Some(paired_at) => {
-                let mut row = job.row;
-                row.failure = unsendable(*paired_at, job.written_at);
-                requests.push(group_commit::Job { job: rows.len(), reply });
-                rows.push(row);
-            }
-        }
-    }
-    if rows.is_empty() {
-        return;
+        requests.push(group_commit::Job { job: rows.len(), reply });
+        rows.push(job);
     }
     let together = queue(store, postbox, &rows).await;
     for request in answer_or_return("webhooks", requests, together) {
@@ -120,38 +80,14 @@ async fn commit(store: &Store, postbox: &Postbox, batch: Vec<Job>) {
 
 /// Queues `rows` in one transaction: what became of each, in order.
 async fn queue(store: &Store, postbox: &Postbox, rows: &[IntakeRow]) -> Result<Vec<Queued>, IntakeError> {
-    let ids = store
+    let queued = store
         .enqueue_outbound_batch(rows)
         .await
         .map_err(|e| IntakeError::Store(e.to_string()))?;
-    if ids.iter().any(Option::is_some) {
+    if queued.iter().any(|q| matches!(q, Queued::New(_))) {
         postbox.wake_outbound();
     }
-    Ok(ids
-        .into_iter()
-        .map(|id| id.map_or(Queued::Duplicate, Queued::New))
-        .collect())
-}
-
-/// Answers every request of `batch` with the store's error.
-fn fail(batch: Vec<Job>, e: &crate::store::StoreError) {
-    tracing::error!(error = %e, rows = batch.len(), "the intake could not read its batch's locations");
-    for job in batch {
-        let _ = job.reply.send(Err(IntakeError::Store(e.to_string())));
-    }
-}
-
-/// A message that can never be sent, decided at once instead of after the TTL: the location's
-/// WhatsApp was never paired, or GHL is replaying a message written before it was (seen after
-/// installs).
-fn unsendable(paired_at: Option<i64>, written_at: Option<i64>) -> Option<&'static str> {
-    match (paired_at, written_at) {
-        (None, _) => Some("WhatsApp not paired"),
-        (Some(paired), Some(written)) if written < paired => {
-            Some("written before WhatsApp was paired (GHL replayed an old message); not sent")
-        }
-        _ => None,
-    }
+    Ok(queued)
 }
 
 #[cfg(test)]
@@ -167,17 +103,9 @@ mod tests {
             ghl_contact_id: None,
             to_phone: "+14155550001".into(),
             body: "{}".into(),
-            failure: None,
+            written_at: None,
             webhook_id: None,
         }
-    }
-
-    #[test]
-    fn a_message_that_can_never_be_sent_is_failed_at_once() {
-        assert_eq!(unsendable(None, None), Some("WhatsApp not paired"));
-        assert!(unsendable(Some(2_000), Some(1_000)).unwrap().contains("written before"));
-        assert_eq!(unsendable(Some(2_000), Some(3_000)), None);
-        assert_eq!(unsendable(Some(2_000), None), None);
     }
 
     #[tokio::test]
@@ -205,7 +133,7 @@ mod tests {
             .map(|i| {
                 let (intake, store) = (intake.clone(), store.clone());
                 tokio::spawn(async move {
-                    let queued = intake.queue(row(&format!("m{}", i % 30)), None).await.unwrap();
+                    let queued = intake.queue(row(&format!("m{}", i % 30))).await.unwrap();
                     // Answered: the row is visible to any other connection.
                     if let Queued::New(id) = queued {
                         let count = store.outbound_count("loc").await.unwrap();
@@ -223,14 +151,11 @@ mod tests {
         assert_eq!(store.outbound_count("loc").await.unwrap(), 30);
 
         store.close().await;
-        let (a, b) = tokio::join!(intake.queue(row("x1"), None), intake.queue(row("x2"), None));
+        let (a, b) = tokio::join!(intake.queue(row("x1")), intake.queue(row("x2")));
         assert!(matches!(a, Err(IntakeError::Store(_))) && matches!(b, Err(IntakeError::Store(_))));
         intake.close();
         tasks.close();
         tasks.wait().await;
-        assert!(matches!(
-            intake.queue(row("x3"), None).await,
-            Err(IntakeError::Stopping(_))
-        ));
+        assert!(matches!(intake.queue(row("x3")).await, Err(IntakeError::Stopping(_))));
     }
 }

@@ -134,7 +134,7 @@ fn refuse(state: &AppState, route: &str, rejection: Rejection) -> ApiError {
     responses((status = 200, body = WebhookAck, description = "Done"), (status = "default", body = ErrorBody, description = "An error")))]
 async fn provider(State(state): State<AppState>, webhook: VerifiedWebhook) -> Result<Json<WebhookAck>, ApiError> {
     state.ghl.ensure_configured()?;
-    let (row, written_at) = match intake_row(&state, &webhook) {
+    let row = match intake_row(&state, &webhook) {
         Ok(row) => row,
         // A redelivery of a webhook handled before is a duplicate even when it would be
         // refused now; checked only here, so an accepted webhook costs no read for it.
@@ -142,14 +142,10 @@ async fn provider(State(state): State<AppState>, webhook: VerifiedWebhook) -> Re
         Err(e) => return Err(e),
     };
     let (location_id, message_id) = (row.location_id.clone(), row.ghl_message_id.clone());
-    let queued = state
-        .intake
-        .queue(row, written_at)
-        .await
-        .map_err(|e| ApiError::Unavailable {
-            code: "intake_unavailable",
-            message: e.to_string(),
-        })?;
+    let queued = state.intake.queue(row).await.map_err(|e| ApiError::Unavailable {
+        code: "intake_unavailable",
+        message: e.to_string(),
+    })?;
     let status = match queued {
         Queued::New(_) => "queued",
         Queued::Duplicate => "duplicate",
@@ -162,9 +158,9 @@ async fn provider(State(state): State<AppState>, webhook: VerifiedWebhook) -> Re
     Ok(WebhookAck::status(status))
 }
 
-/// The outbox row a provider webhook asks for (the intake writer checks its location), with
-/// the time GHL says the message was written; or why it cannot be queued.
-fn intake_row(state: &AppState, webhook: &VerifiedWebhook) -> Result<(IntakeRow, Option<i64>), ApiError> {
+/// The outbox row a provider webhook asks for (the intake writer checks its location); or why
+/// it cannot be queued.
+fn intake_row(state: &AppState, webhook: &VerifiedWebhook) -> Result<IntakeRow, ApiError> {
     let provider_id = state.config.ghl.conversation_provider_id.as_deref();
     let request = OutboundRequest::from_webhook(&webhook.body, provider_id)
         .map_err(|message| ApiError::bad_request("invalid_webhook", message))?;
@@ -172,16 +168,15 @@ fn intake_row(state: &AppState, webhook: &VerifiedWebhook) -> Result<(IntakeRow,
         .location_id
         .clone()
         .expect("parsed webhooks name their location");
-    let row = IntakeRow {
+    Ok(IntakeRow {
         body: serde_json::to_string(&request).map_err(anyhow::Error::from)?,
         location_id: location_id.as_str().to_owned(),
         ghl_contact_id: request.ghl_contact_id,
         to_phone: request.phone,
         ghl_message_id: request.ghl_message_id,
-        failure: None,
+        written_at: request.created_at,
         webhook_id: webhook.webhook_id.clone(),
-    };
-    Ok((row, request.created_at))
+    })
 }
 
 /// A repeated `webhookId` is answered 200 and changes nothing (GHL may be retrying after a

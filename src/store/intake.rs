@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::heads::{ChatKey, in_chats_tx};
 use super::instances::channels;
-use super::{Dialects, Result, Store, json, on_db};
+use super::{Dialects, Result, Store, json};
 use crate::domain::OutboxState;
 use crate::time::now_ms;
 
@@ -22,8 +22,8 @@ pub struct IntakeRow {
     pub to_phone: String,
     /// JSON of what to send (text, attachment URLs, quoted message).
     pub body: String,
-    /// Recorded as failed at once, with this reason (e.g. WhatsApp never paired).
-    pub failure: Option<&'static str>,
+    /// When GHL says the message was written (ms), to tell a replay of old messages.
+    pub written_at: Option<i64>,
     /// GHL's `webhookId`, recorded with the row so a redelivery is a duplicate.
     pub webhook_id: Option<String>,
 }
@@ -36,6 +36,24 @@ impl IntakeRow {
         }
     }
 }
+
+/// What became of one row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Queued {
+    /// Committed with this outbox id (pending, or failed at once: see [`UNPAIRED`], [`REPLAYED`]).
+    New(i64),
+    /// Its `webhookId` or `messageId` was queued before: nothing changed.
+    Duplicate,
+    /// Its location is not installed: nothing stored.
+    UnknownLocation,
+}
+
+/// Why a row of a location whose WhatsApp was never paired is failed at once, instead of
+/// after the TTL.
+pub const UNPAIRED: &str = "WhatsApp not paired";
+/// Why a row GHL says was written before the location's WhatsApp was paired is failed at once
+/// (GHL replays old messages after installs).
+pub const REPLAYED: &str = "written before WhatsApp was paired (GHL replayed an old message); not sent";
 
 /// The rows of a JSON array bound as `$2`, as a table `j`: `j.value` an element, `j.key` its
 /// index. The statements below read their whole batch from it, so each connection prepares
@@ -50,49 +68,50 @@ macro_rules! json_rows {
     };
 }
 
-/// Records the batch's webhook ids (`{"w": id}` each) seen at `$1`; returns those new.
+/// Records the batch's webhook ids (`{"w": id, "l": location}` each) seen at `$1`, those of
+/// installed locations (a webhook refused now may be queued when GHL retries it after the
+/// install); returns those new.
 macro_rules! record_hooks {
     ($dialect:tt) => {
         concat!(
             "INSERT INTO webhook_seen (webhook_id, seen_at) SELECT j.value->>'w', $1 FROM ",
             json_rows!($dialect),
-            " WHERE true ON CONFLICT (webhook_id) DO NOTHING RETURNING webhook_id"
+            " JOIN locations l ON l.location_id = j.value->>'l' \
+             WHERE true ON CONFLICT (webhook_id) DO NOTHING RETURNING webhook_id"
         )
     };
 }
 
-/// Queues the batch's rows (`QueuedRow`s) at `$1`, in the array's order; a row flagged `h`
+/// Queues the batch's rows (`QueuedRow`s) at `$1`, in the array's order, those of installed
+/// locations: a row is failed at once with the reason `$3` when its location's WhatsApp was
+/// never paired, `$4` when GHL says it was written before the pairing; it is read from the
+/// same statement so a batch costs no query of its own for it. A pending row flagged `h`
 /// becomes its chat's head when nothing of the chat is unfinished. That probe is a scalar
 /// subquery, not `NOT EXISTS`: PostgreSQL may run an `EXISTS` as one hashed scan of every
 /// unfinished row (it did: 9 ms a batch at 20,000 queued), a scalar subquery is an index probe
 /// per row. `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join constraint.
 macro_rules! queue_rows {
-    ($dialect:tt) => {
+    ($dialect:tt, $written:literal) => {
         concat!(
             "INSERT INTO outbox (location_id, ghl_message_id, ghl_contact_id, to_phone, body, state, last_error, \
                attempts, next_attempt_at, retry_from, received_at, updated_at, report_after, head) \
-             SELECT j.value->>'l', j.value->>'m', j.value->>'c', j.value->>'p', j.value->>'b', j.value->>'s', \
-               j.value->>'f', 0, $1, $1, $1, $1, CASE WHEN j.value->>'f' IS NULL THEN NULL ELSE $1 END, \
-               CASE WHEN j.value->>'h' IS NOT NULL AND (SELECT 1 FROM outbox o \
-                 WHERE o.location_id = j.value->>'l' AND o.to_phone = j.value->>'p' \
+             SELECT q.l, q.m, q.c, q.p, q.b, CASE WHEN q.f IS NULL THEN 'pending' ELSE 'failed' END, q.f, \
+               0, $1, $1, $1, $1, CASE WHEN q.f IS NULL THEN NULL ELSE $1 END, \
+               CASE WHEN q.h IS NOT NULL AND q.f IS NULL AND (SELECT 1 FROM outbox o \
+                 WHERE o.location_id = q.l AND o.to_phone = q.p \
                    AND o.state IN ('pending', 'sending') LIMIT 1) IS NULL THEN 1 ELSE 0 END \
-             FROM ",
+             FROM (SELECT j.key AS k, j.value->>'l' AS l, j.value->>'m' AS m, j.value->>'c' AS c, \
+                 j.value->>'p' AS p, j.value->>'b' AS b, j.value->>'h' AS h, \
+                 CASE WHEN s.paired_at IS NULL THEN $3 WHEN ",
+            $written,
+            " < s.paired_at THEN $4 END AS f \
+               FROM ",
             json_rows!($dialect),
-            " WHERE true ORDER BY j.key \
-             ON CONFLICT (location_id, ghl_message_id) DO NOTHING RETURNING outbox_id, location_id, ghl_message_id"
-        )
-    };
-}
-
-/// The installed ones of the locations in the JSON array `$1` of strings, with when each was
-/// paired.
-macro_rules! location_facts {
-    ($values:literal) => {
-        concat!(
-            "SELECT l.location_id, s.paired_at FROM locations l \
-             LEFT JOIN wa_sessions s ON s.location_id = l.location_id WHERE l.location_id IN (",
-            $values,
-            ")"
+            " JOIN locations loc ON loc.location_id = j.value->>'l' \
+               LEFT JOIN wa_sessions s ON s.location_id = loc.location_id) AS q \
+             WHERE true ORDER BY q.k \
+             ON CONFLICT (location_id, ghl_message_id) DO NOTHING \
+             RETURNING outbox_id, location_id, ghl_message_id, state"
         )
     };
 }
@@ -102,12 +121,13 @@ const RECORD_HOOKS: Dialects = Dialects {
     postgres: record_hooks!(postgres),
 };
 const QUEUE_ROWS: Dialects = Dialects {
-    sqlite: queue_rows!(sqlite),
-    postgres: queue_rows!(postgres),
+    sqlite: queue_rows!(sqlite, "j.value->>'t'"),
+    postgres: queue_rows!(postgres, "(j.value->>'t')::bigint"),
 };
-const LOCATION_FACTS: Dialects = Dialects {
-    sqlite: location_facts!("SELECT value FROM json_each($1)"),
-    postgres: location_facts!("SELECT jsonb_array_elements_text($1::jsonb)"),
+/// The installed ones of the locations in the JSON array `$1` of strings.
+const INSTALLED: Dialects = Dialects {
+    sqlite: "SELECT location_id FROM locations WHERE location_id IN (SELECT value FROM json_each($1))",
+    postgres: "SELECT location_id FROM locations WHERE location_id IN (SELECT jsonb_array_elements_text($1::jsonb))",
 };
 
 /// A row as the queueing statement reads it from its JSON array.
@@ -118,51 +138,40 @@ struct QueuedRow<'a> {
     c: Option<&'a str>,
     p: &'a str,
     b: &'a str,
-    s: &'a str,
-    f: Option<&'a str>,
+    /// When GHL says the message was written.
+    t: Option<i64>,
     /// Present when the row may become its chat's head.
     h: Option<u8>,
 }
 
-/// A webhook id as the recording statement reads it.
+/// A webhook id, and its row's location, as the recording statement reads them.
 #[derive(Serialize)]
 struct Hook<'a> {
     w: &'a str,
+    l: &'a str,
 }
 
 impl Store {
-    /// For each of `locations` that is installed, when its WhatsApp was paired (`None`: never),
-    /// in one query: what the intake writer needs to judge a whole batch.
-    pub async fn intake_facts(&self, locations: &[&str]) -> Result<HashMap<String, Option<i64>>> {
-        if locations.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let sql = LOCATION_FACTS.of(self);
-        let locations = json(&locations);
-        let rows: Vec<(String, Option<i64>)> = on_db!(self, pool => {
-            sqlx::query_as(sql).bind(&locations).fetch_all(pool).await?
-        });
-        Ok(rows.into_iter().collect())
-    }
-
-    /// Queues `rows` in one transaction, in their order, and returns each one's outbox id, or
-    /// `None` for a duplicate (its `webhookId` or its `messageId` was seen before, or earlier
-    /// in the batch). Each chat's head is the first of its rows queued while nothing of the
-    /// chat is unfinished, exactly as if the rows had come one by one.
-    pub async fn enqueue_outbound_batch(&self, rows: &[IntakeRow]) -> Result<Vec<Option<i64>>> {
+    /// Queues `rows` in one transaction, in their order, and says what became of each: queued
+    /// with its outbox id, a duplicate (its `webhookId` or its `messageId` was seen before, or
+    /// earlier in the batch), or refused (its location is not installed). Each chat's head is
+    /// the first of its rows queued pending while nothing of the chat is unfinished, exactly as
+    /// if the rows had come one by one.
+    pub async fn enqueue_outbound_batch(&self, rows: &[IntakeRow]) -> Result<Vec<Queued>> {
         let now = now_ms();
         let mut fresh = repeats_in_batch(rows);
         let mut locks: Vec<String> = rows.iter().map(|r| r.chat().lock_name()).collect();
         locks.sort();
         locks.dedup();
-        let mut ids = vec![None; rows.len()];
+        let mut ids: Vec<Option<i64>> = vec![None; rows.len()];
+        let mut installed: Option<HashSet<String>> = None;
         in_chats_tx!(self, &locks, tx => {
             // Webhook ids first: a redelivered webhook queues nothing.
             let hooks: Vec<Hook> = rows
                 .iter()
                 .zip(&fresh)
                 .filter(|(_, fresh)| **fresh)
-                .filter_map(|(r, _)| r.webhook_id.as_deref().map(|w| Hook { w }))
+                .filter_map(|(r, _)| r.webhook_id.as_deref().map(|w| Hook { w, l: &r.location_id }))
                 .collect();
             if !hooks.is_empty() {
                 let recorded: HashSet<String> = sqlx::query_scalar(RECORD_HOOKS.of(self))
@@ -178,50 +187,52 @@ impl Store {
                     }
                 }
             }
-            // The first pending row of each chat may become its head; the rows after it never do.
+            // The first row of each chat may become its head; the rows after it never do.
             let mut first_of_chat = HashSet::new();
             let candidates: Vec<(usize, bool)> = rows
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| fresh[*i])
-                .map(|(i, r)| (i, r.failure.is_none() && first_of_chat.insert((r.location_id.as_str(), r.to_phone.as_str()))))
+                .map(|(i, r)| (i, first_of_chat.insert((r.location_id.as_str(), r.to_phone.as_str()))))
                 .collect();
             if !candidates.is_empty() {
                 let queued: Vec<QueuedRow> = candidates
                     .iter()
                     .map(|(i, may_lead)| {
                         let row = &rows[*i];
-                        let state = if row.failure.is_some() { OutboxState::Failed } else { OutboxState::Pending };
                         QueuedRow {
                             l: &row.location_id,
                             m: &row.ghl_message_id,
                             c: row.ghl_contact_id.as_deref(),
                             p: &row.to_phone,
                             b: &row.body,
-                            s: state.as_str(),
-                            f: row.failure,
+                            t: row.written_at,
                             h: may_lead.then_some(1),
                         }
                     })
                     .collect();
-                let inserted: Vec<(i64, String, String)> = sqlx::query_as(QUEUE_ROWS.of(self))
+                let inserted: Vec<(i64, String, String, String)> = sqlx::query_as(QUEUE_ROWS.of(self))
                     .bind(now)
                     .bind(json(&queued))
+                    .bind(UNPAIRED)
+                    .bind(REPLAYED)
                     .fetch_all(&mut *tx)
                     .await?;
                 let mut by_key: HashMap<(&str, &str), usize> = candidates
                     .iter()
                     .map(|(i, _)| ((rows[*i].location_id.as_str(), rows[*i].ghl_message_id.as_str()), *i))
                     .collect();
-                for (outbox_id, location, message) in &inserted {
+                let mut pending = vec![false; rows.len()];
+                for (outbox_id, location, message, state) in &inserted {
                     if let Some(i) = by_key.remove(&(location.as_str(), message.as_str())) {
                         ids[i] = Some(*outbox_id);
+                        pending[i] = state == OutboxState::Pending.as_str();
                     }
                 }
                 // The instance that runs each location's session sends; wake it when this commits
                 // (ids are letters, digits, `-` and `_`: a comma separates them safely).
                 if self.dialect() == "postgres" && !inserted.is_empty() {
-                    let mut locations: Vec<&str> = inserted.iter().map(|(_, l, _)| l.as_str()).collect();
+                    let mut locations: Vec<&str> = inserted.iter().map(|(_, l, ..)| l.as_str()).collect();
                     locations.sort_unstable();
                     locations.dedup();
                     sqlx::query("SELECT pg_notify($1, l) FROM unnest(string_to_array($2, ',')) AS l")
@@ -230,9 +241,10 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                // A would-be head that was a duplicate leaves its chat to the rows after it.
+                // A would-be head that was a duplicate, or failed at once, leaves its chat to the
+                // rows after it.
                 for (i, may_lead) in &candidates {
-                    if *may_lead && ids[*i].is_none() {
+                    if *may_lead && !pending[*i] {
                         let row = &rows[*i];
                         sqlx::query(row.chat().promote_sql())
                             .bind(&row.location_id)
@@ -242,8 +254,27 @@ impl Store {
                     }
                 }
             }
+            // A row not queued is a duplicate, or of a location not installed: asked only then.
+            if ids.iter().any(Option::is_none) {
+                let mut locations: Vec<&str> = rows.iter().map(|r| r.location_id.as_str()).collect();
+                locations.sort_unstable();
+                locations.dedup();
+                let known: Vec<String> = sqlx::query_scalar(INSTALLED.of(self))
+                    .bind(json(&locations))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                installed = Some(known.into_iter().collect());
+            }
         });
-        Ok(ids)
+        Ok(rows
+            .iter()
+            .zip(ids)
+            .map(|(row, id)| match (id, &installed) {
+                (Some(id), _) => Queued::New(id),
+                (None, Some(known)) if !known.contains(&row.location_id) => Queued::UnknownLocation,
+                (None, _) => Queued::Duplicate,
+            })
+            .collect())
     }
 }
 

@@ -50,7 +50,7 @@ pub use credentials::{Credentials, GhlTokens, TokenLock, TokenOwner};
 pub use device_keys::{DeviceKeyKind, DeviceKeys, KeyRow, OnConflict};
 pub use inbox::{InboxOutcome, InboxRow, InboxStart, InboxWrite, NewInbound};
 pub use instances::{LeaseCandidate, LiveInstance, channels};
-pub use intake::IntakeRow;
+pub use intake::{IntakeRow, Queued, REPLAYED, UNPAIRED};
 pub use legacy_device_file::LegacyDeviceFile;
 pub use locations::{LocationRecord, LocationStatus, NewLocation, TokenSource};
 pub use messages::{MessageRef, MessageRow};

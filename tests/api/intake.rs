@@ -170,63 +170,117 @@ async fn concurrent_webhooks_are_queued_once_each_in_arrival_order_with_one_head
 }
 
 fn row(message: &str, phone: &str, webhook: Option<&str>) -> IntakeRow {
+    row_of("locB", message, phone, webhook)
+}
+
+fn row_of(location: &str, message: &str, phone: &str, webhook: Option<&str>) -> IntakeRow {
     IntakeRow {
-        location_id: "locB".into(),
+        location_id: location.into(),
         ghl_message_id: message.into(),
         ghl_contact_id: None,
         to_phone: phone.into(),
         body: "{}".into(),
-        failure: None,
+        written_at: None,
         webhook_id: webhook.map(str::to_owned),
     }
 }
 
+/// A row GHL says was written long before the location's WhatsApp was paired.
+fn replayed(message: &str, phone: &str) -> IntakeRow {
+    IntakeRow {
+        written_at: Some(1),
+        ..row(message, phone, None)
+    }
+}
+
 /// One batch with every case at once: a chat already waiting, new chats with several rows,
-/// repeats inside the batch and of earlier batches, a refused row, and a would-be head that is
-/// a duplicate (the chat's next row leads instead).
+/// repeats inside the batch and of earlier batches, rows failed at once (a replay of an old
+/// message, a location never paired), a location not installed, and would-be heads that are a
+/// duplicate or failed (the chat's next row leads instead).
 async fn a_batch_answers_each_row_and_keeps_heads_as_if_rows_came_one_by_one(backend: Backend) {
+    use waghl::store::{Queued, REPLAYED, UNPAIRED};
     let Some(db) = TestDb::new(backend).await else {
         return;
     };
     let store = open(&db.url).await;
     install(&store).await;
-    let (a, b, c) = ("+14155550001", "+14155550002", "+14155550003");
-    // old-c ended (refused): nothing of chat c is waiting.
-    let mut ended = row("old-c", c, None);
-    ended.failure = Some("WhatsApp not paired");
-    let first = store
-        .enqueue_outbound_batch(&[row("old-a", a, Some("w-old")), ended])
+    install_location(&store, "locU").await; // never paired
+    store
+        .record_transition("locB", "connected", None, Some("+14155550100"), None)
         .await
         .unwrap();
-    assert!(first.iter().all(Option::is_some));
-    let mut refused = row("b-refused", b, None);
-    refused.failure = Some("WhatsApp not paired");
+    let (a, b, c, d) = ("+14155550001", "+14155550002", "+14155550003", "+14155550004");
+    // old-c ended (refused): nothing of chat c is waiting.
+    let first = store
+        .enqueue_outbound_batch(&[row("old-a", a, Some("w-old")), replayed("old-c", c)])
+        .await
+        .unwrap();
+    assert!(first.iter().all(|q| matches!(q, Queued::New(_))), "{first:?}");
     let batch = [
         row("a1", a, Some("w1")),
         row("b1", b, None),
-        refused,
+        replayed("b-refused", b),
         row("a1", a, None),          // same messageId as earlier in the batch
         row("b2", b, Some("w1")),    // same webhookId as earlier in the batch
         row("b3", b, Some("w-old")), // webhookId of an earlier batch
         row("old-c", c, None),       // messageId of an earlier batch: c's would-be head
         row("c1", c, None),
         row("b4", b, None),
+        replayed("d-old", d), // d's would-be head, failed at once
+        row("d1", d, None),
+        IntakeRow {
+            written_at: Some(i64::MAX / 4), // written after the pairing
+            ..row("b5", b, None)
+        },
+        row_of("locU", "u1", a, None),
+        row_of("locX", "x1", a, Some("w-x")),
     ];
-    let ids = store.enqueue_outbound_batch(&batch).await.unwrap();
-    let duplicates: Vec<&str> = batch
-        .iter()
-        .zip(&ids)
-        .filter(|(_, id)| id.is_none())
-        .map(|(r, _)| r.ghl_message_id.as_str())
+    let queued = store.enqueue_outbound_batch(&batch).await.unwrap();
+    let answered = |answer: Queued| -> Vec<&str> {
+        batch
+            .iter()
+            .zip(&queued)
+            .filter(|(_, q)| **q == answer)
+            .map(|(r, _)| r.ghl_message_id.as_str())
+            .collect()
+    };
+    assert_eq!(answered(Queued::Duplicate), ["a1", "b2", "b3", "old-c"]);
+    assert_eq!(answered(Queued::UnknownLocation), ["x1"]);
+    assert!(
+        !store.webhook_seen("w-x").await.unwrap(),
+        "a webhook refused for its location is not recorded: GHL's retry after the install is queued"
+    );
+    let mut failed: Vec<(String, Option<String>)> = store
+        .statuses_to_report(100, &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.state == OutboxState::Failed)
+        .map(|s| (s.ghl_message_id, s.last_error))
         .collect();
-    assert_eq!(duplicates, ["a1", "b2", "b3", "old-c"]);
+    failed.sort();
+    let reason = |r: &str| Some(r.to_owned());
+    assert_eq!(
+        failed,
+        [
+            ("b-refused".to_owned(), reason(REPLAYED)),
+            ("d-old".to_owned(), reason(REPLAYED)),
+            ("old-c".to_owned(), reason(REPLAYED)),
+            ("u1".to_owned(), reason(UNPAIRED)),
+        ]
+    );
     let order = drain_heads(&store, "locB").await;
     assert_eq!(order[a], ["old-a", "a1"]);
-    assert_eq!(order[b], ["b1", "b4"], "the refused row is never a head");
+    assert_eq!(order[b], ["b1", "b4", "b5"], "the refused row is never a head");
     assert_eq!(order[c], ["c1"], "the duplicate would-be head leaves the lead to c1");
+    assert_eq!(order[d], ["d1"], "the failed would-be head leaves the lead to d1");
 }
 
 async fn install(store: &Store) {
+    install_location(store, "locB").await;
+}
+
+async fn install_location(store: &Store, location: &str) {
     use waghl::crypto::Secret;
     use waghl::store::{GhlTokens, NewLocation, TokenSource};
     let tokens = GhlTokens {
@@ -236,7 +290,7 @@ async fn install(store: &Store) {
     };
     store
         .upsert_location(NewLocation {
-            location_id: "locB",
+            location_id: location,
             company_id: None,
             name: None,
             tokens: &tokens,
@@ -262,7 +316,7 @@ async fn a_row_the_database_refuses_fails_alone_not_the_webhooks_of_its_batch() 
         .into_iter()
         .map(|(message, phone)| {
             let intake = intake.clone();
-            tokio::spawn(async move { intake.queue(row(message, phone, None), None).await })
+            tokio::spawn(async move { intake.queue(row(message, phone, None)).await })
         })
         .collect();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
