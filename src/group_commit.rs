@@ -11,6 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::store::Store;
+
 /// Most jobs per transaction: bounds one commit's latency under a burst.
 const BATCH: usize = 256;
 /// Jobs waiting for the writer; a full queue makes new requests wait (backpressure).
@@ -24,20 +26,6 @@ pub struct Job<J, R> {
 
 /// The queue's receiving end, until the writer takes it.
 type Receiver<J, R> = Arc<Mutex<Option<mpsc::Receiver<Job<J, R>>>>>;
-
-/// Where a group commit's writers run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Writers {
-    /// This many tasks on the daemon's runtime, committing side by side (PostgreSQL: its
-    /// connections are the runtime's sockets).
-    Tasks(usize),
-    /// One writer on a thread of its own (SQLite). Its statements run on the database's own
-    /// threads, outside the runtime, and each answer would wake it in the runtime's shared
-    /// queue, behind every request being served: measured, that wait was most of each
-    /// statement's time (a `BEGIN` 110–190 µs on the runtime, 35–70 µs on its own thread), and
-    /// the one writer is what the intake waits for.
-    OwnThread,
-}
 
 /// The writer is gone: it was stopped, or never started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -83,48 +71,50 @@ impl<J: Send + 'static, R: Send + 'static> GroupCommit<J, R> {
         answer.await.map_err(|_| Stopping)
     }
 
-    /// Starts the writers on `tasks`: `commit` writes one batch in one transaction and answers
-    /// every job of it. Several writers commit batches side by side (PostgreSQL); one takes the
-    /// next batch while the others commit, so each batch is what was queued at that moment.
-    pub fn spawn<F, Fut>(&self, tasks: &TaskTracker, writers: Writers, commit: F)
+    /// Starts the writer on a thread of its own, tracked by `tasks`: `commit` writes one batch
+    /// in one transaction through the store it is given and answers every job of it. While it
+    /// commits, the next jobs queue up, so each batch is what was queued at that moment.
+    ///
+    /// One writer, on both backends: on PostgreSQL four writers committing side by side made
+    /// smaller batches and more round trips per row, and took fewer webhooks per second than
+    /// one (`bench_intake`: 7.4k/s against 9.1–13.2k/s) and drained no faster (`bench_drain`).
+    ///
+    /// Why a thread: every request queued here waits for the writer, and on the daemon's
+    /// runtime each answer from the database woke it in the queue shared with every request
+    /// being served (measured on SQLite: a `BEGIN` took 110–190 µs there, 30–40 µs on a thread
+    /// of its own). The thread has its own runtime and, so that the database's answers wake it
+    /// directly, its own connection ([`Store::for_own_runtime`]).
+    pub fn spawn<F, Fut>(&self, tasks: &TaskTracker, store: &Store, commit: F)
     where
-        F: Fn(Vec<Job<J, R>>) -> Fut + Clone + Send + 'static,
+        F: Fn(Store, Vec<Job<J, R>>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let receiver = self
+        let mut receiver = self
             .receiver
             .lock()
             .expect("the group-commit lock is never poisoned")
             .take()
             .expect("a group-commit writer is started once");
-        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
-        let writer = |receiver: Arc<tokio::sync::Mutex<_>>, stop: CancellationToken, commit: F| async move {
-            while let Some(batch) = next_batch(&receiver, &stop).await {
-                commit(batch).await;
+        let (store, stop) = (store.clone(), self.stop.clone());
+        let writer = tasks.track_future(async move {
+            let own = store.for_own_runtime();
+            while let Some(batch) = next_batch(&mut receiver, &stop).await {
+                commit(own.clone(), batch).await;
             }
-        };
-        match writers {
-            Writers::Tasks(n) => {
-                for _ in 0..n.max(1) {
-                    tasks.spawn(writer(receiver.clone(), self.stop.clone(), commit.clone()));
-                }
-            }
-            Writers::OwnThread => {
-                let writer = tasks.track_future(writer(receiver, self.stop.clone(), commit));
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a thread's runtime can be built");
-                std::thread::Builder::new()
-                    .name("waghl-writer".into())
-                    .spawn(move || {
-                        runtime.block_on(writer);
-                        // The database's own threads, started from here, outlive this one.
-                        runtime.shutdown_background();
-                    })
-                    .expect("a writer thread can be started");
-            }
-        }
+            own.close().await;
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a thread's runtime can be built");
+        std::thread::Builder::new()
+            .name("waghl-writer".into())
+            .spawn(move || {
+                runtime.block_on(writer);
+                // Not waiting for the closed connection's own thread to end.
+                runtime.shutdown_background();
+            })
+            .expect("a writer thread can be started");
     }
 
     /// Lets the writer finish what is queued, then stop. Called once no job can arrive.
@@ -136,10 +126,9 @@ impl<J: Send + 'static, R: Send + 'static> GroupCommit<J, R> {
 /// Waits for the next job, then takes everything queued behind it (up to [`BATCH`]); `None`
 /// once stopped and empty.
 async fn next_batch<J, R>(
-    receiver: &tokio::sync::Mutex<mpsc::Receiver<Job<J, R>>>,
+    receiver: &mut mpsc::Receiver<Job<J, R>>,
     stop: &CancellationToken,
 ) -> Option<Vec<Job<J, R>>> {
-    let mut receiver = receiver.lock().await;
     let first = tokio::select! {
         job = receiver.recv() => job,
         () = stop.cancelled() => {

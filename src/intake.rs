@@ -41,8 +41,8 @@ impl Intake {
     /// Starts the writer on `tasks`; it wakes the outbound relay (`postbox`) after each batch
     /// that queued a message.
     pub fn spawn(&self, store: Store, postbox: Postbox, tasks: &TaskTracker) {
-        self.writer.spawn(tasks, store.writers(), move |batch| {
-            let (store, postbox) = (store.clone(), postbox.clone());
+        self.writer.spawn(tasks, &store, move |store, batch| {
+            let postbox = postbox.clone();
             async move { commit(&store, &postbox, batch).await }
         });
     }
@@ -150,7 +150,10 @@ mod tests {
         assert_eq!(new, 30, "ten repeats are duplicates");
         assert_eq!(store.outbound_count("loc").await.unwrap(), 30);
 
-        store.close().await;
+        // The database refuses every row from now on.
+        store
+            .execute_raw("CREATE TRIGGER refuse BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'refused'); END")
+            .await;
         let (a, b) = tokio::join!(intake.queue(row("x1")), intake.queue(row("x2")));
         assert!(matches!(a, Err(IntakeError::Store(_))) && matches!(b, Err(IntakeError::Store(_))));
         intake.close();

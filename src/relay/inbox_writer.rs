@@ -33,10 +33,7 @@ pub(super) type InboxWriter = GroupCommit<Inbound, Result<InboxWrite, StoreError
 
 /// Starts `writer`'s task on `tasks`.
 pub(super) fn spawn(writer: &InboxWriter, store: Store, tasks: &TaskTracker) {
-    writer.spawn(tasks, store.writers(), move |batch| {
-        let store = store.clone();
-        async move { commit(&store, batch).await }
-    });
+    writer.spawn(tasks, &store, |store, batch| async move { commit(&store, batch).await });
 }
 
 /// Stores `batch` in one transaction and answers each session. When the transaction fails,

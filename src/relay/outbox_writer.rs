@@ -13,10 +13,7 @@ pub(super) type OutboxWriter = GroupCommit<OutboxWrite, Result<(), StoreError>>;
 
 /// Starts `writer`'s tasks on `tasks`.
 pub(super) fn spawn(writer: &OutboxWriter, store: Store, tasks: &TaskTracker) {
-    writer.spawn(tasks, store.writers(), move |batch| {
-        let store = store.clone();
-        async move { commit(&store, batch).await }
-    });
+    writer.spawn(tasks, &store, |store, batch| async move { commit(&store, batch).await });
 }
 
 /// Writes `batch` in one transaction and answers each writer; on failure each write alone.

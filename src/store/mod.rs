@@ -40,7 +40,6 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::crypto::{CryptoError, SecretKey};
-use crate::group_commit::Writers;
 
 pub use claims::Queue;
 pub use commands::PendingCommand;
@@ -60,9 +59,20 @@ pub use overview::QueueCounts;
 pub use sessions::SessionRow;
 pub use url::DatabaseUrl;
 
-/// Group-commit writers per queue on PostgreSQL: enough to keep a commit in flight while the
-/// next batch is written, few enough to leave most of the pool (16) to the relays.
-const POSTGRES_WRITERS: usize = 4;
+fn sqlite_pool(connections: u32) -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .max_connections(connections)
+        // A ping before each use is a round trip to the connection's thread (a file does not
+        // hang up): it was a third of a trivial query's time.
+        .test_before_acquire(false)
+        .after_connect(|conn, _| Box::pin(sqlite_wait::install(conn)))
+}
+
+fn postgres_pool(connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(10))
+}
 
 /// Runs the same query body on whichever pool the store holds. The body is compiled once per
 /// dialect, so every type it binds or decodes must work on both.
@@ -138,29 +148,30 @@ impl Store {
                     // messages handled until eight caches were full. The OS caches the file.
                     .pragma("cache_size", "-512")
                     .foreign_keys(true);
-                Db::Sqlite(
-                    SqlitePoolOptions::new()
-                        .max_connections(8)
-                        // A ping before each use is a round trip to the connection's thread
-                        // (a file does not hang up): it was a third of a trivial query's time.
-                        .test_before_acquire(false)
-                        .after_connect(|conn, _| Box::pin(sqlite_wait::install(conn)))
-                        .connect_with(options)
-                        .await?,
-                )
+                Db::Sqlite(sqlite_pool(8).connect_with(options).await?)
             }
             DatabaseUrl::Postgres(url) => {
                 let options = PgConnectOptions::from_str(url.expose())?;
-                Db::Postgres(
-                    PgPoolOptions::new()
-                        .max_connections(16)
-                        .acquire_timeout(Duration::from_secs(10))
-                        .connect_with(options)
-                        .await?,
-                )
+                Db::Postgres(postgres_pool(16).connect_with(options).await?)
             }
         };
         Ok(Self { db, key })
+    }
+
+    /// The same database through a connection of its own (opened when first needed), for a
+    /// runtime of its own — a group-commit writer's thread: a PostgreSQL connection is a socket
+    /// of the runtime that opened it, woken only when that runtime polls, and the writer's
+    /// connection is one no other work waits for. Call it on that runtime, and
+    /// [`Store::close`] it there when done.
+    pub fn for_own_runtime(&self) -> Store {
+        let db = match &self.db {
+            Db::Sqlite(pool) => Db::Sqlite(sqlite_pool(1).connect_lazy_with((*pool.connect_options()).clone())),
+            Db::Postgres(pool) => Db::Postgres(postgres_pool(1).connect_lazy_with((*pool.connect_options()).clone())),
+        };
+        Self {
+            db,
+            key: self.key.clone(),
+        }
     }
 
     /// Applies the migrations of this dialect that are not applied yet.
@@ -184,15 +195,6 @@ impl Store {
                 .await
         });
         applied.is_ok_and(|n| n as usize >= expected)
-    }
-
-    /// Where group-commit writers should run: SQLite has one writer at a time; PostgreSQL
-    /// commits transactions of different chats concurrently.
-    pub fn writers(&self) -> Writers {
-        match self.db {
-            Db::Sqlite(_) => Writers::OwnThread,
-            Db::Postgres(_) => Writers::Tasks(POSTGRES_WRITERS),
-        }
     }
 
     pub fn dialect(&self) -> &'static str {
@@ -248,6 +250,15 @@ pub(super) fn json(value: &impl serde::Serialize) -> String {
 /// The steps SQLite's planner chooses for `sql` on a migrated empty database (its first two
 /// parameters bound to 0, any others NULL): for tests that a per-message statement searches its
 /// whole key.
+impl Store {
+    /// Runs `sql` as it is, for unit tests that change the schema (e.g. a trigger that refuses
+    /// writes).
+    #[cfg(test)]
+    pub(crate) async fn execute_raw(&self, sql: &'static str) {
+        on_db!(self, pool => sqlx::raw_sql(sql).execute(pool).await.map(drop).unwrap());
+    }
+}
+
 #[cfg(test)]
 pub(crate) async fn sqlite_plan(sql: &str) -> Vec<String> {
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
