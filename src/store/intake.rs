@@ -120,9 +120,17 @@ const RECORD_HOOKS: Dialects = Dialects {
     sqlite: record_hooks!(sqlite),
     postgres: record_hooks!(postgres),
 };
+/// On PostgreSQL the same statement also wakes, when it commits, the instance that runs each
+/// location whose rows it queued (`pg_notify` on channel `$5`, once per location; run by the
+/// outer query's one-time `COUNT`), instead of a round trip of its own.
 const QUEUE_ROWS: Dialects = Dialects {
     sqlite: queue_rows!(sqlite, "j.value->>'t'"),
-    postgres: queue_rows!(postgres, "(j.value->>'t')::bigint"),
+    postgres: concat!(
+        "WITH queued AS (",
+        queue_rows!(postgres, "(j.value->>'t')::bigint"),
+        "), woken AS (SELECT pg_notify($5, d.location_id) FROM (SELECT DISTINCT location_id FROM queued) AS d) \
+         SELECT outbox_id, location_id, ghl_message_id, state FROM queued WHERE (SELECT COUNT(*) FROM woken) >= 0"
+    ),
 };
 /// The installed ones of the locations in the JSON array `$1` of strings.
 const INSTALLED: Dialects = Dialects {
@@ -211,13 +219,15 @@ impl Store {
                         }
                     })
                     .collect();
-                let inserted: Vec<(i64, String, String, String)> = sqlx::query_as(QUEUE_ROWS.of(self))
+                let mut queue = sqlx::query_as(QUEUE_ROWS.of(self))
                     .bind(now)
                     .bind(json(&queued))
                     .bind(UNPAIRED)
-                    .bind(REPLAYED)
-                    .fetch_all(&mut *tx)
-                    .await?;
+                    .bind(REPLAYED);
+                if self.dialect() == "postgres" {
+                    queue = queue.bind(channels::OUTBOX);
+                }
+                let inserted: Vec<(i64, String, String, String)> = queue.fetch_all(&mut *tx).await?;
                 let mut by_key: HashMap<(&str, &str), usize> = candidates
                     .iter()
                     .map(|(i, _)| ((rows[*i].location_id.as_str(), rows[*i].ghl_message_id.as_str()), *i))
@@ -228,18 +238,6 @@ impl Store {
                         ids[i] = Some(*outbox_id);
                         pending[i] = state == OutboxState::Pending.as_str();
                     }
-                }
-                // The instance that runs each location's session sends; wake it when this commits
-                // (ids are letters, digits, `-` and `_`: a comma separates them safely).
-                if self.dialect() == "postgres" && !inserted.is_empty() {
-                    let mut locations: Vec<&str> = inserted.iter().map(|(_, l, ..)| l.as_str()).collect();
-                    locations.sort_unstable();
-                    locations.dedup();
-                    sqlx::query("SELECT pg_notify($1, l) FROM unnest(string_to_array($2, ',')) AS l")
-                        .bind(channels::OUTBOX)
-                        .bind(locations.join(","))
-                        .execute(&mut *tx)
-                        .await?;
                 }
                 // A would-be head that was a duplicate, or failed at once, leaves its chat to the
                 // rows after it.
