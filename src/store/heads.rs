@@ -53,10 +53,11 @@ macro_rules! in_chat_tx {
 pub(super) use in_chat_tx;
 
 /// Runs `$body` in a transaction (`$tx`) that holds the chat locks `$names` (their
-/// [`ChatKey::lock_name`]s, sorted and without repeats, so two such transactions — of two instances, or a writer
-/// and a relay — take their locks in the same order and never deadlock): PostgreSQL takes
-/// advisory locks for the transaction; SQLite's single writer already serialises write
-/// transactions (each body starts with a write, so it never upgrades a read snapshot).
+/// [`ChatKey::lock_name`]s, sorted and without repeats, so two such transactions — of two
+/// instances, or a writer and a relay — take their locks in the same order and never
+/// deadlock): PostgreSQL takes advisory locks for the transaction; SQLite's single writer
+/// already serialises write transactions (each body starts with a write, so it never upgrades
+/// a read snapshot).
 macro_rules! in_chats_tx {
     ($store:expr, $names:expr, $tx:ident => $body:expr) => {
         match &$store.db {
