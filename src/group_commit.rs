@@ -83,7 +83,7 @@ impl<J: Send + 'static, R: Send + 'static> GroupCommit<J, R> {
     /// runtime each answer from the database woke it in the queue shared with every request
     /// being served (measured on SQLite: a `BEGIN` took 110–190 µs there, 30–40 µs on a thread
     /// of its own). The thread has its own runtime and, so that the database's answers wake it
-    /// directly, its own connection ([`Store::for_own_runtime`]).
+    /// directly, its own connections ([`Store::for_own_runtime`]).
     pub fn spawn<F, Fut>(&self, tasks: &TaskTracker, store: &Store, commit: F)
     where
         F: Fn(Store, Vec<Job<J, R>>) -> Fut + Send + 'static,
