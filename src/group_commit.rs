@@ -77,7 +77,8 @@ impl<J: Send + 'static, R: Send + 'static> GroupCommit<J, R> {
     ///
     /// One writer, on both backends: on PostgreSQL four writers committing side by side made
     /// smaller batches and more round trips per row, and took fewer webhooks per second than
-    /// one (`bench_intake`: 7.4k/s against 9.1–13.2k/s) and drained no faster (`bench_drain`).
+    /// one (`bench_intake`: 7.4k/s against 9.1–13.2k/s) and drained no faster (`bench_drain`,
+    /// writers still on the daemon's runtime).
     ///
     /// Why a thread: every request queued here waits for the writer, and on the daemon's
     /// runtime each answer from the database woke it in the queue shared with every request

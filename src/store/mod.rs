@@ -229,6 +229,13 @@ impl Store {
         store.migrate().await.unwrap();
         store
     }
+
+    /// Runs `sql` as it is, for unit tests that change the schema (e.g. a trigger that refuses
+    /// writes).
+    #[cfg(test)]
+    pub(crate) async fn execute_raw(&self, sql: &'static str) {
+        on_db!(self, pool => sqlx::raw_sql(sql).execute(pool).await.map(drop).unwrap());
+    }
 }
 
 /// One statement for each database, where their SQL differs.
@@ -256,15 +263,6 @@ pub(super) fn json(value: &impl serde::Serialize) -> String {
 /// The steps SQLite's planner chooses for `sql` on a migrated empty database (its first two
 /// parameters bound to 0, any others NULL): for tests that a per-message statement searches its
 /// whole key.
-impl Store {
-    /// Runs `sql` as it is, for unit tests that change the schema (e.g. a trigger that refuses
-    /// writes).
-    #[cfg(test)]
-    pub(crate) async fn execute_raw(&self, sql: &'static str) {
-        on_db!(self, pool => sqlx::raw_sql(sql).execute(pool).await.map(drop).unwrap());
-    }
-}
-
 #[cfg(test)]
 pub(crate) async fn sqlite_plan(sql: &str) -> Vec<String> {
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
