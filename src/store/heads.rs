@@ -62,24 +62,34 @@ macro_rules! in_chats_tx {
     ($store:expr, $names:expr, $tx:ident => $body:expr) => {
         match &$store.db {
             $crate::store::Db::Sqlite(pool) => {
-                let mut $tx = pool.begin().await?;
-                let out = $body;
-                $tx.commit().await?;
-                out
+                $crate::store::heads::in_chats_tx!(@on $store, pool, $tx => $body)
             }
             $crate::store::Db::Postgres(pool) => {
-                let mut $tx = pool.begin().await?;
-                // One round trip for all the locks, taken in the array's order.
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(name, 0)) FROM unnest($1::text[]) AS name")
-                    .bind($names)
-                    .execute(&mut *$tx)
-                    .await?;
-                let out = $body;
-                $tx.commit().await?;
-                out
+                $crate::store::heads::in_chats_tx!(@on $store, pool, $tx => {
+                    // One round trip for all the locks, taken in the array's order.
+                    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(name, 0)) FROM unnest($1::text[]) AS name")
+                        .bind($names)
+                        .execute(&mut *$tx)
+                        .await?;
+                    $body
+                })
             }
         }
     };
+    // The transaction on a connection of the store (its kept one, if it keeps one); the body
+    // runs in a block of its own so that a failure still gives the connection back.
+    (@on $store:expr, $pool:ident, $tx:ident => $body:expr) => {{
+        let mut conn = $store.connection($pool).await?;
+        let out: $crate::store::Result<_> = async {
+            let mut $tx = sqlx::Connection::begin(&mut *conn).await?;
+            let out = $body;
+            $tx.commit().await?;
+            Ok(out)
+        }
+        .await;
+        $store.release(conn, out.is_ok());
+        out?
+    }};
 }
 pub(super) use in_chats_tx;
 

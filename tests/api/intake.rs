@@ -335,3 +335,45 @@ async fn a_row_the_database_refuses_fails_alone_not_the_webhooks_of_its_batch() 
     tasks.close();
     tasks.wait().await;
 }
+
+/// The writer keeps one connection from batch to batch; when the server drops it (a restart, a
+/// network cut), the batch on it fails, its rows are written again on a new connection and
+/// answered `queued`, and the writer keeps that one.
+#[tokio::test]
+async fn a_writer_whose_connection_was_cut_writes_on_a_new_one() {
+    use sqlx::Connection as _;
+    use waghl::intake::{Intake, Queued};
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let store = open(&db.url).await;
+    install(&store).await;
+    let intake = Intake::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let postbox = waghl::relay::Postbox::new(store.clone(), Arc::new(waghl::metrics::Metrics::new()));
+    intake.spawn(store.clone(), postbox, &tasks);
+    let queue = |message: &'static str| {
+        let intake = intake.clone();
+        async move { intake.queue(row(message, "+14155550001", None)).await }
+    };
+    assert!(matches!(queue("before").await, Ok(Queued::New(_))));
+
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let cut: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(cut.iter().any(|c| *c), "the writer's connection was open");
+
+    let (a, b) = tokio::join!(queue("after-1"), queue("after-2"));
+    assert!(matches!(a, Ok(Queued::New(_))), "{a:?}");
+    assert!(matches!(b, Ok(Queued::New(_))), "{b:?}");
+    assert!(matches!(queue("later").await, Ok(Queued::New(_))));
+    assert_eq!(store.outbound_count("locB").await.unwrap(), 4);
+    intake.close();
+    tasks.close();
+    tasks.wait().await;
+}
