@@ -320,9 +320,7 @@ async fn a_row_the_database_refuses_fails_alone_not_the_webhooks_of_its_batch() 
         })
         .collect();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let tasks = tokio_util::task::TaskTracker::new();
-    let postbox = waghl::relay::Postbox::new(store.clone(), Arc::new(waghl::metrics::Metrics::new()));
-    intake.spawn(store.clone(), postbox, &tasks);
+    let tasks = start_writer(&intake, &store);
     let mut answers = Vec::new();
     for request in requests {
         answers.push(request.await.unwrap());
@@ -331,9 +329,7 @@ async fn a_row_the_database_refuses_fails_alone_not_the_webhooks_of_its_batch() 
     assert!(matches!(answers[1], Err(IntakeError::Store(_))), "{:?}", answers[1]);
     assert!(matches!(answers[2], Ok(Queued::New(_))), "{:?}", answers[2]);
     assert_eq!(store.outbound_count("locB").await.unwrap(), 2);
-    intake.close();
-    tasks.close();
-    tasks.wait().await;
+    stop_writer(&intake, tasks).await;
 }
 
 /// The writer keeps one connection from batch to batch; when the server drops it (a restart, a
@@ -349,9 +345,7 @@ async fn a_writer_whose_connection_was_cut_writes_on_a_new_one() {
     let store = open(&db.url).await;
     install(&store).await;
     let intake = Intake::new();
-    let tasks = tokio_util::task::TaskTracker::new();
-    let postbox = waghl::relay::Postbox::new(store.clone(), Arc::new(waghl::metrics::Metrics::new()));
-    intake.spawn(store.clone(), postbox, &tasks);
+    let tasks = start_writer(&intake, &store);
     let queue = |message: &'static str| {
         let intake = intake.clone();
         async move { intake.queue(row(message, "+14155550001", None)).await }
@@ -373,6 +367,19 @@ async fn a_writer_whose_connection_was_cut_writes_on_a_new_one() {
     assert!(matches!(b, Ok(Queued::New(_))), "{b:?}");
     assert!(matches!(queue("later").await, Ok(Queued::New(_))));
     assert_eq!(store.outbound_count("locB").await.unwrap(), 4);
+    stop_writer(&intake, tasks).await;
+}
+
+/// Starts `intake`'s writer on `store`; the tracker to wait for it with.
+fn start_writer(intake: &waghl::intake::Intake, store: &Store) -> tokio_util::task::TaskTracker {
+    let tasks = tokio_util::task::TaskTracker::new();
+    let postbox = waghl::relay::Postbox::new(store.clone(), Arc::new(waghl::metrics::Metrics::new()));
+    intake.spawn(store.clone(), postbox, &tasks);
+    tasks
+}
+
+/// Lets the writer finish what is queued and waits until it stopped.
+async fn stop_writer(intake: &waghl::intake::Intake, tasks: tokio_util::task::TaskTracker) {
     intake.close();
     tasks.close();
     tasks.wait().await;
