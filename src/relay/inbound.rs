@@ -342,7 +342,11 @@ impl InboundRelay {
             };
             // Recorded first: if the outcome of the post is never learnt (a crash, a lost
             // answer), the next attempt looks for the message in GHL before posting again.
-            if !self.store.mark_inbox_posting(row.inbox_id, &self.holder).await? {
+            if !self
+                .store
+                .mark_inbox_posting(row.inbox_id, &self.holder, &contact)
+                .await?
+            {
                 return Err(Failure {
                     retry: true,
                     message: "another worker took this message over".into(),
@@ -368,7 +372,6 @@ impl InboundRelay {
                     tracing::info!(error = %e, "GHL refused cached ids; resolving them again");
                     self.store.forget_contact(location.as_str(), phone).await?;
                     contact = self.resolve_contact(location, message, phone).await?;
-                    self.store.remember_inbox_ids(row.inbox_id, &contact).await?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -441,7 +444,8 @@ impl InboundRelay {
             .await?)
     }
 
-    /// The row's contact and conversation: from the row (a retry), the cache, or GHL.
+    /// The row's contact and conversation: from the row (an earlier attempt marked it posting
+    /// with them), the cache, or GHL.
     async fn contact_for(
         &self,
         location: &LocationId,
@@ -455,12 +459,10 @@ impl InboundRelay {
                 ghl_conversation_id: Some(conversation.clone()),
             });
         }
-        let contact = match self.store.cached_contact(location.as_str(), phone).await? {
+        Ok(match self.store.cached_contact(location.as_str(), phone).await? {
             Some(cached) if cached.ghl_conversation_id.is_some() => cached,
             _ => self.resolve_contact(location, message, phone).await?,
-        };
-        self.store.remember_inbox_ids(row.inbox_id, &contact).await?;
-        Ok(contact)
+        })
     }
 
     /// Asks GHL: the contact with this phone (created with the WhatsApp name when new — an

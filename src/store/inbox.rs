@@ -372,16 +372,26 @@ impl Store {
         Ok(())
     }
 
-    /// Records that the message is about to be handed to GHL, while `holder` still holds the
-    /// row's claim; false when it does not (the claim was lost: do not post).
-    pub async fn mark_inbox_posting(&self, inbox_id: i64, holder: &Incarnation) -> Result<bool> {
+    /// Records that the message is about to be handed to GHL, and the contact and conversation
+    /// it goes to (where a retry after a crash looks for it, and whose ids a retry reuses), while
+    /// `holder` still holds the row's claim; false when it does not (the claim was lost: do not
+    /// post). One commit for both: the ids used to be committed on their own, before.
+    pub async fn mark_inbox_posting(
+        &self,
+        inbox_id: i64,
+        holder: &Incarnation,
+        contact: &super::CachedContact,
+    ) -> Result<bool> {
         let marked = on_db!(self, pool => {
             sqlx::query(
-                "UPDATE inbox SET posting_at = $3 WHERE inbox_id = $1 AND claimed_by = $2 AND state = 'pending'",
+                "UPDATE inbox SET posting_at = $3, ghl_contact_id = $4, ghl_conversation_id = $5 \
+                 WHERE inbox_id = $1 AND claimed_by = $2 AND state = 'pending'",
             )
             .bind(inbox_id)
             .bind(holder.as_str())
             .bind(now_ms())
+            .bind(&contact.ghl_contact_id)
+            .bind(contact.ghl_conversation_id.as_deref().unwrap_or_default())
             .execute(pool)
             .await?
             .rows_affected()
@@ -394,20 +404,6 @@ impl Store {
         on_db!(self, pool => {
             sqlx::query("UPDATE inbox SET posting_at = NULL WHERE inbox_id = $1")
                 .bind(inbox_id)
-                .execute(pool)
-                .await?;
-        });
-        Ok(())
-    }
-
-    /// Remembers the GHL ids resolved for a row, so a retry does not resolve them again.
-    pub async fn remember_inbox_ids(&self, inbox_id: i64, contact: &super::CachedContact) -> Result<()> {
-        let conversation_id = contact.ghl_conversation_id.as_deref().unwrap_or_default();
-        on_db!(self, pool => {
-            sqlx::query("UPDATE inbox SET ghl_contact_id = $2, ghl_conversation_id = $3 WHERE inbox_id = $1")
-                .bind(inbox_id)
-                .bind(&contact.ghl_contact_id)
-                .bind(conversation_id)
                 .execute(pool)
                 .await?;
         });
