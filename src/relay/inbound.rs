@@ -132,10 +132,6 @@ impl InboundRelay {
                 contact,
             } => {
                 let conversation = contact.ghl_conversation_id.as_deref().unwrap_or_default();
-                let _ = self
-                    .store
-                    .map_inbound(&row.location_id, &row.chat, &row.wa_message_id, ghl_message_id)
-                    .await;
                 self.metrics.count_relay("inbound", "relayed");
                 self.metrics
                     .relay_latency

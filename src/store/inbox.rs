@@ -3,7 +3,7 @@
 //! but for a placeholder, which the message it stands for replaces.
 
 use super::heads::{ChatKey, demote_in, in_chat_tx, in_chats_tx, promote_in};
-use super::message_map::SUPERSEDED;
+use super::message_map::{MAP_INBOUND, SUPERSEDED};
 use super::{Db, Result, Store, on_db};
 use crate::domain::{Content, InboundMessage, Incarnation, UNAVAILABLE_KIND};
 use crate::time::now_ms;
@@ -301,7 +301,8 @@ impl Store {
         })
     }
 
-    /// Records what became of a claimed row and releases the claim.
+    /// Records what became of a claimed row and releases the claim; a relayed row records its GHL
+    /// message id (`message_map`) in the same transaction.
     pub async fn finish_inbox(&self, row: &InboxRow, outcome: InboxOutcome<'_>) -> Result<()> {
         let now = now_ms();
         let inbox_id = row.inbox_id;
@@ -342,6 +343,15 @@ impl Store {
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
+                    sqlx::query(MAP_INBOUND)
+                        .bind(&row.location_id)
+                        .bind(&row.chat)
+                        .bind(&row.wa_message_id)
+                        .bind(ghl_message_id)
+                        .bind(now)
+                        .bind(SUPERSEDED)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 InboxOutcome::Skipped { reason } => {
                     sqlx::query(

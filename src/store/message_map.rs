@@ -1,42 +1,20 @@
 //! WhatsApp message id ⇄ GHL message id, one row per WhatsApp message.
 
 use super::{Result, Store, on_db};
-use crate::time::now_ms;
 
 /// The status of an inbound row whose GHL message was a placeholder that the real message
 /// replaced: the GHL id stays on record, but the message itself still has to be posted.
 pub(super) const SUPERSEDED: &str = "superseded";
 
-impl Store {
-    /// Records the GHL message a WhatsApp message became (inbound relay); it takes the place
-    /// of a superseded placeholder's.
-    pub async fn map_inbound(
-        &self,
-        location_id: &str,
-        chat: &str,
-        wa_message_id: &str,
-        ghl_message_id: &str,
-    ) -> Result<()> {
-        let now = now_ms();
-        on_db!(self, pool => {
-            sqlx::query(
-                "INSERT INTO message_map (location_id, chat, wa_message_id, direction, ghl_message_id, status, \
-                   created_at, updated_at) VALUES ($1, $2, $3, 'inbound', $4, 'relayed', $5, $5) \
-                 ON CONFLICT (location_id, chat, wa_message_id) DO UPDATE SET ghl_message_id = $4, \
-                   status = 'relayed', updated_at = $5 WHERE message_map.status = $6",
-            )
-            .bind(location_id)
-            .bind(chat)
-            .bind(wa_message_id)
-            .bind(ghl_message_id)
-            .bind(now)
-            .bind(SUPERSEDED)
-            .execute(pool)
-            .await?;
-        });
-        Ok(())
-    }
+/// Records the GHL message (`$4`) a WhatsApp message (`$1` location, `$2` chat, `$3` id) became,
+/// at `$5`; it takes the place of a superseded placeholder's (`$6` = [`SUPERSEDED`]). Run in
+/// the transaction that ends the inbound row ([`Store::finish_inbox`]), not a commit of its own.
+pub(super) const MAP_INBOUND: &str = "INSERT INTO message_map (location_id, chat, wa_message_id, direction, \
+       ghl_message_id, status, created_at, updated_at) VALUES ($1, $2, $3, 'inbound', $4, 'relayed', $5, $5) \
+     ON CONFLICT (location_id, chat, wa_message_id) DO UPDATE SET ghl_message_id = $4, \
+       status = 'relayed', updated_at = $5 WHERE message_map.status = $6";
 
+impl Store {
     /// True when waghl itself sent this WhatsApp message (its echo must not go back to GHL).
     pub async fn is_own_send(&self, location_id: &str, wa_message_id: &str) -> Result<bool> {
         let found: Option<i64> = on_db!(self, pool => {

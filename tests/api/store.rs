@@ -406,10 +406,6 @@ async fn a_message_replaces_its_placeholder_and_is_relayed(_db: TestDb, store: S
 
     async fn relayed(store: &Store, row: &waghl::store::InboxRow, ghl_id: &str) {
         store
-            .map_inbound("locU", &row.chat, &row.wa_message_id, ghl_id)
-            .await
-            .unwrap();
-        store
             .finish_inbox(
                 row,
                 InboxOutcome::Relayed {
