@@ -385,7 +385,7 @@ impl Store {
     /// Records that the message is about to be handed to GHL, and the contact and conversation
     /// it goes to (where a retry after a crash looks for it, and whose ids a retry reuses), while
     /// `holder` still holds the row's claim; false when it does not (the claim was lost: do not
-    /// post). One commit for both: the ids used to be committed on their own, before.
+    /// post). One commit for both, not one each: every commit of the inbound path is an `fsync`.
     pub async fn mark_inbox_posting(
         &self,
         inbox_id: i64,
