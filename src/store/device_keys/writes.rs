@@ -140,18 +140,8 @@ impl DeviceKeys {
         }
         in_tx!(self, tx => {
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                let mut moved = QueryBuilder::new("DELETE FROM wa_device_keys WHERE location_id = ");
-                moved.push_bind(self.location.as_str());
-                moved.push(" AND kind = ").push_bind(DeviceKeyKind::LidMapping.code()).push(" AND (");
-                for (i, row) in chunk.iter().enumerate() {
-                    if i > 0 {
-                        moved.push(" OR ");
-                    }
-                    moved.push("(key = ").push_bind(row.key.as_str());
-                    moved.push(" AND scope <> ").push_bind(row.scope.as_str()).push(")");
-                }
-                moved.push(")");
-                any_of_keys(&mut moved, chunk.iter().map(|row| row.key.as_str()));
+                let pairs: Vec<(&str, &str)> = chunk.iter().map(|row| (row.scope.as_str(), row.key.as_str())).collect();
+                let mut moved = delete_pairs(&self.location, DeviceKeyKind::LidMapping, &pairs, Scope::Other);
                 moved.push(" RETURNING key, num");
                 let first_seen: HashMap<String, Option<i64>> =
                     moved.build_query_as().fetch_all(&mut *tx).await?.into_iter().collect();
@@ -198,18 +188,7 @@ impl DeviceKeys {
     /// Deletes the rows named by (scope, key).
     pub async fn delete_many(&self, kind: DeviceKeyKind, items: &[(&str, &str)]) -> Result<()> {
         in_chunks!(self, items, KEYS_PER_STATEMENT, exec, chunk => {
-            let mut query = QueryBuilder::new("DELETE FROM wa_device_keys WHERE location_id = ");
-            query.push_bind(self.location.as_str());
-            query.push(" AND kind = ").push_bind(kind.code()).push(" AND (");
-            for (i, (scope, key)) in chunk.iter().enumerate() {
-                if i > 0 {
-                    query.push(" OR ");
-                }
-                query.push("(scope = ").push_bind(*scope).push(" AND key = ").push_bind(*key).push(")");
-            }
-            query.push(")");
-            any_of_keys(&mut query, chunk.iter().map(|(_, key)| *key));
-            query.build().execute(exec).await?.rows_affected()
+            delete_pairs(&self.location, kind, chunk, Scope::Same).build().execute(exec).await?.rows_affected()
         });
         Ok(())
     }
@@ -334,17 +313,72 @@ impl DeviceKeys {
     }
 }
 
-/// Adds ` AND key IN (…)` over `keys`: the pairs before it are an `OR` of (key, scope) terms,
-/// which SQLite's planner does not search through the key index, so without it the statement
-/// read every key of its kind in the location.
-fn any_of_keys<'a, DB: sqlx::Database>(query: &mut QueryBuilder<DB>, keys: impl Iterator<Item = &'a str>)
+/// Which row of its key a (scope, key) pair of [`delete_pairs`] names.
+#[derive(Clone, Copy)]
+enum Scope {
+    /// The row in that scope.
+    Same,
+    /// The rows in every other scope (a key that moved).
+    Other,
+}
+
+/// Deletes the location's rows of `kind` named by `pairs` ((scope, key) each). The pairs are an
+/// `OR` of (scope, key) terms, which SQLite's planner does not search through the key index, so
+/// the statement also says `key IN (…)`; without it, it read every key of its kind in the
+/// location (the test below asserts the plan).
+fn delete_pairs<'a, DB: sqlx::Database>(
+    location: &'a str,
+    kind: DeviceKeyKind,
+    pairs: &[(&'a str, &'a str)],
+    scope: Scope,
+) -> QueryBuilder<DB>
 where
     &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i16: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
-    query.push(" AND key IN (");
+    let scope_is = match scope {
+        Scope::Same => " AND scope = ",
+        Scope::Other => " AND scope <> ",
+    };
+    let mut query = QueryBuilder::new("DELETE FROM wa_device_keys WHERE location_id = ");
+    query.push_bind(location);
+    query.push(" AND kind = ").push_bind(kind.code()).push(" AND (");
+    for (i, (scope, key)) in pairs.iter().enumerate() {
+        if i > 0 {
+            query.push(" OR ");
+        }
+        query
+            .push("(key = ")
+            .push_bind(*key)
+            .push(scope_is)
+            .push_bind(*scope)
+            .push(")");
+    }
+    query.push(") AND key IN (");
     let mut list = query.separated(", ");
-    for key in keys {
-        list.push_bind(key);
+    for (_, key) in pairs {
+        list.push_bind(*key);
     }
     query.push(")");
+    query
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both deletes by (scope, key) pairs are searched through the key index, not read with
+    /// every key of their kind.
+    #[tokio::test]
+    async fn a_delete_by_pairs_searches_the_key_index() {
+        let pairs = [("s1", "k1"), ("s2", "k2")];
+        for scope in [Scope::Same, Scope::Other] {
+            let query = delete_pairs::<sqlx::Sqlite>("loc", DeviceKeyKind::LidMapping, &pairs, scope);
+            crate::store::assert_plan_has(
+                query.sql().as_str(),
+                "USING INDEX wa_device_keys_by_key (location_id=? AND kind=? AND key=?)",
+            )
+            .await;
+        }
+    }
 }
