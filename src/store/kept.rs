@@ -8,61 +8,46 @@
 //! time in `malloc` and in re-reading index pages). Kept out of the pool, the writer's
 //! connection is neither tested nor swapped.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Pool, Postgres, Sqlite};
 
 use super::{Result, Store};
 
-/// A writer's kept connection, of either backend.
-pub(crate) enum KeptConnection {
-    Sqlite(PoolConnection<Sqlite>),
-    Postgres(PoolConnection<Postgres>),
+/// Where a writer's store keeps its connection between transactions (empty while one runs),
+/// one place per backend: a store only ever fills the place of its own.
+#[derive(Default)]
+pub(super) struct Kept {
+    sqlite: Mutex<Option<PoolConnection<Sqlite>>>,
+    postgres: Mutex<Option<PoolConnection<Postgres>>>,
 }
 
-/// Where a writer's store keeps its connection between transactions (empty while one runs).
-pub(crate) type Slot = Arc<Mutex<Option<KeptConnection>>>;
+pub(super) type Slot = Arc<Kept>;
 
 /// A backend whose connections a writer can keep.
-pub(crate) trait Keepable: sqlx::Database {
-    fn wrap(conn: PoolConnection<Self>) -> KeptConnection;
-    fn unwrap(kept: KeptConnection) -> Option<PoolConnection<Self>>;
+pub(super) trait Keepable: sqlx::Database {
+    /// This backend's place in `kept`.
+    fn place(kept: &Kept) -> &Mutex<Option<PoolConnection<Self>>>;
 }
 
 impl Keepable for Sqlite {
-    fn wrap(conn: PoolConnection<Self>) -> KeptConnection {
-        KeptConnection::Sqlite(conn)
-    }
-    fn unwrap(kept: KeptConnection) -> Option<PoolConnection<Self>> {
-        match kept {
-            KeptConnection::Sqlite(conn) => Some(conn),
-            KeptConnection::Postgres(_) => None,
-        }
+    fn place(kept: &Kept) -> &Mutex<Option<PoolConnection<Self>>> {
+        &kept.sqlite
     }
 }
 
 impl Keepable for Postgres {
-    fn wrap(conn: PoolConnection<Self>) -> KeptConnection {
-        KeptConnection::Postgres(conn)
-    }
-    fn unwrap(kept: KeptConnection) -> Option<PoolConnection<Self>> {
-        match kept {
-            KeptConnection::Postgres(conn) => Some(conn),
-            KeptConnection::Sqlite(_) => None,
-        }
+    fn place(kept: &Kept) -> &Mutex<Option<PoolConnection<Self>>> {
+        &kept.postgres
     }
 }
 
 impl Store {
     /// A connection for one transaction: the kept one when this store keeps one and has it,
     /// else one from `pool` (the store's own).
-    pub(crate) async fn connection<DB: Keepable>(&self, pool: &Pool<DB>) -> Result<PoolConnection<DB>> {
-        let kept = self
-            .kept
-            .as_ref()
-            .and_then(|slot| lock(slot).take())
-            .and_then(DB::unwrap);
+    pub(super) async fn connection<DB: Keepable>(&self, pool: &Pool<DB>) -> Result<PoolConnection<DB>> {
+        let kept = self.kept.as_ref().and_then(|kept| lock(DB::place(kept)).take());
         match kept {
             Some(conn) => Ok(conn),
             None => Ok(pool.acquire().await?),
@@ -72,25 +57,28 @@ impl Store {
     /// Ends the use of `conn` after a transaction: a store that keeps a connection keeps it
     /// when the transaction `succeeded`; otherwise it goes back to the pool, whose test closes
     /// it if it is broken (the next transaction then opens another).
-    pub(crate) fn release<DB: Keepable>(&self, conn: PoolConnection<DB>, succeeded: bool) {
-        if let Some(slot) = &self.kept
+    pub(super) fn release<DB: Keepable>(&self, conn: PoolConnection<DB>, succeeded: bool) {
+        if let Some(kept) = &self.kept
             && succeeded
         {
-            *lock(slot) = Some(DB::wrap(conn));
+            *lock(DB::place(kept)) = Some(conn);
         }
     }
 
     /// Closes the kept connection, if any.
     pub(super) async fn close_kept(&self) {
-        let kept = self.kept.as_ref().and_then(|slot| lock(slot).take());
-        match kept {
-            Some(KeptConnection::Sqlite(conn)) => drop(conn.close().await),
-            Some(KeptConnection::Postgres(conn)) => drop(conn.close().await),
-            None => {}
+        let Some(kept) = &self.kept else { return };
+        let sqlite = lock(&kept.sqlite).take();
+        if let Some(conn) = sqlite {
+            drop(conn.close().await);
+        }
+        let postgres = lock(&kept.postgres).take();
+        if let Some(conn) = postgres {
+            drop(conn.close().await);
         }
     }
 }
 
-fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<KeptConnection>> {
-    slot.lock().expect("the kept-connection lock is never poisoned")
+fn lock<T>(place: &Mutex<T>) -> MutexGuard<'_, T> {
+    place.lock().expect("the kept-connection lock is never poisoned")
 }

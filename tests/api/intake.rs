@@ -334,7 +334,7 @@ async fn a_row_the_database_refuses_fails_alone_not_the_webhooks_of_its_batch() 
 
 /// The writer keeps one connection from batch to batch; when the server drops it (a restart, a
 /// network cut), the batch on it fails, its rows are written again on a new connection and
-/// answered `queued`, and the writer keeps that one.
+/// answered `queued`, and later batches are written too.
 #[tokio::test]
 async fn a_writer_whose_connection_was_cut_writes_on_a_new_one() {
     use sqlx::Connection as _;
