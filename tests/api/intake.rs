@@ -304,13 +304,10 @@ async fn install_location(store: &Store, location: &str) {
 /// this far) fails alone: the webhooks committed with it are queued and answered `queued`.
 #[tokio::test]
 async fn a_row_the_database_refuses_fails_alone_not_the_webhooks_of_its_batch() {
-    use waghl::intake::{Intake, IntakeError, Queued};
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
+    use waghl::intake::{IntakeError, Queued};
+    let Some((_db, store, intake)) = postgres_intake().await else {
         return;
     };
-    let store = open(&db.url).await;
-    install(&store).await;
-    let intake = Intake::new();
     // Queued before the writer starts, so that the three are one batch.
     let requests: Vec<_> = [("ok-1", "+14155550001"), ("nul", "+1415\0"), ("ok-2", "+14155550002")]
         .into_iter()
@@ -338,13 +335,10 @@ async fn a_row_the_database_refuses_fails_alone_not_the_webhooks_of_its_batch() 
 #[tokio::test]
 async fn a_writer_whose_connection_was_cut_writes_on_a_new_one() {
     use sqlx::Connection as _;
-    use waghl::intake::{Intake, Queued};
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
+    use waghl::intake::Queued;
+    let Some((db, store, intake)) = postgres_intake().await else {
         return;
     };
-    let store = open(&db.url).await;
-    install(&store).await;
-    let intake = Intake::new();
     let tasks = start_writer(&intake, &store);
     let queue = |message: &'static str| {
         let intake = intake.clone();
@@ -368,6 +362,14 @@ async fn a_writer_whose_connection_was_cut_writes_on_a_new_one() {
     assert!(matches!(queue("later").await, Ok(Queued::New(_))));
     assert_eq!(store.outbound_count("locB").await.unwrap(), 4);
     stop_writer(&intake, tasks).await;
+}
+
+/// A new PostgreSQL database with `locB` installed, and an intake whose writer is not started.
+async fn postgres_intake() -> Option<(TestDb, Store, waghl::intake::Intake)> {
+    let db = TestDb::new(Backend::Postgres).await?;
+    let store = open(&db.url).await;
+    install(&store).await;
+    Some((db, store, waghl::intake::Intake::new()))
 }
 
 /// Starts `intake`'s writer on `store`; the tracker to wait for it with.
