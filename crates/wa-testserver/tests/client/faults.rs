@@ -1,9 +1,7 @@
 //! Stage 5, the network's failures on demand: each `/_ctl` fault reaches the unmodified client
 //! as the event WhatsApp's real stanza would cause.
 
-mod common;
-
-use common::{Device, linked, server, until};
+use crate::common::{Device, linked, server, until};
 use serde_json::json;
 use whatsapp_rust::Jid;
 use whatsapp_rust::types::events::Event;

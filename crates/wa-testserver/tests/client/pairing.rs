@@ -2,9 +2,7 @@
 //! certificate chain), gets QR codes, is linked by the phone's scan, and later logs in again
 //! from its stored keys (Noise IK) without a scan.
 
-mod common;
-
-use common::{Device, server};
+use crate::common::{Device, server};
 use serde_json::json;
 use whatsapp_rust::pair_code::PairCodeOptions;
 use whatsapp_rust::types::events::Event;
@@ -91,13 +89,13 @@ async fn the_phone_enters_a_pairing_code() {
 async fn a_client_with_another_servers_key_falls_back_to_xx_and_is_refused() {
     let (server, ctl, dir) = server().await;
     let store = dir.path().join("wa.db");
-    let device = common::linked(&server, &ctl, &store, "+15550007777").await;
+    let device = crate::common::linked(&server, &ctl, &store, "+15550007777").await;
     device.stop().await;
     server.shutdown().await;
 
     // A new server has a new Noise key (the client's IK hello cannot be read, so the server
     // answers XXfallback) and knows no account (so the login is refused: logged out).
-    let (other, _ctl, _dir) = common::server().await;
+    let (other, _ctl, _dir) = crate::common::server().await;
     let again = Device::start(&other, &store).await;
     let on_connect = again
         .events

@@ -1,9 +1,7 @@
 //! Stages 3 and 4: messages both ways between the device under test and a contact, both real
 //! whatsapp-rust clients, through the server; server acks, device acks and receipts.
 
-mod common;
-
-use common::{linked, server, until};
+use crate::common::{linked, server, until};
 use serde_json::json;
 use whatsapp_rust::Jid;
 use whatsapp_rust::proto_helpers::MessageExt;

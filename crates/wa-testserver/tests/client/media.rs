@@ -1,10 +1,8 @@
 //! Stage 5, media: encrypted uploads to the server's plain-http media endpoint and downloads
 //! from it, decrypted by the clients at both ends, bytes intact.
 
-mod common;
-
+use crate::common::{linked, server, until};
 use base64::Engine as _;
-use common::{linked, server, until};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use whatsapp_rust::Jid;

@@ -1,10 +1,8 @@
 //! Stage 5, the transport's hard cases (issue 17): messages typed on the phone, view-once
 //! media, albums and quoted replies, as WhatsApp delivers them to a linked device.
 
-mod common;
-
+use crate::common::{linked, server, until};
 use base64::Engine as _;
-use common::{linked, server, until};
 use serde_json::json;
 use whatsapp_rust::Jid;
 use whatsapp_rust::proto_helpers::MessageExt;

@@ -1,9 +1,7 @@
 //! Stage 5, LIDs: a contact the device knows only by its LID (no phone number on its
 //! messages) until the server reveals it.
 
-mod common;
-
-use common::{linked, server, until};
+use crate::common::{linked, server, until};
 use serde_json::json;
 use whatsapp_rust::Jid;
 use whatsapp_rust::types::events::Event;

@@ -1,8 +1,6 @@
 //! A device under test built the way waghl builds its client (whatsapp-rust `Bot`, SQLite
 //! store, skip history sync), pointed at the test server, plus a small client for `/_ctl`.
 
-#![allow(dead_code)]
-
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

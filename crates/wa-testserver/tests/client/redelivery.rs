@@ -1,9 +1,7 @@
 //! A message the device never acknowledged (its app did not commit it: killed, or its database
 //! down) stays on the server and is delivered again at the next login, as WhatsApp does.
 
-mod common;
-
-use common::{Device, server, until};
+use crate::common::{Device, server, until};
 use serde_json::json;
 use whatsapp_rust::proto_helpers::MessageExt;
 use whatsapp_rust::types::events::Event;
