@@ -1,8 +1,8 @@
 //! Group commit: requests that each need a durable write are queued for one writer task, which
 //! takes everything waiting at that moment and writes it in one transaction, so concurrent
 //! requests share a commit instead of each paying for its own. Each request is answered only
-//! after the transaction holding its row committed. The provider-webhook intake and the inbox
-//! both write through one.
+//! after the transaction holding its row committed. The provider-webhook intake, the inbox and
+//! both relays write through one each.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -172,5 +172,23 @@ pub fn answer_or_return<J, T, E: std::fmt::Display>(
             tracing::warn!(error = %e, jobs = batch.len(), "writing a batch of {what} failed; writing each alone");
             batch
         }
+    }
+}
+
+/// Writes `batch` with `write` in one transaction and answers each job; when that transaction
+/// fails, each job is written alone (see [`answer_or_return`]). For writers whose jobs are
+/// written alone the same way as together.
+pub async fn write_each_or_alone<J: Clone, T, E: std::fmt::Display, Fut>(
+    what: &str,
+    batch: Vec<Job<J, Result<T, E>>>,
+    write: impl Fn(Vec<J>) -> Fut,
+) where
+    Fut: Future<Output = Result<Vec<T>, E>>,
+{
+    let jobs = batch.iter().map(|job| job.job.clone()).collect();
+    let together = write(jobs).await;
+    for job in answer_or_return(what, batch, together) {
+        let alone = write(vec![job.job]).await.map(|mut answers| answers.remove(0));
+        let _ = job.reply.send(alone);
     }
 }

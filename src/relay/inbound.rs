@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::convert::for_ghl;
+use super::inbound_writer::{self, InboundWriter};
 use super::reconcile::{Posted, find_post};
 use super::workers::{Joined, Renewal, Workers};
 use super::{RelaySettings, retry_at};
@@ -21,7 +22,7 @@ use crate::ghl::types::{AddMessage, Direction, UpsertContact};
 use crate::ghl::{Action, Attachment, GhlClient, GhlError};
 use crate::metrics::Metrics;
 use crate::sessions::Supervisor;
-use crate::store::{CachedContact, InboxOutcome, InboxRow, Queue, Store};
+use crate::store::{CachedContact, InboxOutcome, InboxRelayWrite, InboxRow, Queue, Store, StoreError};
 use crate::time::{now_ms, rfc3339};
 
 /// What the inbound worker needs; cheap to clone (each field is shared).
@@ -34,9 +35,11 @@ pub struct InboundRelay {
     pub settings: RelaySettings,
     /// This process's life, named in the claims it takes.
     pub holder: Incarnation,
+    /// Commits the chats' marks and outcomes, many in one transaction.
+    pub(super) writer: InboundWriter,
 }
 
-/// What became of one row (owned, unlike the store's borrowed outcome).
+/// What became of one row, as the relay tells it (the store's outcome holds ids, not the contact).
 #[derive(Debug)]
 enum Outcome {
     Relayed {
@@ -84,6 +87,8 @@ impl InboundRelay {
             holder: self.holder.clone(),
             claim_for: self.settings.claim_for,
         }));
+        let writing = tokio_util::task::TaskTracker::new();
+        inbound_writer::spawn(&self.writer, self.store.clone(), &writing);
         let capacity = self.settings.batch.max(1) as usize;
         let mut gauge_due = tokio::time::Instant::now();
         loop {
@@ -113,6 +118,9 @@ impl InboundRelay {
             }
         }
         workers.drain().await;
+        self.writer.close();
+        writing.close();
+        writing.wait().await;
     }
 
     /// Claims up to `limit` chat heads for this incarnation.
@@ -126,57 +134,62 @@ impl InboundRelay {
     pub async fn relay_one(&self, row: InboxRow) {
         let outcome = self.relay(&row).await;
         let now = now_ms();
-        let stored = match &outcome {
+        let recorded = match &outcome {
             Outcome::Relayed {
                 ghl_message_id,
                 contact,
             } => {
-                let conversation = contact.ghl_conversation_id.as_deref().unwrap_or_default();
                 self.metrics.count_relay("inbound", "relayed");
                 self.metrics
                     .relay_latency
                     .observe((now - row.received_at).max(0) as f64 / 1000.0);
-                self.store
-                    .finish_inbox(
-                        &row,
-                        InboxOutcome::Relayed {
-                            ghl_message_id,
-                            contact_id: &contact.ghl_contact_id,
-                            conversation_id: conversation,
-                        },
-                    )
-                    .await
+                InboxOutcome::Relayed {
+                    ghl_message_id: ghl_message_id.clone(),
+                    contact_id: contact.ghl_contact_id.clone(),
+                    conversation_id: contact.ghl_conversation_id.clone().unwrap_or_default(),
+                }
             }
             Outcome::Retry(error) if now - row.retry_from > self.settings.retry_budget.as_millis() as i64 => {
                 self.metrics.count_relay("inbound", "dead");
-                let error = format!("gave up after the retry budget: {error}");
-                self.store
-                    .finish_inbox(&row, InboxOutcome::Dead { error: &error })
-                    .await
+                InboxOutcome::Dead {
+                    error: format!("gave up after the retry budget: {error}"),
+                }
             }
-            Outcome::Retry(error) => {
-                let at = retry_at(&self.settings, row.attempts);
-                self.store.finish_inbox(&row, InboxOutcome::Retry { at, error }).await
-            }
+            Outcome::Retry(error) => InboxOutcome::Retry {
+                at: retry_at(&self.settings, row.attempts),
+                error: error.clone(),
+            },
             Outcome::Skipped(reason) => {
                 self.metrics.count_relay("inbound", "skipped");
-                self.store.finish_inbox(&row, InboxOutcome::Skipped { reason }).await
+                InboxOutcome::Skipped {
+                    reason: (*reason).to_owned(),
+                }
             }
             Outcome::Dead(error) => {
                 self.metrics.count_relay("inbound", "dead");
-                self.store.finish_inbox(&row, InboxOutcome::Dead { error }).await
+                InboxOutcome::Dead { error: error.clone() }
             }
         };
+        let stored = self.write(InboxRelayWrite::finished(&row, recorded)).await;
         match (&outcome, stored) {
             (_, Err(e)) => tracing::error!(error = %e, "could not record a relay outcome"),
-            (Outcome::Relayed { .. }, Ok(())) => {
+            (Outcome::Relayed { .. }, Ok(_)) => {
                 tracing::debug!("relayed to GHL")
             }
-            (Outcome::Dead(error), Ok(())) => {
+            (Outcome::Dead(error), Ok(_)) => {
                 tracing::warn!(error = %error, "inbound message is dead")
             }
             _ => {}
         }
+    }
+
+    /// Commits `write` with whatever else the relay writes at this moment; whether it applied.
+    async fn write(&self, write: InboxRelayWrite) -> Result<bool, StoreError> {
+        // The writer stops after the chats in flight: it is gone only as the pool closes.
+        self.writer
+            .submit(write)
+            .await
+            .unwrap_or(Err(StoreError::Database(sqlx::Error::PoolClosed)))
     }
 
     async fn relay(&self, row: &InboxRow) -> Outcome {
@@ -338,11 +351,13 @@ impl InboundRelay {
             };
             // Recorded first: if the outcome of the post is never learnt (a crash, a lost
             // answer), the next attempt looks for the message in GHL before posting again.
-            if !self
-                .store
-                .mark_inbox_posting(row.inbox_id, &self.holder, &contact)
-                .await?
-            {
+            let posting = InboxRelayWrite::Posting {
+                inbox_id: row.inbox_id,
+                holder: self.holder.clone(),
+                contact_id: contact.ghl_contact_id.clone(),
+                conversation_id: contact.ghl_conversation_id.clone().unwrap_or_default(),
+            };
+            if !self.write(posting).await? {
                 return Err(Failure {
                     retry: true,
                     message: "another worker took this message over".into(),

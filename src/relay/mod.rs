@@ -7,6 +7,7 @@ mod convert;
 mod crowd;
 mod fetch;
 pub mod inbound;
+mod inbound_writer;
 mod inbox_writer;
 pub mod outbound;
 mod outbox_writer;
@@ -57,6 +58,7 @@ pub fn spawn(state: &crate::state::AppState) {
         metrics: state.metrics.clone(),
         settings: state.config.relay.clone(),
         holder: state.incarnation.clone(),
+        writer: Default::default(),
     };
     state
         .tasks

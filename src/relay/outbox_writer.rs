@@ -6,7 +6,7 @@
 
 use tokio_util::task::TaskTracker;
 
-use crate::group_commit::{GroupCommit, Job, answer_or_return};
+use crate::group_commit::{GroupCommit, Job, write_each_or_alone};
 use crate::store::{OutboxWrite, Store, StoreError};
 
 pub(super) type OutboxWriter = GroupCommit<OutboxWrite, Result<(), StoreError>>;
@@ -18,12 +18,10 @@ pub(super) fn spawn(writer: &OutboxWriter, store: Store, tasks: &TaskTracker) {
 
 /// Writes `batch` in one transaction and answers each writer; on failure each write alone.
 async fn commit(store: &Store, batch: Vec<Job<OutboxWrite, Result<(), StoreError>>>) {
-    let writes: Vec<OutboxWrite> = batch.iter().map(|job| job.job.clone()).collect();
-    let together = store.write_outbox(&writes).await.map(|()| vec![(); writes.len()]);
-    for job in answer_or_return("outbound writes", batch, together) {
-        let alone = store.write_outbox(std::slice::from_ref(&job.job)).await;
-        let _ = job.reply.send(alone);
-    }
+    write_each_or_alone("outbound writes", batch, |writes| async move {
+        store.write_outbox(&writes).await.map(|()| vec![(); writes.len()])
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! arrived; its key `(location_id, chat, sender, wa_message_id)` makes a redelivery a no-op —
 //! but for a placeholder, which the message it stands for replaces.
 
-use super::heads::{ChatKey, demote_in, in_chat_tx, in_chats_tx, promote_in};
-use super::message_map::{MAP_INBOUND, SUPERSEDED};
+use super::heads::{ChatKey, demote_in, in_chats_tx, promote_in};
+use super::message_map::SUPERSEDED;
 use super::{Db, Result, Store, on_db};
 use crate::domain::{Content, InboundMessage, Incarnation, UNAVAILABLE_KIND};
 use crate::time::now_ms;
@@ -227,27 +227,6 @@ pub struct InboxRow {
     pub posting_at: Option<i64>,
 }
 
-/// What became of a relay attempt.
-pub enum InboxOutcome<'a> {
-    Relayed {
-        ghl_message_id: &'a str,
-        contact_id: &'a str,
-        conversation_id: &'a str,
-    },
-    /// Try again at `at` (unix ms), saying why it waits.
-    Retry {
-        at: i64,
-        error: &'a str,
-    },
-    /// Not relayed on purpose.
-    Skipped {
-        reason: &'a str,
-    },
-    Dead {
-        error: &'a str,
-    },
-}
-
 impl Store {
     /// Claims up to `limit` rows for `claim_ms`: only the oldest pending row of each chat (first
     /// in, first out per chat), only when it is due and unclaimed, and only for installed
@@ -299,114 +278,6 @@ impl Store {
                     .await?
             }
         })
-    }
-
-    /// Records what became of a claimed row and releases the claim; a relayed row records its GHL
-    /// message id (`message_map`) in the same transaction.
-    pub async fn finish_inbox(&self, row: &InboxRow, outcome: InboxOutcome<'_>) -> Result<()> {
-        let now = now_ms();
-        let inbox_id = row.inbox_id;
-        if let InboxOutcome::Retry { at, error } = outcome {
-            // Still pending: it stays its chat's head.
-            on_db!(self, pool => {
-                sqlx::query(
-                    "UPDATE inbox SET next_attempt_at = $2, last_error = $3, attempts = attempts + 1, \
-                       claimed_until = NULL, claimed_by = NULL, updated_at = $4 WHERE inbox_id = $1",
-                )
-                .bind(inbox_id)
-                .bind(at)
-                .bind(error)
-                .bind(now)
-                .execute(pool)
-                .await?;
-            });
-            return Ok(());
-        }
-        // The row ends: the chat's next pending message becomes its head, in the same transaction.
-        let key = ChatKey::Inbox {
-            location: &row.location_id,
-            chat: &row.chat,
-        };
-        in_chat_tx!(self, key, tx => {
-            match outcome {
-                InboxOutcome::Relayed { ghl_message_id, contact_id, conversation_id } => {
-                    sqlx::query(
-                        "UPDATE inbox SET state = 'relayed', head = 0, ghl_message_id = $2, ghl_contact_id = $3, \
-                           ghl_conversation_id = $4, relayed_at = $5, updated_at = $5, claimed_until = NULL, \
-                           claimed_by = NULL, posting_at = NULL, last_error = NULL, attempts = attempts + 1 \
-                         WHERE inbox_id = $1",
-                    )
-                    .bind(inbox_id)
-                    .bind(ghl_message_id)
-                    .bind(contact_id)
-                    .bind(conversation_id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query(MAP_INBOUND)
-                        .bind(&row.location_id)
-                        .bind(&row.chat)
-                        .bind(&row.wa_message_id)
-                        .bind(ghl_message_id)
-                        .bind(now)
-                        .bind(SUPERSEDED)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                InboxOutcome::Skipped { reason } => {
-                    sqlx::query(
-                        "UPDATE inbox SET state = 'skipped', head = 0, last_error = $2, claimed_until = NULL, \
-                           claimed_by = NULL, updated_at = $3 WHERE inbox_id = $1",
-                    )
-                    .bind(inbox_id)
-                    .bind(reason)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                InboxOutcome::Dead { error } => {
-                    sqlx::query(
-                        "UPDATE inbox SET state = 'dead', head = 0, last_error = $2, attempts = attempts + 1, \
-                           claimed_until = NULL, claimed_by = NULL, updated_at = $3 WHERE inbox_id = $1",
-                    )
-                    .bind(inbox_id)
-                    .bind(error)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                InboxOutcome::Retry { .. } => unreachable!("handled above"),
-            }
-            promote_in!(tx, key);
-        });
-        Ok(())
-    }
-
-    /// Records that the message is about to be handed to GHL, and the contact and conversation
-    /// it goes to (where a retry after a crash looks for it, and whose ids a retry reuses), while
-    /// `holder` still holds the row's claim; false when it does not (the claim was lost: do not
-    /// post). One commit for both, not one each: every commit of the inbound path is an `fsync`.
-    pub async fn mark_inbox_posting(
-        &self,
-        inbox_id: i64,
-        holder: &Incarnation,
-        contact: &super::CachedContact,
-    ) -> Result<bool> {
-        let marked = on_db!(self, pool => {
-            sqlx::query(
-                "UPDATE inbox SET posting_at = $3, ghl_contact_id = $4, ghl_conversation_id = $5 \
-                 WHERE inbox_id = $1 AND claimed_by = $2 AND state = 'pending'",
-            )
-            .bind(inbox_id)
-            .bind(holder.as_str())
-            .bind(now_ms())
-            .bind(&contact.ghl_contact_id)
-            .bind(contact.ghl_conversation_id.as_deref().unwrap_or_default())
-            .execute(pool)
-            .await?
-            .rows_affected()
-        });
-        Ok(marked == 1)
     }
 
     /// GHL answered that it did not add the message: the row is certain again.

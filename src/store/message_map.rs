@@ -8,7 +8,7 @@ pub(super) const SUPERSEDED: &str = "superseded";
 
 /// Records the GHL message (`$4`) a WhatsApp message (`$1` location, `$2` chat, `$3` id) became,
 /// at `$5`; it takes the place of a superseded placeholder's (`$6` = [`SUPERSEDED`]). Run in
-/// the transaction that ends the inbound row ([`Store::finish_inbox`]), not a commit of its own.
+/// the transaction that ends the inbound row ([`Store::write_inbox`]), not a commit of its own.
 pub(super) const MAP_INBOUND: &str = "INSERT INTO message_map (location_id, chat, wa_message_id, direction, \
        ghl_message_id, status, created_at, updated_at) VALUES ($1, $2, $3, 'inbound', $4, 'relayed', $5, $5) \
      ON CONFLICT (location_id, chat, wa_message_id) DO UPDATE SET ghl_message_id = $4, \

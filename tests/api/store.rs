@@ -10,6 +10,12 @@ use waghl::store::{GhlTokens, LocationStatus, NewLocation, Store, TokenOwner, To
 
 use crate::helpers::{Backend, SECRET_KEY, TestDb};
 
+/// Records what became of a claimed inbound row, as the inbound relay's writer does.
+async fn finish_inbox(store: &Store, row: &waghl::store::InboxRow, outcome: waghl::store::InboxOutcome) {
+    let finished = waghl::store::InboxRelayWrite::finished(row, outcome);
+    assert_eq!(store.write_inbox(&[finished]).await.unwrap(), [true]);
+}
+
 /// Generates `sqlite::name` and `postgres::name` tests from `async fn name(db: TestDb, store: Store)`.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -33,6 +39,7 @@ on_both_backends!(
     a_batch_of_inbound_messages_is_stored_as_one_by_one,
     concurrent_enqueues_to_one_chat_leave_one_head_and_keep_their_order,
     a_replayed_older_message_becomes_its_chats_head_again,
+    the_inbound_relays_writes_commit_together_each_as_alone,
 );
 
 async fn run<F, Fut>(backend: Backend, test: F)
@@ -229,17 +236,12 @@ async fn retention_purges_bodies_of_finished_messages_and_keeps_the_rows(_db: Te
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1, "one chat: only its head is claimed");
-    store
-        .finish_inbox(
-            &claimed[0],
-            InboxOutcome::Relayed {
-                ghl_message_id: "g1",
-                contact_id: "c",
-                conversation_id: "v",
-            },
-        )
-        .await
-        .unwrap();
+    let relayed = InboxOutcome::Relayed {
+        ghl_message_id: "g1".into(),
+        contact_id: "c".into(),
+        conversation_id: "v".into(),
+    };
+    finish_inbox(&store, &claimed[0], relayed).await;
     let purged = store.purge_bodies(waghl::time::now_ms() + 1).await.unwrap();
     assert_eq!(purged, 1, "only the finished message");
     let rows = store.list_messages("locR", None, i64::MAX, 10).await.unwrap();
@@ -405,17 +407,12 @@ async fn a_message_replaces_its_placeholder_and_is_relayed(_db: TestDb, store: S
     assert_eq!(claimed_ids, ["U3"]);
 
     async fn relayed(store: &Store, row: &waghl::store::InboxRow, ghl_id: &str) {
-        store
-            .finish_inbox(
-                row,
-                InboxOutcome::Relayed {
-                    ghl_message_id: ghl_id,
-                    contact_id: "c",
-                    conversation_id: "v",
-                },
-            )
-            .await
-            .unwrap();
+        let relayed = InboxOutcome::Relayed {
+            ghl_message_id: ghl_id.into(),
+            contact_id: "c".into(),
+            conversation_id: "v".into(),
+        };
+        finish_inbox(store, row, relayed).await;
     }
 }
 
@@ -478,20 +475,70 @@ async fn a_replayed_older_message_becomes_its_chats_head_again(_db: TestDb, stor
     let first = store.claim_inbox_batch(10, 60_000, &me).await.unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].wa_message_id, "P1");
-    store
-        .finish_inbox(&first[0], InboxOutcome::Dead { error: "test" })
-        .await
-        .unwrap();
+    finish_inbox(&store, &first[0], InboxOutcome::Dead { error: "test".into() }).await;
     // A dead head blocks nothing: the next message is the head.
     let second = store.claim_inbox_batch(10, 60_000, &me).await.unwrap();
     assert_eq!(second[0].wa_message_id, "P2");
-    store
-        .finish_inbox(&second[0], InboxOutcome::Retry { at: 0, error: "later" })
-        .await
-        .unwrap();
+    let later = InboxOutcome::Retry {
+        at: 0,
+        error: "later".into(),
+    };
+    finish_inbox(&store, &second[0], later).await;
     // Replayed, the older message goes first again.
     assert_eq!(store.retry_dead_inbound("locP", None).await.unwrap(), 1);
     let replayed = store.claim_inbox_batch(10, 60_000, &me).await.unwrap();
     let claimed: Vec<&str> = replayed.iter().map(|r| r.wa_message_id.as_str()).collect();
     assert_eq!(claimed, ["P1"]);
+}
+
+/// One transaction of the inbound relay's writer: a mark whose claim another instance holds
+/// does not apply (and fails nothing else), each ended row hands its chat to the next message,
+/// a relayed row records its GHL id, exactly as if each write had been committed alone.
+async fn the_inbound_relays_writes_commit_together_each_as_alone(_db: TestDb, store: Store) {
+    use waghl::domain::Incarnation;
+    use waghl::store::{InboxOutcome, InboxRelayWrite, InboxStart};
+    install(&store, "locW").await;
+    let in_chat = |id: &str, chat: &str| waghl::domain::InboundMessage {
+        chat: chat.into(),
+        sender: chat.into(),
+        ..inbound_message(id)
+    };
+    let (a, b) = ("15550002222@s.whatsapp.net", "15550003333@s.whatsapp.net");
+    for message in [in_chat("A1", a), in_chat("A2", a), in_chat("B1", b)] {
+        store
+            .insert_inbound("locW", &message, None, InboxStart::Pending)
+            .await
+            .unwrap();
+    }
+    let me = Incarnation::new("test", "1");
+    let mut heads = store.claim_inbox_batch(10, 60_000, &me).await.unwrap();
+    heads.sort_by(|x, y| x.wa_message_id.cmp(&y.wa_message_id));
+    let ids: Vec<&str> = heads.iter().map(|r| r.wa_message_id.as_str()).collect();
+    assert_eq!(ids, ["A1", "B1"]);
+    let posting = |row: &waghl::store::InboxRow, holder: &Incarnation| InboxRelayWrite::Posting {
+        inbox_id: row.inbox_id,
+        holder: holder.clone(),
+        contact_id: "c".into(),
+        conversation_id: "v".into(),
+    };
+    let relayed = InboxOutcome::Relayed {
+        ghl_message_id: "g-A1".into(),
+        contact_id: "c".into(),
+        conversation_id: "v".into(),
+    };
+    let dead = InboxOutcome::Dead { error: "test".into() };
+    let writes = [
+        posting(&heads[0], &me),
+        posting(&heads[1], &Incarnation::new("other", "2")),
+        InboxRelayWrite::finished(&heads[0], relayed),
+        InboxRelayWrite::finished(&heads[1], dead),
+    ];
+    assert_eq!(store.write_inbox(&writes).await.unwrap(), [true, false, true, true]);
+    assert_eq!(
+        store.inbound_ghl_id("locW", a, "A1").await.unwrap().as_deref(),
+        Some("g-A1")
+    );
+    let next = store.claim_inbox_batch(10, 60_000, &me).await.unwrap();
+    let ids: Vec<&str> = next.iter().map(|r| r.wa_message_id.as_str()).collect();
+    assert_eq!(ids, ["A2"], "chat A goes on with its next message; chat B has none");
 }
