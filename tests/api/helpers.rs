@@ -82,6 +82,9 @@ async fn fresh_postgres_database() -> Option<String> {
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
         .expect("WAGHL_TEST_DATABASE_URL does not answer");
+    SWEEP
+        .get_or_init(|| async { drop_left_over_databases(&mut conn).await })
+        .await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
         .await
@@ -89,6 +92,36 @@ async fn fresh_postgres_database() -> Option<String> {
     let mut url = reqwest::Url::parse(&admin).expect("WAGHL_TEST_DATABASE_URL is a URL");
     url.set_path(&format!("/{name}"));
     Some(url.to_string())
+}
+
+/// Done once a process: earlier runs' databases are gone before this run makes its own.
+static SWEEP: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+/// Drops the test databases of earlier runs: each test leaves its database behind (a run of the
+/// suite leaves ~1 GB), and a server holding thousands of them is slower for every test and
+/// benchmark after (its autovacuum visits each). A database is an earlier run's when the process
+/// named in it (`waghl_{test,unit}_<pid>_…_<ms>`) is not running on this machine and it is over
+/// an hour old: a run on another machine sharing the server is left alone.
+async fn drop_left_over_databases(conn: &mut sqlx::PgConnection) {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'waghl\\_test\\_%' OR datname LIKE 'waghl\\_unit\\_%'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .expect("the test databases are listed");
+    let hour_ago = waghl::time::now_ms() - 3_600_000;
+    for name in names {
+        let parts: Vec<&str> = name.split('_').collect();
+        let (Some(pid), Some(made)) = (parts.get(2), parts.last().and_then(|ms| ms.parse::<i64>().ok())) else {
+            continue;
+        };
+        if made < hour_ago && !Path::new(&format!("/proc/{pid}")).exists() {
+            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+            if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(drop)).execute(&mut *conn).await {
+                eprintln!("could not drop the left-over test database {name}: {e}");
+            }
+        }
+    }
 }
 
 /// The settings a test daemon runs with; `overrides` replace or add environment values.
