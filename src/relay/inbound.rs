@@ -108,9 +108,13 @@ impl InboundRelay {
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                Some(joined) = workers.next(), if !workers.is_empty() => {
-                    if let Joined::Panicked(row) = joined {
-                        super::after_panic(&self.store, &self.metrics, &self.settings, Queue::Inbox, &self.holder, row).await;
+                // Every chat that ended meanwhile, so that one claim refills all their slots:
+                // the chats whose ends were committed together end together.
+                Some(ended) = workers.ended(), if !workers.is_empty() => {
+                    for joined in ended {
+                        if let Joined::Panicked(row) = joined {
+                            super::after_panic(&self.store, &self.metrics, &self.settings, Queue::Inbox, &self.holder, row).await;
+                        }
                     }
                 }
                 () = ready.notified() => {}
