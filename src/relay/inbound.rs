@@ -133,7 +133,7 @@ impl InboundRelay {
         self.store.claim_inbox_batch(limit, claim_ms, &self.holder).await
     }
 
-    /// Relays one claimed row and records the outcome (a step a test can drive directly).
+    /// Relays one claimed row and records the outcome through the relay's writer (started by `run`).
     #[tracing::instrument(name = "relay_inbound", skip_all, fields(location.id = %row.location_id, inbox.id = row.inbox_id))]
     pub async fn relay_one(&self, row: InboxRow) {
         let outcome = self.relay(&row).await;

@@ -257,7 +257,7 @@ impl OutboundRelay {
         }
     }
 
-    /// Sends one claimed row and records the outcome (a step a test can drive directly).
+    /// Sends one claimed row and records the outcome through the relay's writer (started by `run`).
     #[tracing::instrument(name = "send_outbound", skip_all, fields(location.id = %row.location_id, outbox.id = row.outbox_id))]
     pub async fn send_one(&self, row: OutboxRow) {
         let outcome = self.send(&row).await;
