@@ -32,6 +32,14 @@ type Receiver<J, R> = Arc<Mutex<Option<mpsc::Receiver<Job<J, R>>>>>;
 #[error("waghl is stopping; retry")]
 pub struct Stopping;
 
+/// A writer that stopped takes no more writes: it stops after everything that writes through it,
+/// so a write it refuses is one of a daemon whose pool is closing.
+impl From<Stopping> for crate::store::StoreError {
+    fn from(_: Stopping) -> Self {
+        Self::Database(sqlx::Error::PoolClosed)
+    }
+}
+
 /// The handle requests queue through; cheap to clone.
 pub struct GroupCommit<J, R> {
     jobs: mpsc::Sender<Job<J, R>>,

@@ -189,11 +189,7 @@ impl InboundRelay {
 
     /// Commits `write` with whatever else the relay writes at this moment; whether it applied.
     async fn write(&self, write: InboxRelayWrite) -> Result<bool, StoreError> {
-        // The writer stops after the chats in flight: it is gone only as the pool closes.
-        self.writer
-            .submit(write)
-            .await
-            .unwrap_or(Err(StoreError::Database(sqlx::Error::PoolClosed)))
+        self.writer.submit(write).await?
     }
 
     async fn relay(&self, row: &InboxRow) -> Outcome {

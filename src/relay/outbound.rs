@@ -231,11 +231,7 @@ impl OutboundRelay {
 
     /// Commits `write` with whatever else the relay writes at this moment.
     async fn write(&self, write: OutboxWrite) -> Result<(), StoreError> {
-        // The writer stops after the sends and reports: it is gone only as the pool closes.
-        self.writer
-            .submit(write)
-            .await
-            .unwrap_or(Err(StoreError::Database(sqlx::Error::PoolClosed)))
+        self.writer.submit(write).await?
     }
 
     /// Claims up to `limit` chat heads for this incarnation.

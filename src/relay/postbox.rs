@@ -94,10 +94,9 @@ impl Postbox {
                 .inner
                 .writer
                 .submit(inbound.clone())
-                .await
                 // The writer stops after the sessions: the message stays unconfirmed, and
                 // WhatsApp delivers it again to the next life.
-                .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+                .await?;
             let failure = match written {
                 Ok(InboxWrite::New | InboxWrite::Replaced) => {
                     self.inner.metrics.count_inbound(message.content.kind(), inbound.start);

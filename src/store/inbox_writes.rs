@@ -85,11 +85,11 @@ impl InboxRelayWrite {
     }
 }
 
-/// Records `outcome` for a row (`(inbox_id, location_id, chat, wa_message_id)`) inside the
-/// caller's transaction, which holds the row's chat lock when the row ends.
+/// Records a `Finished` write's outcome at `$now` inside the caller's transaction, which holds
+/// the row's chat lock when the row ends. Its fields are bound by name where it is used.
 macro_rules! finish {
-    ($tx:ident, $row:expr, $outcome:expr, $now:expr) => {{
-        let ((inbox_id, location_id, chat, wa_message_id), now): ((i64, &String, &String, &String), i64) = ($row, $now);
+    ($tx:ident, $now:expr, $inbox_id:ident, $location_id:ident, $chat:ident, $wa_message_id:ident, $outcome:ident) => {{
+        let (inbox_id, location_id, chat, wa_message_id, now) = ($inbox_id, $location_id, $chat, $wa_message_id, $now);
         match $outcome {
             // Still pending: it stays its chat's head.
             InboxOutcome::Retry { at, error } => {
@@ -182,7 +182,7 @@ impl Store {
                         marked == 1
                     }
                     InboxRelayWrite::Finished { inbox_id, location_id, chat, wa_message_id, outcome } => {
-                        finish!(tx, (*inbox_id, location_id, chat, wa_message_id), outcome, now);
+                        finish!(tx, now, inbox_id, location_id, chat, wa_message_id, outcome);
                         true
                     }
                 };

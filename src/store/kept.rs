@@ -68,14 +68,15 @@ impl Store {
     /// Closes the kept connection, if any.
     pub(super) async fn close_kept(&self) {
         let Some(kept) = &self.kept else { return };
-        let sqlite = lock(&kept.sqlite).take();
-        if let Some(conn) = sqlite {
-            drop(conn.close().await);
-        }
-        let postgres = lock(&kept.postgres).take();
-        if let Some(conn) = postgres {
-            drop(conn.close().await);
-        }
+        close::<Sqlite>(kept).await;
+        close::<Postgres>(kept).await;
+    }
+}
+
+async fn close<DB: Keepable>(kept: &Kept) {
+    let conn = lock(DB::place(kept)).take();
+    if let Some(conn) = conn {
+        drop(conn.close().await);
     }
 }
 

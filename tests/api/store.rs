@@ -39,7 +39,7 @@ on_both_backends!(
     a_batch_of_inbound_messages_is_stored_as_one_by_one,
     concurrent_enqueues_to_one_chat_leave_one_head_and_keep_their_order,
     a_replayed_older_message_becomes_its_chats_head_again,
-    the_inbound_relays_writes_commit_together_each_as_alone,
+    the_inbound_relays_writes_commit_together,
 );
 
 async fn run<F, Fut>(backend: Backend, test: F)
@@ -493,8 +493,8 @@ async fn a_replayed_older_message_becomes_its_chats_head_again(_db: TestDb, stor
 
 /// One transaction of the inbound relay's writer: a mark whose claim another instance holds
 /// does not apply (and fails nothing else), each ended row hands its chat to the next message,
-/// a relayed row records its GHL id, exactly as if each write had been committed alone.
-async fn the_inbound_relays_writes_commit_together_each_as_alone(_db: TestDb, store: Store) {
+/// a relayed row records its GHL id.
+async fn the_inbound_relays_writes_commit_together(_db: TestDb, store: Store) {
     use waghl::domain::Incarnation;
     use waghl::store::{InboxOutcome, InboxRelayWrite, InboxStart};
     install(&store, "locW").await;

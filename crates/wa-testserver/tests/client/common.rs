@@ -203,6 +203,18 @@ pub async fn linked(server: &TestServer, ctl: &Ctl, store: &Path, phone: &str) -
     device
 }
 
+/// `contact` says hi to `account`: the server makes a contact once it is named, and the device
+/// can send to it from then on.
+pub async fn greet(ctl: &Ctl, contact: &str, account: &str) {
+    let (status, body) = ctl
+        .post(
+            "/_ctl/send",
+            serde_json::json!({"from": contact, "to": account, "text": "hi"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// Polls the control API until `check` accepts the answer.
 pub async fn until(ctl: &Ctl, path: &str, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + WAIT;

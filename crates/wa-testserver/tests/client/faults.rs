@@ -1,7 +1,7 @@
 //! Stage 5, the network's failures on demand: each `/_ctl` fault reaches the unmodified client
 //! as the event WhatsApp's real stanza would cause.
 
-use crate::common::{Device, linked, server, until};
+use crate::common::{Device, greet, linked, server, until};
 use serde_json::json;
 use whatsapp_rust::Jid;
 use whatsapp_rust::types::events::Event;
@@ -146,10 +146,7 @@ async fn while_offline_messages_queue_and_arrive_on_reconnect() {
 async fn held_message_stanzas_are_neither_acked_nor_delivered() {
     let (server, ctl, dir) = server().await;
     let device = linked(&server, &ctl, &dir.path().join("wa.db"), ACCOUNT).await;
-    let (status, _) = ctl
-        .post("/_ctl/send", json!({"from": CONTACT, "to": ACCOUNT, "text": "hi"}))
-        .await;
-    assert_eq!(status, 200);
+    greet(&ctl, CONTACT, ACCOUNT).await;
     let (status, _) = ctl
         .post("/_ctl/hold-acks", json!({"phone": ACCOUNT, "seconds": 2}))
         .await;

@@ -1,7 +1,7 @@
 //! Stage 5, the transport's hard cases (issue 17): messages typed on the phone, view-once
 //! media, albums and quoted replies, as WhatsApp delivers them to a linked device.
 
-use crate::common::{linked, server, until};
+use crate::common::{greet, linked, server, until};
 use base64::Engine as _;
 use serde_json::json;
 use whatsapp_rust::Jid;
@@ -146,10 +146,7 @@ async fn an_album_arrives_as_a_parent_and_wrapped_children() {
 async fn a_contact_quotes_a_message_of_the_device() {
     let (server, ctl, dir) = server().await;
     let device = linked(&server, &ctl, &dir.path().join("wa.db"), ACCOUNT).await;
-    let (status, _) = ctl
-        .post("/_ctl/send", json!({"from": CONTACT, "to": ACCOUNT, "text": "hi"}))
-        .await;
-    assert_eq!(status, 200);
+    greet(&ctl, CONTACT, ACCOUNT).await;
     let mine = device
         .client
         .send_text(Jid::pn(&CONTACT[1..]), "what do you think?")

@@ -1,7 +1,7 @@
 //! Stages 3 and 4: messages both ways between the device under test and a contact, both real
 //! whatsapp-rust clients, through the server; server acks, device acks and receipts.
 
-use crate::common::{linked, server, until};
+use crate::common::{greet, linked, server, until};
 use serde_json::json;
 use whatsapp_rust::Jid;
 use whatsapp_rust::proto_helpers::MessageExt;
@@ -50,11 +50,7 @@ async fn a_contact_message_reaches_the_device_decrypted_and_is_acked() {
 async fn a_device_message_reaches_the_contact_and_receipts_come_back() {
     let (server, ctl, dir) = server().await;
     let device = linked(&server, &ctl, &dir.path().join("wa.db"), ACCOUNT).await;
-    // The contact exists once named.
-    let (status, _) = ctl
-        .post("/_ctl/send", json!({"from": CONTACT, "to": ACCOUNT, "text": "hi"}))
-        .await;
-    assert_eq!(status, 200);
+    greet(&ctl, CONTACT, ACCOUNT).await;
 
     let sent = device
         .client
