@@ -1,9 +1,13 @@
-//! What both benchmarks share: a fake GHL with its rate limit raised, waghl running in this
-//! process with the simulated WhatsApp, one installed and paired location, and percentiles.
+//! What the benchmarks share: a fake GHL with its rate limit raised, waghl running in this
+//! process with the simulated WhatsApp or as a separate process (this program started again in
+//! daemon mode, so that its memory is measured alone), installed and paired locations, waghl's
+//! counters, and percentiles.
 
 // Each example compiles this module on its own and uses a part of it.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fake_ghl::FakeGhl;
@@ -27,9 +31,7 @@ pub struct Bench {
 
 /// Starts everything; `database_url` is SQLite in a temporary directory unless given.
 pub async fn start(database_url: Option<String>) -> Bench {
-    waghl::startup::install_crypto_provider();
-    let fake = FakeGhl::start().await;
-    fake.set_rate_limit(usize::MAX);
+    let fake = fake_ghl().await;
     let dir = tempfile::tempdir().unwrap();
     let settings = settings(&fake, dir.path(), database_url);
     let config = Config::from_lookup(|name| settings.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())).unwrap();
@@ -44,6 +46,14 @@ pub async fn start(database_url: Option<String>) -> Bench {
         store,
         _dir: dir,
     }
+}
+
+/// The fake GHL, with its rate limit out of the way (and the process's TLS provider installed).
+pub async fn fake_ghl() -> FakeGhl {
+    waghl::startup::install_crypto_provider();
+    let fake = FakeGhl::start().await;
+    fake.set_rate_limit(usize::MAX);
+    fake
 }
 
 /// waghl's settings for a benchmark: the simulated WhatsApp with send pacing off, the fake GHL,
@@ -99,8 +109,8 @@ impl Bench {
             .unwrap()
     }
 
-    /// Installs `location` through the OAuth callback and pairs its simulated WhatsApp.
-    pub async fn install_and_pair(&self, location: &str, phone: &str) {
+    /// Installs `location` through the OAuth callback and starts its session (pairing).
+    pub async fn install(&self, location: &str) {
         let code = self.fake.location_code(location);
         let page = self
             .client
@@ -115,6 +125,11 @@ impl Bench {
             json!({}),
         )
         .await;
+    }
+
+    /// Installs `location` and pairs its simulated WhatsApp.
+    pub async fn install_and_pair(&self, location: &str, phone: &str) {
+        self.install(location).await;
         let started = Instant::now();
         while self
             .admin(reqwest::Method::GET, &format!("/sim/{location}/qr"), json!({}))
@@ -131,8 +146,15 @@ impl Bench {
             json!({ "phone": phone }),
         )
         .await;
+        self.wait_for_session(location, |session| session["state"] == "connected")
+            .await;
+    }
+
+    /// `location`'s session once `ready` says it is (within a minute).
+    pub async fn wait_for_session(&self, location: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
         loop {
-            let location: Value = self
+            let found: Value = self
                 .admin(
                     reqwest::Method::GET,
                     &format!("/api/v1/locations/{location}"),
@@ -142,16 +164,176 @@ impl Bench {
                 .json()
                 .await
                 .unwrap();
-            if location["session"]["state"] == "connected" {
-                return;
+            if ready(&found["session"]) {
+                return found["session"].clone();
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "{location} did not connect"
-            );
+            assert!(started.elapsed() < Duration::from_secs(60), "{location}: {found}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// Set in the daemon's environment: the benchmark then runs waghl instead of itself.
+const DAEMON: &str = "WAGHL_BENCH_DAEMON";
+
+/// Runs `bench` — or waghl itself when this process is the daemon a benchmark started.
+pub fn bench_or_daemon(bench: impl Future<Output = ()>) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    if std::env::var_os(DAEMON).is_some() {
+        runtime.block_on(daemon());
+    } else {
+        runtime.block_on(bench);
+    }
+}
+
+/// waghl itself, configured by the environment the benchmark gave; prints its address.
+async fn daemon() {
+    waghl::startup::install_crypto_provider();
+    let app = Application::build(Config::from_env().unwrap()).await.unwrap();
+    println!("http://{}", app.local_addr());
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+    app.run_until_stopped(async move {
+        terminate.recv().await;
+    })
+    .await
+    .unwrap();
+}
+
+/// Starts waghl in daemon mode with `settings`; returns it and its base URL.
+pub fn spawn_daemon(settings: &[(&'static str, String)]) -> (Child, String) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env_clear()
+        .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
+        .env(DAEMON, "1")
+        // glibc's allocator settings, to compare their effect on waghl's memory.
+        .envs(std::env::vars().filter(|(k, _)| k.starts_with("MALLOC_")))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line.trim().to_owned())
+}
+
+/// Starts waghl in daemon mode with `settings` (those of [`settings`], files under `dir`) and
+/// opens its database here too; returns the daemon and a benchmark against it.
+pub async fn start_daemon(
+    settings: &[(&'static str, String)],
+    fake: FakeGhl,
+    dir: tempfile::TempDir,
+) -> (Child, Bench) {
+    let (daemon, base) = spawn_daemon(settings);
+    let url = settings.iter().find(|(k, _)| *k == "DATABASE_URL").unwrap().1.as_str();
+    let key = waghl::crypto::SecretKey::from_base64(SECRET_KEY).unwrap();
+    let store = waghl::store::Store::connect(
+        &waghl::store::DatabaseUrl::parse(url).unwrap(),
+        std::sync::Arc::new(key),
+    )
+    .await
+    .unwrap();
+    (daemon, Bench::remote(base, fake, store, dir))
+}
+
+/// A run's progress and the daemon's resident memory each time another tenth of it was done.
+pub struct Tenths {
+    total: usize,
+    started: Instant,
+    /// (done, when, resident MiB)
+    marks: Vec<(usize, Duration, f64)>,
+}
+
+impl Tenths {
+    pub fn new(total: usize) -> Self {
+        Self {
+            total,
+            started: Instant::now(),
+            marks: Vec::with_capacity(10),
+        }
+    }
+
+    /// Notes that `done` of the total are done, with `daemon`'s memory for each tenth this
+    /// completed.
+    pub fn record(&mut self, done: usize, daemon: &Child) {
+        while self.marks.len() < 10 && done >= self.total * (self.marks.len() + 1) / 10 {
+            self.marks
+                .push((done, self.started.elapsed(), resident_mib(daemon, "VmRSS")));
+        }
+    }
+
+    /// Prints the whole run's rate, each tenth's rate and memory, and how the memory changed
+    /// from the first tenth to the end (`daemon` still running); `done` names what was counted.
+    pub fn print(&self, daemon: &Child, done: &str) {
+        let all = self.started.elapsed();
+        let (rss_end, peak) = (resident_mib(daemon, "VmRSS"), resident_mib(daemon, "VmHWM"));
+        let (first, first_at, rss_first) = self.marks[0];
+        println!(
+            "  all {done} {:.2} s after the start ({:.0}/s; the first {first} in {:.2} s)",
+            all.as_secs_f64(),
+            self.total as f64 / all.as_secs_f64(),
+            first_at.as_secs_f64()
+        );
+        println!("  each tenth: the rate during it, waghl's resident memory after it");
+        let mut before = (0, Duration::ZERO);
+        for (count, at, rss) in &self.marks {
+            let rate = (count - before.0) as f64 / (*at - before.1).as_secs_f64();
+            println!(
+                "    {count:>7} {done} at {:>7.2} s: {rate:>6.0}/s, {rss:.1} MiB",
+                at.as_secs_f64()
+            );
+            before = (*count, *at);
+        }
+        println!(
+            "  waghl's resident memory: {rss_first:.1} MiB after {first} {done}, {rss_end:.1} MiB after {} ({:+.1} %); peak {peak:.1} MiB",
+            self.total,
+            100.0 * (rss_end - rss_first) / rss_first
+        );
+    }
+}
+
+/// Stops waghl the way a deploy does (SIGTERM) and waits for it.
+pub fn stop(child: &mut Child) {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+}
+
+/// A `/proc/<pid>/status` memory line of `child`, in MiB.
+pub fn resident_mib(child: &Child, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The messages the daemon at `base` finished sending, from its `/metrics`: cheap to read every
+/// 100 ms, where counting the outbox reads every queued row (13 ms a count at 100,000 queued on
+/// PostgreSQL, a tenth of the database's time in `bench_drain`).
+pub async fn sent_by(client: &reqwest::Client, base: &str) -> usize {
+    relayed(client, base, "outbound", "sent").await
+}
+
+/// What the daemon at `base` counted in `waghl_messages_total` for `direction` and `outcome`.
+pub async fn relayed(client: &reqwest::Client, base: &str, direction: &str, outcome: &str) -> usize {
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!(r#"waghl_messages_total{{direction="{direction}",outcome="{outcome}"}} "#);
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .map_or(0, |count| count.trim().parse::<f64>().unwrap() as usize)
 }
 
 /// The `p`-th percentile (0–100) of `values`, in the values' unit.
