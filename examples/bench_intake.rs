@@ -51,13 +51,7 @@ async fn main() {
                 "locationId": LOCATION, "messageId": format!("intake-{i}"), "contactId": "c", "type": "SMS",
                 "phone": format!("+1415{:07}", 2_000_001 + i % 50), "message": format!("{i}"),
             });
-            let response = bench
-                .client
-                .post(bench.url(&format!("/webhooks/ghl/provider?key={}", support::KEY)))
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
+            let response = bench.provider_webhook(&body).await;
             assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
             let ack: Value = response.json().await.unwrap();
             assert_eq!(ack["status"], "queued");

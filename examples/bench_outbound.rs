@@ -38,13 +38,7 @@ async fn main() {
             });
             let sent_at = waghl::time::now_ms();
             let begun = Instant::now();
-            let response = bench
-                .client
-                .post(bench.url(&format!("/webhooks/ghl/provider?key={}", support::KEY)))
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
+            let response = bench.provider_webhook(&body).await;
             assert_eq!(response.status(), 200);
             drop(permit);
             (sent_at, begun.elapsed())

@@ -109,6 +109,16 @@ impl Bench {
             .unwrap()
     }
 
+    /// Posts `webhook` to waghl's provider webhook, as GHL does.
+    pub async fn provider_webhook(&self, webhook: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/webhooks/ghl/provider?key={KEY}")))
+            .json(webhook)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Installs `location` through the OAuth callback and starts its session (pairing).
     pub async fn install(&self, location: &str) {
         let code = self.fake.location_code(location);
@@ -315,11 +325,12 @@ pub fn resident_mib(child: &Child, field: &str) -> f64 {
 /// 100 ms, where counting the outbox reads every queued row (13 ms a count at 100,000 queued on
 /// PostgreSQL, a tenth of the database's time in `bench_drain`).
 pub async fn sent_by(client: &reqwest::Client, base: &str) -> usize {
-    relayed(client, base, "outbound", "sent").await
+    relayed(client, base, &[("outbound", "sent")]).await[0]
 }
 
-/// What the daemon at `base` counted in `waghl_messages_total` for `direction` and `outcome`.
-pub async fn relayed(client: &reqwest::Client, base: &str, direction: &str, outcome: &str) -> usize {
+/// What the daemon at `base` counted in `waghl_messages_total` for each (direction, outcome) of
+/// `series`, read from one `/metrics`.
+pub async fn relayed(client: &reqwest::Client, base: &str, series: &[(&str, &str)]) -> Vec<usize> {
     let metrics = client
         .get(format!("{base}/metrics"))
         .bearer_auth(ADMIN)
@@ -329,11 +340,16 @@ pub async fn relayed(client: &reqwest::Client, base: &str, direction: &str, outc
         .text()
         .await
         .unwrap();
-    let series = format!(r#"waghl_messages_total{{direction="{direction}",outcome="{outcome}"}} "#);
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series.as_str()))
-        .map_or(0, |count| count.trim().parse::<f64>().unwrap() as usize)
+    series
+        .iter()
+        .map(|(direction, outcome)| {
+            let name = format!(r#"waghl_messages_total{{direction="{direction}",outcome="{outcome}"}} "#);
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(name.as_str()))
+                .map_or(0, |count| count.trim().parse::<f64>().unwrap() as usize)
+        })
+        .collect()
 }
 
 /// The `p`-th percentile (0–100) of `values`, in the values' unit.
