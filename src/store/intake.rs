@@ -1,15 +1,18 @@
 //! Group commit of the outbound queue's intake: many provider webhooks written in one
 //! transaction, so the intake costs one durable commit per batch instead of one per request.
-//! Each statement reads its whole batch from one JSON parameter, so its text is the same for
-//! every batch size and each connection prepares it once.
+//! SQLite writes a batch with a few statements in one transaction, each reading the whole batch
+//! from one JSON parameter, so its text is the same for every batch size and each connection
+//! prepares it once. PostgreSQL writes it in one call of `waghl_queue_outbound` (migration
+//! 0009), the batch as one array per column: one round trip instead of four.
 
 use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
+use sqlx::{PgPool, SqlitePool};
 
 use super::heads::{ChatKey, in_chats_tx};
 use super::instances::channels;
-use super::{Dialects, Result, Store, json};
+use super::{Db, Dialects, Result, Store, json, on_db};
 use crate::domain::OutboxState;
 use crate::time::now_ms;
 
@@ -55,90 +58,57 @@ pub const UNPAIRED: &str = "WhatsApp not paired";
 /// (GHL replays old messages after installs).
 pub const REPLAYED: &str = "written before WhatsApp was paired (GHL replayed an old message); not sent";
 
-/// The rows of a JSON array bound as `$2`, as a table `j`: `j.value` an element, `j.key` its
-/// index. The statements below read their whole batch from it, so each connection prepares
-/// them once (a statement whose text grew with the batch was parsed anew at every commit: a
-/// third of the intake's SQLite time in a profile). SQLite's `jsonb_each` gives each element
-/// in its binary form, which `->>` reads as it is; `json_each` gave it as text, converted anew
-/// at each of the row's nine `j.value` and parsed again by each `->>`.
-macro_rules! json_rows {
-    (sqlite) => {
-        "jsonb_each($2) AS j"
-    };
-    (postgres) => {
-        "jsonb_array_elements($2::jsonb) WITH ORDINALITY AS j(value, key)"
-    };
-}
+/// Records the batch's webhook ids (`{"w": id, "l": location}` each, a JSON array bound as
+/// `$2`) seen at `$1`, those of installed locations (a webhook refused now may be queued when
+/// GHL retries it after the install); returns those new. SQLite only, as the next two.
+const RECORD_HOOKS: &str = "INSERT INTO webhook_seen (webhook_id, seen_at) SELECT j.value->>'w', $1 \
+     FROM jsonb_each($2) AS j JOIN locations l ON l.location_id = j.value->>'l' \
+     WHERE true ON CONFLICT (webhook_id) DO NOTHING RETURNING webhook_id";
 
-/// Records the batch's webhook ids (`{"w": id, "l": location}` each) seen at `$1`, those of
-/// installed locations (a webhook refused now may be queued when GHL retries it after the
-/// install); returns those new.
-macro_rules! record_hooks {
-    ($dialect:tt) => {
-        concat!(
-            "INSERT INTO webhook_seen (webhook_id, seen_at) SELECT j.value->>'w', $1 FROM ",
-            json_rows!($dialect),
-            " JOIN locations l ON l.location_id = j.value->>'l' \
-             WHERE true ON CONFLICT (webhook_id) DO NOTHING RETURNING webhook_id"
-        )
-    };
-}
+/// Queues the batch's rows (`QueuedRow`s, a JSON array bound as `$2`) at `$1`, in the array's
+/// order, those of installed locations: a row is failed at once with the reason `$3` when its
+/// location's WhatsApp was never paired, `$4` when GHL says it was written before the pairing;
+/// it is read from the same statement so a batch costs no query of its own for it. A pending
+/// row flagged `h` becomes its chat's head when nothing of the chat is unfinished: the probe
+/// asks the chat's head first (one entry per busy chat in `outbox_one_head`, and a busy chat has
+/// one), then any unfinished row of the chat only when there is no head — the same answer, as
+/// a head is unfinished. `COALESCE` runs the second only when the first found nothing.
+/// `jsonb_each` gives each element in its binary form, which `->>` reads as it is
+/// (`json_each` gave it as text, converted anew at each read and parsed again by each `->>`).
+/// `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join constraint.
+/// PostgreSQL's `waghl_queue_outbound` does the same: keep the two in step.
+const QUEUE_ROWS: &str = "INSERT INTO outbox (location_id, ghl_message_id, ghl_contact_id, to_phone, body, state, \
+       last_error, attempts, next_attempt_at, retry_from, received_at, updated_at, report_after, head) \
+     SELECT q.l, q.m, q.c, q.p, q.b, CASE WHEN q.f IS NULL THEN 'pending' ELSE 'failed' END, q.f, \
+       0, $1, $1, $1, $1, CASE WHEN q.f IS NULL THEN NULL ELSE $1 END, \
+       CASE WHEN q.h IS NOT NULL AND q.f IS NULL AND COALESCE( \
+         (SELECT 1 FROM outbox o WHERE o.location_id = q.l AND o.to_phone = q.p \
+           AND o.state IN ('pending', 'sending') AND o.head = 1), \
+         (SELECT 1 FROM outbox o WHERE o.location_id = q.l AND o.to_phone = q.p \
+           AND o.state IN ('pending', 'sending') LIMIT 1)) IS NULL THEN 1 ELSE 0 END \
+     FROM (SELECT j.key AS k, j.value->>'l' AS l, j.value->>'m' AS m, j.value->>'c' AS c, \
+         j.value->>'p' AS p, j.value->>'b' AS b, j.value->>'h' AS h, \
+         CASE WHEN s.paired_at IS NULL THEN $3 WHEN j.value->>'t' < s.paired_at THEN $4 END AS f \
+       FROM jsonb_each($2) AS j JOIN locations loc ON loc.location_id = j.value->>'l' \
+       LEFT JOIN wa_sessions s ON s.location_id = loc.location_id) AS q \
+     WHERE true ORDER BY q.k \
+     ON CONFLICT (location_id, ghl_message_id) DO NOTHING \
+     RETURNING outbox_id, location_id, ghl_message_id, state";
 
-/// Queues the batch's rows (`QueuedRow`s) at `$1`, in the array's order, those of installed
-/// locations: a row is failed at once with the reason `$3` when its location's WhatsApp was
-/// never paired, `$4` when GHL says it was written before the pairing; it is read from the
-/// same statement so a batch costs no query of its own for it. A pending row flagged `h`
-/// becomes its chat's head when nothing of the chat is unfinished. That probe is a scalar
-/// subquery, not `NOT EXISTS`: PostgreSQL may run an `EXISTS` as one hashed scan of every
-/// unfinished row (it did: 9 ms a batch at 20,000 queued), a scalar subquery is an index probe
-/// per row. `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join constraint.
-macro_rules! queue_rows {
-    ($dialect:tt, $written:literal) => {
-        concat!(
-            "INSERT INTO outbox (location_id, ghl_message_id, ghl_contact_id, to_phone, body, state, last_error, \
-               attempts, next_attempt_at, retry_from, received_at, updated_at, report_after, head) \
-             SELECT q.l, q.m, q.c, q.p, q.b, CASE WHEN q.f IS NULL THEN 'pending' ELSE 'failed' END, q.f, \
-               0, $1, $1, $1, $1, CASE WHEN q.f IS NULL THEN NULL ELSE $1 END, \
-               CASE WHEN q.h IS NOT NULL AND q.f IS NULL AND (SELECT 1 FROM outbox o \
-                 WHERE o.location_id = q.l AND o.to_phone = q.p \
-                   AND o.state IN ('pending', 'sending') LIMIT 1) IS NULL THEN 1 ELSE 0 END \
-             FROM (SELECT j.key AS k, j.value->>'l' AS l, j.value->>'m' AS m, j.value->>'c' AS c, \
-                 j.value->>'p' AS p, j.value->>'b' AS b, j.value->>'h' AS h, \
-                 CASE WHEN s.paired_at IS NULL THEN $3 WHEN ",
-            $written,
-            " < s.paired_at THEN $4 END AS f \
-               FROM ",
-            json_rows!($dialect),
-            " JOIN locations loc ON loc.location_id = j.value->>'l' \
-               LEFT JOIN wa_sessions s ON s.location_id = loc.location_id) AS q \
-             WHERE true ORDER BY q.k \
-             ON CONFLICT (location_id, ghl_message_id) DO NOTHING \
-             RETURNING outbox_id, location_id, ghl_message_id, state"
-        )
-    };
-}
-
-const RECORD_HOOKS: Dialects = Dialects {
-    sqlite: record_hooks!(sqlite),
-    postgres: record_hooks!(postgres),
-};
-/// On PostgreSQL the same statement also wakes, when it commits, the instance that runs each
-/// location whose rows it queued (`pg_notify` on channel `$5`, once per location; run by the
-/// outer query's one-time `COUNT`), instead of a round trip of its own.
-const QUEUE_ROWS: Dialects = Dialects {
-    sqlite: queue_rows!(sqlite, "j.value->>'t'"),
-    postgres: concat!(
-        "WITH queued AS (",
-        queue_rows!(postgres, "(j.value->>'t')::bigint"),
-        "), woken AS (SELECT pg_notify($5, d.location_id) FROM (SELECT DISTINCT location_id FROM queued) AS d) \
-         SELECT outbox_id, location_id, ghl_message_id, state FROM queued WHERE (SELECT COUNT(*) FROM woken) >= 0"
-    ),
-};
 /// The installed ones of the locations in the JSON array `$1` of strings.
 const INSTALLED: Dialects = Dialects {
     sqlite: "SELECT location_id FROM locations WHERE location_id IN (SELECT value FROM json_each($1))",
     postgres: "SELECT location_id FROM locations WHERE location_id IN (SELECT jsonb_array_elements_text($1::jsonb))",
 };
+
+/// PostgreSQL's whole batch: the chat locks, then the rows' webhook ids, then the rows (see the
+/// function in migration 0009). Its four arrays are the rows it queued, as `RETURNING` gives them
+/// (none when it queued nothing).
+const QUEUE_CALL: &str = "SELECT queued_ids, queued_locations, queued_messages, queued_states \
+     FROM waghl_queue_outbound($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+
+/// A row the queueing statement inserted: its outbox id, location, GHL message id and state.
+type Inserted = (i64, String, String, String);
 
 /// A row as the queueing statement reads it from its JSON array.
 #[derive(Serialize)]
@@ -169,114 +139,163 @@ impl Store {
     /// if the rows had come one by one.
     pub async fn enqueue_outbound_batch(&self, rows: &[IntakeRow]) -> Result<Vec<Queued>> {
         let now = now_ms();
-        let mut fresh = repeats_in_batch(rows);
-        let mut locks: Vec<String> = rows.iter().map(|r| r.chat().lock_name()).collect();
-        locks.sort();
-        locks.dedup();
-        let mut ids: Vec<Option<i64>> = vec![None; rows.len()];
-        let mut installed: Option<HashSet<String>> = None;
-        in_chats_tx!(self, &locks, tx => {
-            // Webhook ids first: a redelivered webhook queues nothing.
-            let hooks: Vec<Hook> = rows
-                .iter()
-                .zip(&fresh)
-                .filter(|(_, fresh)| **fresh)
-                .filter_map(|(r, _)| r.webhook_id.as_deref().map(|w| Hook { w, l: &r.location_id }))
-                .collect();
-            if !hooks.is_empty() {
-                let recorded: HashSet<String> = sqlx::query_scalar(RECORD_HOOKS.of(self))
-                    .bind(now)
-                    .bind(json(&hooks))
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .into_iter()
-                    .collect();
-                for (row, fresh) in rows.iter().zip(fresh.iter_mut()) {
-                    if let Some(id) = &row.webhook_id && !recorded.contains(id) {
-                        *fresh = false;
-                    }
-                }
-            }
-            // The first row of each chat may become its head; the rows after it never do.
-            let mut first_of_chat = HashSet::new();
-            let candidates: Vec<(usize, bool)> = rows
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| fresh[*i])
-                .map(|(i, r)| (i, first_of_chat.insert((r.location_id.as_str(), r.to_phone.as_str()))))
-                .collect();
-            if !candidates.is_empty() {
-                let queued: Vec<QueuedRow> = candidates
-                    .iter()
-                    .map(|(i, may_lead)| {
-                        let row = &rows[*i];
-                        QueuedRow {
-                            l: &row.location_id,
-                            m: &row.ghl_message_id,
-                            c: row.ghl_contact_id.as_deref(),
-                            p: &row.to_phone,
-                            b: &row.body,
-                            t: row.written_at,
-                            h: may_lead.then_some(1),
-                        }
-                    })
-                    .collect();
-                let mut queue = sqlx::query_as(QUEUE_ROWS.of(self))
-                    .bind(now)
-                    .bind(json(&queued))
-                    .bind(UNPAIRED)
-                    .bind(REPLAYED);
-                if self.dialect() == "postgres" {
-                    queue = queue.bind(channels::OUTBOX);
-                }
-                let inserted: Vec<(i64, String, String, String)> = queue.fetch_all(&mut *tx).await?;
-                let mut by_key: HashMap<(&str, &str), usize> = candidates
-                    .iter()
-                    .map(|(i, _)| ((rows[*i].location_id.as_str(), rows[*i].ghl_message_id.as_str()), *i))
-                    .collect();
-                let mut pending = vec![false; rows.len()];
-                for (outbox_id, location, message, state) in &inserted {
-                    if let Some(i) = by_key.remove(&(location.as_str(), message.as_str())) {
-                        ids[i] = Some(*outbox_id);
-                        pending[i] = state == OutboxState::Pending.as_str();
-                    }
-                }
-                // A would-be head that was a duplicate, or failed at once, leaves its chat to the
-                // rows after it.
-                for (i, may_lead) in &candidates {
-                    if *may_lead && !pending[*i] {
-                        let row = &rows[*i];
-                        sqlx::query(row.chat().promote_sql())
-                            .bind(&row.location_id)
-                            .bind(&row.to_phone)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                }
-            }
-            // A row not queued is a duplicate, or of a location not installed: asked only then.
-            if ids.iter().any(Option::is_none) {
-                let mut locations: Vec<&str> = rows.iter().map(|r| r.location_id.as_str()).collect();
-                locations.sort_unstable();
-                locations.dedup();
-                let known: Vec<String> = sqlx::query_scalar(INSTALLED.of(self))
-                    .bind(json(&locations))
-                    .fetch_all(&mut *tx)
-                    .await?;
-                installed = Some(known.into_iter().collect());
-            }
-        });
+        let fresh = repeats_in_batch(rows);
+        let batch: Vec<&IntakeRow> = rows
+            .iter()
+            .zip(&fresh)
+            .filter(|(_, fresh)| **fresh)
+            .map(|(r, _)| r)
+            .collect();
+        let inserted = match &self.db {
+            _ if batch.is_empty() => Vec::new(),
+            Db::Sqlite(pool) => self.queue_on_sqlite(pool, &batch, now).await?,
+            Db::Postgres(pool) => self.queue_on_postgres(pool, &batch, now).await?,
+        };
+        let mut ids: HashMap<(&str, &str), i64> = inserted
+            .iter()
+            .map(|(id, location, message, _)| ((location.as_str(), message.as_str()), *id))
+            .collect();
+        // A repeat has the key of the row it repeats: only the first of them takes the id.
+        let ids: Vec<Option<i64>> = rows
+            .iter()
+            .zip(&fresh)
+            .map(|(row, fresh)| {
+                fresh
+                    .then(|| ids.remove(&(row.location_id.as_str(), row.ghl_message_id.as_str())))
+                    .flatten()
+            })
+            .collect();
+        // A row not queued is a duplicate, or of a location not installed: asked only then.
+        let mut installed = HashSet::new();
+        if ids.iter().any(Option::is_none) {
+            let mut locations: Vec<&str> = rows.iter().map(|r| r.location_id.as_str()).collect();
+            locations.sort_unstable();
+            locations.dedup();
+            let known: Vec<String> = on_db!(self, pool => {
+                sqlx::query_scalar(INSTALLED.of(self)).bind(json(&locations)).fetch_all(pool).await?
+            });
+            installed.extend(known);
+        }
         Ok(rows
             .iter()
             .zip(ids)
-            .map(|(row, id)| match (id, &installed) {
-                (Some(id), _) => Queued::New(id),
-                (None, Some(known)) if !known.contains(&row.location_id) => Queued::UnknownLocation,
-                (None, _) => Queued::Duplicate,
+            .map(|(row, id)| match id {
+                Some(id) => Queued::New(id),
+                None if !installed.contains(&row.location_id) => Queued::UnknownLocation,
+                None => Queued::Duplicate,
             })
             .collect())
     }
+
+    /// Queues `batch` (no two rows alike) in one SQLite transaction: SQLite's one writer
+    /// serialises write transactions, so there are no chat locks to take.
+    async fn queue_on_sqlite(&self, pool: &SqlitePool, batch: &[&IntakeRow], now: i64) -> Result<Vec<Inserted>> {
+        Ok(in_chats_tx!(@on self, pool, tx => {
+            // Webhook ids first: a redelivered webhook queues nothing.
+            let hooks: Vec<Hook> = batch
+                .iter()
+                .filter_map(|r| r.webhook_id.as_deref().map(|w| Hook { w, l: &r.location_id }))
+                .collect();
+            let mut recorded = HashSet::new();
+            if !hooks.is_empty() {
+                let new: Vec<String> = sqlx::query_scalar(RECORD_HOOKS).bind(now).bind(json(&hooks)).fetch_all(&mut *tx).await?;
+                recorded.extend(new);
+            }
+            // The first row of each chat may become its head; the rows after it never do.
+            let mut first_of_chat = HashSet::new();
+            let candidates: Vec<(&IntakeRow, bool)> = batch
+                .iter()
+                .filter(|r| r.webhook_id.as_ref().is_none_or(|w| recorded.contains(w)))
+                .map(|r| (*r, first_of_chat.insert((r.location_id.as_str(), r.to_phone.as_str()))))
+                .collect();
+            let queued: Vec<QueuedRow> = candidates
+                .iter()
+                .map(|(row, may_lead)| QueuedRow {
+                    l: &row.location_id,
+                    m: &row.ghl_message_id,
+                    c: row.ghl_contact_id.as_deref(),
+                    p: &row.to_phone,
+                    b: &row.body,
+                    t: row.written_at,
+                    h: may_lead.then_some(1),
+                })
+                .collect();
+            let inserted: Vec<Inserted> = if queued.is_empty() {
+                Vec::new()
+            } else {
+                sqlx::query_as(QUEUE_ROWS)
+                    .bind(now)
+                    .bind(json(&queued))
+                    .bind(UNPAIRED)
+                    .bind(REPLAYED)
+                    .fetch_all(&mut *tx)
+                    .await?
+            };
+            let pending: HashSet<(&str, &str)> = inserted
+                .iter()
+                .filter(|(_, _, _, state)| state == OutboxState::Pending.as_str())
+                .map(|(_, location, message, _)| (location.as_str(), message.as_str()))
+                .collect();
+            // A would-be head that was a duplicate, or failed at once, leaves its chat to the
+            // rows after it.
+            for (row, may_lead) in &candidates {
+                if *may_lead && !pending.contains(&(row.location_id.as_str(), row.ghl_message_id.as_str())) {
+                    sqlx::query(row.chat().promote_sql())
+                        .bind(&row.location_id)
+                        .bind(&row.to_phone)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            inserted
+        }))
+    }
+
+    /// Queues `batch` (no two rows alike) in one call of `waghl_queue_outbound`, in the implicit
+    /// transaction of that one statement.
+    async fn queue_on_postgres(&self, pool: &PgPool, batch: &[&IntakeRow], now: i64) -> Result<Vec<Inserted>> {
+        fn column<'a, T>(batch: &[&'a IntakeRow], field: impl Fn(&'a IntakeRow) -> T) -> Vec<T> {
+            batch.iter().map(|r| field(r)).collect()
+        }
+        let mut locks: Vec<String> = batch.iter().map(|r| r.chat().lock_name()).collect();
+        locks.sort_unstable();
+        locks.dedup();
+        let mut conn = self.connection(pool).await?;
+        let called: std::result::Result<QueuedArrays, sqlx::Error> = sqlx::query_as(QUEUE_CALL)
+            .bind(now)
+            .bind(&locks)
+            .bind(column(batch, |r| r.webhook_id.as_deref()))
+            .bind(column(batch, |r| r.location_id.as_str()))
+            .bind(column(batch, |r| r.ghl_message_id.as_str()))
+            .bind(column(batch, |r| r.ghl_contact_id.as_deref()))
+            .bind(column(batch, |r| r.to_phone.as_str()))
+            .bind(column(batch, |r| r.body.as_str()))
+            .bind(column(batch, |r| r.written_at))
+            .bind(UNPAIRED)
+            .bind(REPLAYED)
+            .bind(channels::OUTBOX)
+            .fetch_one(&mut *conn)
+            .await;
+        self.release(conn, called.is_ok());
+        let (ids, locations, messages, states) = called?;
+        Ok(ids
+            .unwrap_or_default()
+            .into_iter()
+            .zip(locations.unwrap_or_default())
+            .zip(messages.unwrap_or_default())
+            .zip(states.unwrap_or_default())
+            .map(|(((id, location), message), state)| (id, location, message, state))
+            .collect())
+    }
 }
+
+/// The rows `waghl_queue_outbound` queued, one array per column (`NULL` when none).
+type QueuedArrays = (
+    Option<Vec<i64>>,
+    Option<Vec<String>>,
+    Option<Vec<String>>,
+    Option<Vec<String>>,
+);
 
 /// False for each row that repeats an earlier row's `webhookId` or `messageId` (a duplicate
 /// without asking the database).
